@@ -1,0 +1,685 @@
+"""The engine's configuration: frozen dataclasses, validated before anything starts.
+
+`load_config` reads a file; `parse_config` turns text into a `Config` or raises
+a `ConfigError` that names the file, the line and the dotted key path, and says
+what was expected. Relative paths in the file are taken from the file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+from engine.sql import is_identifier
+from engine.yamldoc import Document, KeyPath, parse_yaml
+
+#: Logical column types and the storage type each gets in SQLite.
+#: Timestamps are ISO-8601 text, so they sort and compare as stored.
+STORAGE_TYPES = {
+    "integer": "INTEGER",
+    "real": "REAL",
+    "text": "TEXT",
+    "blob": "BLOB",
+    "boolean": "INTEGER",
+    "timestamp": "TEXT",
+    "any": "ANY",
+}
+JOURNAL_MODES = ("wal", "delete", "truncate", "persist")
+SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
+FK_ACTIONS = ("no action", "restrict", "set null", "set default", "cascade")
+PAYLOAD_MODES = ("summary", "full")
+SOURCE_KINDS = ("generator",)
+TOP_LEVEL_KEYS = ("database", "tables", "sources", "message_log", "status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForeignKey:
+    """A column's reference to another table's column."""
+
+    table: str
+    column: str
+    on_delete: str = "no action"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ColumnConfig:
+    """One declared column."""
+
+    name: str
+    type: str
+    not_null: bool = False
+    unique: bool = False
+    default: str | int | float | None = None
+    references: ForeignKey | None = None
+
+    @property
+    def storage_type(self) -> str:
+        return STORAGE_TYPES[self.type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndexConfig:
+    """A secondary index on declared columns."""
+
+    name: str
+    columns: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsConfig:
+    """An external-content FTS5 table kept in step with its table by triggers."""
+
+    name: str
+    columns: tuple[str, ...]
+    tokenize: str | None = None
+
+    @property
+    def trigger_names(self) -> tuple[str, str, str]:
+        """Insert, delete and update trigger names, predictable from the FTS name."""
+        return (f"{self.name}_ai", f"{self.name}_ad", f"{self.name}_au")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableConfig:
+    """One declared table."""
+
+    name: str
+    columns: tuple[ColumnConfig, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[IndexConfig, ...] = ()
+    fts: FtsConfig | None = None
+    strict: bool = True
+
+    def column(self, name: str) -> ColumnConfig:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def rowid_alias(self) -> str | None:
+        """The column that is SQLite's rowid (a single INTEGER primary key), if any."""
+        if len(self.primary_key) == 1 and self.column(self.primary_key[0]).type == "integer":
+            return self.primary_key[0]
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseConfig:
+    """Where the database lives and how the writer connection is set up."""
+
+    path: Path
+    journal_mode: str = "wal"
+    synchronous: str = "normal"
+    busy_timeout_ms: int = 5000
+    #: Past this WAL size the writer forces a TRUNCATE checkpoint.
+    wal_threshold_mb: float = 64.0
+    #: A PASSIVE checkpoint runs once no write has come for this long.
+    checkpoint_idle_ms: int = 1000
+    #: Read-only connections `Engine.read()` may lend at once.
+    readers: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageLogConfig:
+    """Where and how every message is recorded."""
+
+    enabled: bool = True
+    path: Path | None = None
+    payload: str = "summary"
+    max_mb: float = 64.0
+    backups: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusConfig:
+    """The HTTP status endpoint (`/healthz`, `/status`)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8470
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratorSourceConfig:
+    """The built-in deterministic source behind the demo."""
+
+    name: str
+    kind: str = "generator"
+    registry_table: str = "registry"
+    observations_table: str = "observations"
+    registry_rows: int = 20_000
+    observation_rows: int = 200_000
+    batch_rows: int = 2_000
+    seed: int = 1
+
+
+SourceConfig = GeneratorSourceConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A whole validated configuration."""
+
+    database: DatabaseConfig
+    tables: tuple[TableConfig, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
+    message_log: MessageLogConfig = field(default_factory=MessageLogConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    #: The file this came from, for messages.
+    source_file: str | None = None
+    #: Values from the environment that must never be written anywhere.
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def table(self, name: str) -> TableConfig:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(name)
+
+    @property
+    def message_log_path(self) -> Path:
+        if self.message_log.path is not None:
+            return self.message_log.path
+        return self.database.path.with_name(self.database.path.name + ".messages.jsonl")
+
+
+# Generator columns the demo source writes, by target table role.
+GENERATOR_COLUMNS = {
+    "registry_table": ("id", "org", "name", "body", "updated_at"),
+    "observations_table": ("id", "registry_id", "observed_at", "value", "unit"),
+}
+
+
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None,
+                check_paths: bool = True) -> Config:
+    """Read and validate the YAML config at `path`."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", file=file) from None
+    return parse_config(text, file=str(file), base_dir=file.resolve().parent,
+                        environ=environ, check_paths=check_paths)
+
+
+def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = None,
+                 environ: Mapping[str, str] | None = None, check_paths: bool = True) -> Config:
+    """Validate YAML `text` into a `Config`; relative paths are taken from `base_dir`."""
+    doc = parse_yaml(text, file=file, environ=environ)
+    root = _At(doc, (), doc.value)
+    if doc.value is None:
+        raise root.error("the config is empty; expected a mapping with a 'database' section")
+    sections = root.mapping(TOP_LEVEL_KEYS, required=("database",))
+    base = base_dir if base_dir is not None else Path.cwd()
+
+    database = _database(sections["database"], base, check_paths)
+    tables = _tables(sections["tables"]) if "tables" in sections else ()
+    _check_references(sections.get("tables"), tables)
+    sources = _sources(sections["sources"], tables) if "sources" in sections else ()
+    message_log = (_message_log(sections["message_log"], base, check_paths)
+                   if "message_log" in sections else MessageLogConfig())
+    status = _status(sections["status"]) if "status" in sections else StatusConfig()
+    config = Config(database=database, tables=tables, sources=sources,
+                    message_log=message_log, status=status, source_file=file,
+                    secrets=doc.secrets)
+    if check_paths and message_log.enabled and message_log.path is None:
+        where = sections.get("message_log", sections["database"])
+        _check_writable_path(where, config.message_log_path)
+    return config
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _database(at: _At, base: Path, check_paths: bool) -> DatabaseConfig:
+    keys = at.mapping(("path", "journal_mode", "synchronous", "busy_timeout_ms",
+                       "wal_threshold_mb", "checkpoint_idle_ms", "readers"), required=("path",))
+    raw_path = keys["path"].string()
+    if raw_path in ("", ":memory:") or raw_path.startswith("file:"):
+        raise keys["path"].error("expected the path of a database file")
+    path = _resolve(base, raw_path)
+    if check_paths:
+        _check_writable_path(keys["path"], path)
+    defaults = DatabaseConfig(path=path)
+    return DatabaseConfig(
+        path=path,
+        journal_mode=_opt(keys, "journal_mode", lambda a: a.choice(JOURNAL_MODES),
+                          defaults.journal_mode),
+        synchronous=_opt(keys, "synchronous", lambda a: a.choice(SYNCHRONOUS_MODES),
+                         defaults.synchronous),
+        busy_timeout_ms=_opt(keys, "busy_timeout_ms", lambda a: a.integer(0, 600_000),
+                             defaults.busy_timeout_ms),
+        wal_threshold_mb=_opt(keys, "wal_threshold_mb", lambda a: a.number(0.01, 1_000_000),
+                              defaults.wal_threshold_mb),
+        checkpoint_idle_ms=_opt(keys, "checkpoint_idle_ms", lambda a: a.integer(10, 3_600_000),
+                                defaults.checkpoint_idle_ms),
+        readers=_opt(keys, "readers", lambda a: a.integer(1, 64), defaults.readers),
+    )
+
+
+def _message_log(at: _At, base: Path, check_paths: bool) -> MessageLogConfig:
+    keys = at.mapping(("enabled", "path", "payload", "max_mb", "backups"))
+    defaults = MessageLogConfig()
+    path = _resolve(base, keys["path"].string()) if "path" in keys else None
+    enabled = _opt(keys, "enabled", _At.boolean, defaults.enabled)
+    if path is not None and enabled and check_paths:
+        _check_writable_path(keys["path"], path)
+    return MessageLogConfig(
+        enabled=enabled,
+        path=path,
+        payload=_opt(keys, "payload", lambda a: a.choice(PAYLOAD_MODES), defaults.payload),
+        max_mb=_opt(keys, "max_mb", lambda a: a.number(0.01, 100_000), defaults.max_mb),
+        backups=_opt(keys, "backups", lambda a: a.integer(0, 1000), defaults.backups),
+    )
+
+
+def _status(at: _At) -> StatusConfig:
+    keys = at.mapping(("enabled", "host", "port"))
+    defaults = StatusConfig()
+    host = _opt(keys, "host", _At.string, defaults.host)
+    if not host:
+        raise keys["host"].error("expected a host name or address to listen on")
+    return StatusConfig(
+        enabled=_opt(keys, "enabled", _At.boolean, defaults.enabled),
+        host=host,
+        port=_opt(keys, "port", lambda a: a.integer(0, 65535), defaults.port),
+    )
+
+
+def _tables(at: _At) -> tuple[TableConfig, ...]:
+    tables = []
+    index_names: dict[str, KeyPath] = {}
+    for name, spec in at.named_items("table"):
+        table = _table(name, spec)
+        for i, index in enumerate(table.indexes):
+            if index.name in index_names:
+                raise spec.child("indexes").child(i).error(
+                    f"index name {index.name!r} is used twice")
+            index_names[index.name] = spec.path
+        tables.append(table)
+    names = {t.name.lower() for t in tables}
+    for table, (_, spec) in zip(tables, at.named_items("table"), strict=True):
+        if table.fts is not None and table.fts.name.lower() in names:
+            raise spec.child("fts").error(
+                f"FTS table name {table.fts.name!r} is also a declared table")
+    return tuple(tables)
+
+
+def _table(name: str, at: _At) -> TableConfig:
+    keys = at.mapping(("columns", "primary_key", "indexes", "fts", "strict"),
+                      required=("columns",))
+    columns: list[ColumnConfig] = []
+    column_pk: list[str] = []
+    for col_name, col_spec in keys["columns"].named_items("column"):
+        column, is_pk = _column(col_name, col_spec)
+        columns.append(column)
+        if is_pk:
+            column_pk.append(col_name)
+    if not columns:
+        raise keys["columns"].error("expected at least one column")
+    known = [c.name for c in columns]
+
+    if "primary_key" in keys:
+        if column_pk:
+            raise keys["primary_key"].error(
+                "primary key is given both here and on column "
+                f"{column_pk[0]!r}; give it in one place")
+        primary_key = keys["primary_key"].column_names(known)
+    elif column_pk:
+        if len(column_pk) > 1:
+            raise keys["columns"].error(
+                "several columns say primary_key: true; list them in the table's "
+                "primary_key instead")
+        primary_key = tuple(column_pk)
+    else:
+        raise at.error("expected a primary key (`primary_key: <column>` on the table "
+                       "or `primary_key: true` on a column)")
+    columns = [_replace_not_null(c) if c.name in primary_key else c for c in columns]
+
+    indexes = tuple(_index(name, i, spec, known)
+                    for i, spec in enumerate(keys["indexes"].sequence())) \
+        if "indexes" in keys else ()
+    table = TableConfig(name=name, columns=tuple(columns), primary_key=primary_key,
+                        indexes=indexes, strict=_opt(keys, "strict", _At.boolean, True))
+    if "fts" in keys:
+        table = _with_fts(table, keys["fts"])
+    return table
+
+
+def _replace_not_null(column: ColumnConfig) -> ColumnConfig:
+    return ColumnConfig(name=column.name, type=column.type, not_null=True, unique=column.unique,
+                        default=column.default, references=column.references)
+
+
+def _column(name: str, at: _At) -> tuple[ColumnConfig, bool]:
+    if isinstance(at.value, str):
+        return ColumnConfig(name=name, type=at.choice(tuple(STORAGE_TYPES))), False
+    keys = at.mapping(("type", "not_null", "unique", "default", "primary_key", "references"),
+                      required=("type",))
+    default = None
+    if "default" in keys:
+        default = keys["default"].value
+        if isinstance(default, bool):
+            default = int(default)
+        if default is not None and not isinstance(default, (str, int, float)):
+            raise keys["default"].error("expected a constant (text, number, true/false or null)")
+    references = _references(keys["references"]) if "references" in keys else None
+    column = ColumnConfig(
+        name=name,
+        type=keys["type"].choice(tuple(STORAGE_TYPES)),
+        not_null=_opt(keys, "not_null", _At.boolean, False),
+        unique=_opt(keys, "unique", _At.boolean, False),
+        default=default,
+        references=references,
+    )
+    return column, _opt(keys, "primary_key", _At.boolean, False)
+
+
+def _references(at: _At) -> ForeignKey:
+    if isinstance(at.value, str):
+        table, _, column = at.value.partition(".")
+        if not (is_identifier(table) and is_identifier(column)):
+            raise at.error("expected `table.column` naming the referenced column")
+        return ForeignKey(table=table, column=column)
+    keys = at.mapping(("table", "column", "on_delete"), required=("table", "column"))
+    return ForeignKey(
+        table=keys["table"].identifier("table name"),
+        column=keys["column"].identifier("column name"),
+        on_delete=_opt(keys, "on_delete", lambda a: a.choice(FK_ACTIONS), "no action"),
+    )
+
+
+def _index(table: str, i: int, at: _At, known: list[str]) -> IndexConfig:
+    if isinstance(at.value, list):
+        columns = at.column_names(known)
+        return IndexConfig(name=_index_name(table, columns), columns=columns)
+    keys = at.mapping(("columns", "unique", "name"), required=("columns",))
+    columns = keys["columns"].column_names(known)
+    name = (keys["name"].identifier("index name") if "name" in keys
+            else _index_name(table, columns))
+    return IndexConfig(name=name, columns=columns,
+                       unique=_opt(keys, "unique", _At.boolean, False))
+
+
+def _index_name(table: str, columns: tuple[str, ...]) -> str:
+    return f"idx_{table}_{'_'.join(columns)}"[:64]
+
+
+def _with_fts(table: TableConfig, at: _At) -> TableConfig:
+    if isinstance(at.value, list):
+        keys = {"columns": at}
+    else:
+        keys = at.mapping(("columns", "tokenize", "name"), required=("columns",))
+    columns = keys["columns"].column_names(list(table.column_names))
+    for col in columns:
+        if table.column(col).type != "text":
+            raise keys["columns"].error(
+                f"FTS column {col!r} is {table.column(col).type}; only text columns "
+                "can be indexed")
+    if table.rowid_alias is None:
+        raise at.error("an FTS table needs the table's primary key to be a single integer "
+                       "column (external content is addressed by rowid, and a hidden rowid "
+                       "may change on VACUUM)")
+    tokenize = None
+    if "tokenize" in keys:
+        tokenize = keys["tokenize"].string()
+        if not tokenize.replace(" ", "").replace("_", "").isalnum():
+            raise keys["tokenize"].error(
+                "expected tokenizer words such as 'unicode61 remove_diacritics 2'")
+    name = (keys["name"].identifier("FTS table name") if "name" in keys
+            else f"{table.name}_fts")
+    fts = FtsConfig(name=name, columns=columns, tokenize=tokenize)
+    return TableConfig(name=table.name, columns=table.columns, primary_key=table.primary_key,
+                       indexes=table.indexes, fts=fts, strict=table.strict)
+
+
+def _check_references(at: _At | None, tables: tuple[TableConfig, ...]) -> None:
+    by_name = {t.name: t for t in tables}
+    for table in tables:
+        for col in table.columns:
+            ref = col.references
+            if ref is None:
+                continue
+            assert at is not None
+            where = at.child(table.name).child("columns").child(col.name)
+            target = by_name.get(ref.table)
+            if target is None:
+                raise where.error(f"references table {ref.table!r}, which is not declared"
+                                  + _hint(ref.table, by_name))
+            if ref.column not in target.column_names:
+                raise where.error(f"references column {ref.table}.{ref.column}, which is not "
+                                  "declared" + _hint(ref.column, target.column_names))
+
+
+def _sources(at: _At, tables: tuple[TableConfig, ...]) -> tuple[SourceConfig, ...]:
+    by_name = {t.name: t for t in tables}
+    sources = []
+    for name, spec in at.named_items("source"):
+        kind_at = spec.mapping_value("kind")
+        if kind_at is None:
+            raise spec.error(f"expected a 'kind' (one of: {', '.join(SOURCE_KINDS)})")
+        kind_at.choice(SOURCE_KINDS)
+        keys = spec.mapping(("kind", "registry_table", "observations_table", "registry_rows",
+                             "observation_rows", "batch_rows", "seed"))
+        defaults = GeneratorSourceConfig(name=name)
+        for role, needed in GENERATOR_COLUMNS.items():
+            table_name = (keys[role].identifier("table name") if role in keys
+                          else getattr(defaults, role))
+            where = keys.get(role, spec)
+            table = by_name.get(table_name)
+            if table is None:
+                raise where.error(f"table {table_name!r} is not declared"
+                                  + _hint(table_name, by_name))
+            missing = [c for c in needed if c not in table.column_names]
+            if missing:
+                raise where.error(f"the generator writes columns {', '.join(needed)}; table "
+                                  f"{table_name!r} lacks {', '.join(missing)}")
+        sources.append(GeneratorSourceConfig(
+            name=name,
+            registry_table=_opt(keys, "registry_table", lambda a: a.identifier("table name"),
+                                defaults.registry_table),
+            observations_table=_opt(keys, "observations_table",
+                                    lambda a: a.identifier("table name"),
+                                    defaults.observations_table),
+            registry_rows=_opt(keys, "registry_rows", lambda a: a.integer(1, 10**9),
+                               defaults.registry_rows),
+            observation_rows=_opt(keys, "observation_rows", lambda a: a.integer(0, 10**10),
+                                  defaults.observation_rows),
+            batch_rows=_opt(keys, "batch_rows", lambda a: a.integer(1, 1_000_000),
+                            defaults.batch_rows),
+            seed=_opt(keys, "seed", lambda a: a.integer(0, 2**62), defaults.seed),
+        ))
+    return tuple(sources)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _resolve(base: Path, raw: str) -> Path:
+    path = Path(os.path.expanduser(raw))
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def _check_writable_path(at: _At, path: Path) -> None:
+    """The file must be creatable or writable, without creating it."""
+    if path.exists():
+        if not path.is_file():
+            raise at.error(f"{path} exists and is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise at.error(f"{path} is not readable and writable")
+        return
+    ancestor = path.parent
+    while not ancestor.exists():
+        if ancestor == ancestor.parent:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise at.error(f"cannot create {path}: {ancestor} is not a directory")
+    # os.access says yes to root everywhere; creating a file is the real test.
+    try:
+        with tempfile.TemporaryFile(dir=ancestor, prefix=".sqlwarden-probe-"):
+            pass
+    except OSError as exc:
+        raise at.error(f"cannot create {path}: directory {ancestor} is not writable "
+                       f"({exc.strerror or exc})") from None
+
+
+def _hint(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _opt(keys: Mapping[str, _At], key: str, convert: Callable[[_At], Any], default: Any) -> Any:
+    return convert(keys[key]) if key in keys else default
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "text",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return f"{kind} {shown}"
+    return kind
+
+
+class _At:
+    """A value in the document with its key path; typed accessors raise `ConfigError`."""
+
+    __slots__ = ("doc", "path", "value")
+
+    def __init__(self, doc: Document, path: KeyPath, value: Any) -> None:
+        self.doc = doc
+        self.path = path
+        self.value = value
+
+    def error(self, message: str) -> ConfigError:
+        return self.doc.error(self.path, message)
+
+    def child(self, key: str | int) -> _At:
+        value = None
+        if isinstance(self.value, dict):
+            value = self.value.get(key)
+        elif isinstance(self.value, list) and isinstance(key, int):
+            value = self.value[key]
+        return _At(self.doc, (*self.path, key), value)
+
+    def _expect(self, what: str) -> ConfigError:
+        return self.error(f"expected {what}, got {_describe(self.value)}")
+
+    def mapping(self, allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, _At]:
+        if not isinstance(self.value, dict):
+            raise self._expect("a mapping")
+        allowed = tuple(allowed)
+        for key in self.value:
+            if key not in allowed:
+                raise self.child(key).error(
+                    f"unknown key {key!r}{_hint(key, allowed)}; expected one of: "
+                    + ", ".join(allowed))
+        for key in required:
+            if key not in self.value:
+                raise self.error(f"missing required key {key!r}")
+        return {key: self.child(key) for key in self.value}
+
+    def mapping_value(self, key: str) -> _At | None:
+        if not isinstance(self.value, dict):
+            raise self._expect("a mapping")
+        return self.child(key) if key in self.value else None
+
+    def named_items(self, what: str) -> list[tuple[str, _At]]:
+        """Entries of a mapping whose keys are identifiers (`tables`, `columns`)."""
+        if not isinstance(self.value, dict):
+            raise self._expect(f"a mapping of {what} names to their settings")
+        seen: dict[str, str] = {}
+        items = []
+        for key in self.value:
+            at = self.child(key)
+            if not is_identifier(key):
+                raise at.error(f"{what} name {key!r} is not allowed: use letters, digits and "
+                               "underscores, start with a letter or underscore, at most 64 "
+                               "characters, and no 'sqlite_' or '_sw_' prefix")
+            if key.lower() in seen:
+                raise at.error(f"{what} name {key!r} differs from {seen[key.lower()]!r} only "
+                               "in case; SQL names are case-insensitive")
+            seen[key.lower()] = key
+            items.append((key, at))
+        return items
+
+    def sequence(self) -> list[_At]:
+        if not isinstance(self.value, list):
+            raise self._expect("a list")
+        return [self.child(i) for i in range(len(self.value))]
+
+    def string(self) -> str:
+        if not isinstance(self.value, str):
+            raise self._expect("text")
+        return self.value
+
+    def identifier(self, what: str) -> str:
+        value = self.string()
+        if not is_identifier(value):
+            raise self.error(f"{what} {value!r} is not allowed: use letters, digits and "
+                             "underscores, start with a letter or underscore, at most 64 "
+                             "characters, and no 'sqlite_' or '_sw_' prefix")
+        return value
+
+    def column_names(self, known: list[str]) -> tuple[str, ...]:
+        values = [self.value] if isinstance(self.value, str) else self.value
+        if not isinstance(values, list) or not values:
+            raise self._expect("a column name or a non-empty list of column names")
+        names: list[str] = []
+        for i, name in enumerate(values):
+            at = self if isinstance(self.value, str) else self.child(i)
+            if not isinstance(name, str):
+                raise at._expect("a column name")
+            if name not in known:
+                raise at.error(f"unknown column {name!r}{_hint(name, known)}")
+            if name in names:
+                raise at.error(f"column {name!r} is listed twice")
+            names.append(name)
+        return tuple(names)
+
+    def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise self._expect("an integer")
+        if minimum is not None and self.value < minimum:
+            raise self.error(f"expected an integer of at least {minimum}, got {self.value}")
+        if maximum is not None and self.value > maximum:
+            raise self.error(f"expected an integer of at most {maximum}, got {self.value}")
+        return self.value
+
+    def number(self, minimum: float | None = None, maximum: float | None = None) -> float:
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
+            raise self._expect("a number")
+        if minimum is not None and self.value < minimum:
+            raise self.error(f"expected a number of at least {minimum}, got {self.value}")
+        if maximum is not None and self.value > maximum:
+            raise self.error(f"expected a number of at most {maximum}, got {self.value}")
+        return float(self.value)
+
+    def boolean(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self._expect("true or false")
+        return self.value
+
+    def choice(self, options: tuple[str, ...]) -> str:
+        if not isinstance(self.value, str) or self.value.lower() not in options:
+            shown = _describe(self.value)
+            hint = _hint(self.value, options) if isinstance(self.value, str) else ""
+            raise self.error(f"expected one of {', '.join(options)}; got {shown}{hint}")
+        return self.value.lower()

@@ -1,0 +1,191 @@
+"""The demo's deterministic source: a registry of sites and their observations.
+
+Record `i` is a pure function of `(seed, i)`, so any run, resumed anywhere,
+produces the same data. The cursor is the data itself: the largest id in each
+target table. Registry rows go in ahead of the observations that reference
+them (observation `j` may reference registry rows up to `registry_needed(j)`),
+so foreign keys hold at every commit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import apsw
+
+from engine.config import GeneratorSourceConfig
+from engine.protocol import Row
+from engine.sql import quote
+
+_MASK = (1 << 64) - 1
+_BASE_EPOCH = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp())
+ORGS = ("Northwind Water", "Alder Grid", "Bluefen Rail", "Cedar Health", "Dunmore Ports",
+        "Eastlake Transit", "Fairholm Energy", "Greyrock Mining", "Harrow Farms",
+        "Ironbridge Works", "Juniper Telecom", "Kestrel Air", "Lowmoor Forestry",
+        "Marlow Utilities", "Northgate Logistics", "Oakshade Parks")
+PLACES = ("river", "valley", "harbour", "ridge", "station", "quarry", "junction", "meadow",
+          "reservoir", "substation", "depot", "pumphouse", "tower", "weir", "culvert", "yard")
+ADJECTIVES = ("north", "south", "upper", "lower", "old", "new", "east", "west", "inner",
+              "outer", "high", "little", "great", "far", "near", "middle")
+WORDS = ("sensor", "pressure", "flow", "inspection", "maintenance", "valve", "pump", "meter",
+         "calibration", "fault", "alarm", "battery", "replaced", "cleaned", "leak", "corrosion",
+         "temperature", "humidity", "reading", "drift", "firmware", "upgrade", "signal",
+         "antenna", "cabinet", "seal", "gasket", "filter", "sediment", "overflow", "storm",
+         "flood", "drought", "survey", "permit", "contractor", "scheduled", "urgent", "routine",
+         "quarterly", "annual", "report", "logged", "verified", "pending", "closed", "opened",
+         "crew", "visit", "access", "road", "bridge", "fence", "gate", "lock", "power", "outage",
+         "generator", "solar", "panel", "wind", "turbine", "cable", "trench", "pipe", "main",
+         "hydrant", "tank", "level", "overflowing", "dry", "noise", "vibration", "bearing",
+         "motor", "controller", "network", "gateway", "modem", "backup", "restored", "offline")
+UNITS = ("kPa", "degC", "mm", "m3/h", "ppm", "V", "A", "%RH")
+
+
+def _mix(*values: int) -> int:
+    """A 64-bit hash of small integers (splitmix64 steps), stable across runs."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (v & _MASK)) & _MASK
+        x = (x + 0x9E3779B97F4A7C15) & _MASK
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+        x ^= x >> 31
+    return x
+
+
+def _iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_BASE_EPOCH + seconds))
+
+
+class DemoGenerator:
+    """Produces registry and observation rows as pure functions of their ids."""
+
+    def __init__(self, source: GeneratorSourceConfig) -> None:
+        self.source = source
+        self.seed = source.seed
+
+    def registry_row(self, i: int) -> Row:
+        """(id, org, name, body, updated_at) of registry record `i`."""
+        h = _mix(self.seed, 1, i)
+        org = ORGS[h % len(ORGS)]
+        name = (f"{ADJECTIVES[(h >> 8) % len(ADJECTIVES)]} "
+                f"{PLACES[(h >> 16) % len(PLACES)]} site {i}")
+        words = 8 + (h >> 24) % 14
+        body = " ".join(WORDS[_mix(self.seed, 2, i, k) % len(WORDS)] for k in range(words))
+        return (i, org, name, body.capitalize() + ".", _iso(i * 60))
+
+    def observation_row(self, j: int) -> Row:
+        """(id, registry_id, observed_at, value, unit) of observation `j`."""
+        h = _mix(self.seed, 3, j)
+        registry_id = 1 + h % self.registry_needed(j)
+        value = round(((h >> 20) % 1_000_000) / 100, 2)
+        return (j, registry_id, _iso(j * 5), value, UNITS[(h >> 44) % len(UNITS)])
+
+    def registry_needed(self, j: int) -> int:
+        """How many registry rows must exist before observation `j` is written."""
+        total_obs = self.source.observation_rows
+        total_reg = self.source.registry_rows
+        if total_obs == 0:
+            return total_reg
+        return max(1, min(total_reg, -(-j * total_reg // total_obs)))
+
+
+class Writes(Protocol):
+    """The part of the engine the ingest needs (the facade satisfies it)."""
+
+    def write_many(self, table: str, rows: Any, *, columns: Any = None,
+                   wait: Literal[False]) -> Any: ...
+
+    def read(self, timeout: float | None = None) -> AbstractContextManager[apsw.Connection]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What one ingest run wrote."""
+
+    registry_rows: int
+    observation_rows: int
+    seconds: float
+    caught_up: bool
+
+    @property
+    def rows(self) -> int:
+        return self.registry_rows + self.observation_rows
+
+
+def cursor(engine: Writes, source: GeneratorSourceConfig) -> tuple[int, int]:
+    """The largest registry and observation ids already stored: where to go on from."""
+    with engine.read() as conn:
+        found = [conn.execute(f"SELECT coalesce(max(id), 0) FROM {quote(table)}").get
+                 for table in (source.registry_table, source.observations_table)]
+    return int(found[0]), int(found[1])
+
+
+def remaining(engine: Writes, source: GeneratorSourceConfig) -> int:
+    """Rows the source still has to deliver."""
+    reg, obs = cursor(engine, source)
+    return (max(0, source.registry_rows - reg)) + max(0, source.observation_rows - obs)
+
+
+def ingest(engine: Writes, source: GeneratorSourceConfig, *,
+           on_rows: Callable[[int], None] | None = None,
+           stop: threading.Event | None = None, in_flight: int = 4) -> IngestReport:
+    """Write everything the source has beyond the stored data, batch by batch.
+
+    Up to `in_flight` batches are queued at the Writer at once, so it can
+    commit them as a group. Stops between batches when `stop` is set; every
+    batch is one transaction, so what is committed is whole.
+    """
+    gen = DemoGenerator(source)
+    started = time.monotonic()
+    reg_done, obs_done = cursor(engine, source)
+    written = {"registry": 0, "observations": 0}
+    pending: deque[tuple[Any, str, int]] = deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            future, kind, count = pending.popleft()
+            future.get()
+            written[kind] += count
+            if on_rows is not None:
+                on_rows(count)
+
+    def submit(table: str, kind: str, rows: list[Row]) -> None:
+        pending.append((engine.write_many(table, rows, wait=False), kind, len(rows)))
+        settle(in_flight)
+
+    def registry_up_to(last: int) -> None:
+        nonlocal reg_done
+        while reg_done < last:
+            upper = min(last, reg_done + source.batch_rows)
+            submit(source.registry_table, "registry",
+                   [gen.registry_row(i) for i in range(reg_done + 1, upper + 1)])
+            reg_done = upper
+
+    try:
+        for first, last in _batches(obs_done + 1, source.observation_rows, source.batch_rows):
+            if stop is not None and stop.is_set():
+                break
+            registry_up_to(gen.registry_needed(last))
+            submit(source.observations_table, "observations",
+                   [gen.observation_row(j) for j in range(first, last + 1)])
+        else:
+            if stop is None or not stop.is_set():
+                registry_up_to(source.registry_rows)
+    finally:
+        settle(0)
+    caught_up = remaining(engine, source) == 0
+    return IngestReport(registry_rows=written["registry"],
+                        observation_rows=written["observations"],
+                        seconds=time.monotonic() - started, caught_up=caught_up)
+
+
+def _batches(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(first, last + 1, size):
+        yield start, min(last, start + size - 1)

@@ -1,0 +1,105 @@
+"""Every error the engine raises on purpose descends from `EngineError`.
+
+Only the CLI turns these into exit codes and one-line messages; everything
+else raises them with structured fields so callers can decide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EngineError(Exception):
+    """Root of the engine's errors."""
+
+    #: Trying the same thing again later may succeed.
+    retryable: bool = False
+    #: The user's input (config, arguments, records) is at fault, not the engine.
+    user_error: bool = False
+
+
+class ConfigError(EngineError):
+    """The configuration is invalid; names the file, line and key path."""
+
+    user_error = True
+
+    def __init__(
+        self, message: str, *, file: Path | str | None = None, line: int | None = None,
+        path: str = "",
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.path = path
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.path:
+            where += f": {self.path}"
+        return f"{where}: {self.message}"
+
+
+class SchemaError(EngineError):
+    """The declared schema cannot be applied safely to the existing database."""
+
+    user_error = True
+
+    def __init__(self, message: str, *, table: str | None = None, column: str | None = None):
+        self.table = table
+        self.column = column
+        super().__init__(message)
+
+
+class DatabaseError(EngineError):
+    """The database file cannot be opened or is not usable."""
+
+    user_error = True
+
+    def __init__(self, message: str, *, path: Path | str | None = None):
+        self.path = str(path) if path is not None else None
+        super().__init__(message)
+
+
+class WriteError(EngineError):
+    """A write message failed; nothing it asked for was committed."""
+
+    def __init__(
+        self, message: str, *, message_kind: str, sqlite_error: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        self.message_kind = message_kind
+        self.sqlite_error = sqlite_error
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class BadRowError(WriteError):
+    """A row handed to a bulk write has the wrong shape."""
+
+    user_error = True
+
+    def __init__(self, message: str, *, message_kind: str, row_index: int) -> None:
+        self.row_index = row_index
+        super().__init__(message, message_kind=message_kind)
+
+
+class UnexpectedMessage(EngineError):
+    """An actor received a message kind it does not handle."""
+
+    def __init__(self, actor: str, message: object) -> None:
+        self.actor = actor
+        self.kind = getattr(message, "kind", type(message).__name__)
+        super().__init__(f"{actor} does not handle {self.kind!r}")
+
+
+class EngineStopped(EngineError):
+    """The engine (or the actor a message was meant for) is not running."""
+
+    retryable = True
+
+    def __init__(self, receiver: str) -> None:
+        self.receiver = receiver
+        super().__init__(f"{receiver} is not running")

@@ -1,0 +1,375 @@
+"""The `Engine` facade: what a service embeds and what the CLI drives.
+
+It builds the actors from a validated config, starts them in dependency
+order, and stops them in reverse. Its methods are the edge of the actor
+system: they `ask` and wait, and record every message on the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import FrameType, TracebackType
+from typing import Any, Literal, overload
+
+import apsw
+import pykka
+
+from actors.writer import WriterActor
+from engine.bus import Bus
+from engine.config import Config, TableConfig, load_config
+from engine.dbstatus import file_size
+from engine.errors import BadRowError, EngineError, EngineStopped, WriteError
+from engine.msglog import MessageLog, NullMessageLog
+from engine.protocol import (
+    Checkpoint,
+    CheckpointResult,
+    Execute,
+    ExecuteBatch,
+    InsertRows,
+    Message,
+    Row,
+    Statement,
+    UpsertRows,
+    WriteResult,
+    WriterState,
+    WriterStatus,
+)
+from engine.readers import ReaderPool
+from engine.redact import Redactor
+from engine.statusd import StatusServer
+from engine.supervisor import Failure, Supervisor
+
+FACADE = "facade"
+#: How long start-up may take before the engine gives up on an actor.
+START_TIMEOUT_S = 120.0
+
+
+class Engine:
+    """An embedded sqlwarden engine; use as a context manager or call start/stop."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._tables = {t.name: t for t in config.tables}
+        self._redactor = Redactor(config.secrets)
+        self._state = "new"
+        self._fatal: Failure | None = None
+        self._stopped = threading.Event()
+        self._actors: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._log: MessageLog | None = None
+        self._bus: Bus | None = None
+        self._readers: ReaderPool | None = None
+        self._status_server: StatusServer | None = None
+        self.supervisor = Supervisor(redactor=self._redactor, on_fatal=self._on_fatal)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Engine:
+        """Build an engine from a YAML config file (validated; nothing started yet)."""
+        return cls(load_config(path), **kwargs)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def state(self) -> str:
+        """`new`, `running`, `failed` (a fatal error; stop it) or `stopped`."""
+        return self._state
+
+    @property
+    def status_url(self) -> str | None:
+        return self._status_server.url if self._status_server is not None else None
+
+    @property
+    def message_log_path(self) -> str | None:
+        return str(self._log.path) if self._log is not None and self.config.message_log.enabled \
+            else None
+
+    def start(self) -> Engine:
+        """Start the actors in dependency order; raises if any cannot start."""
+        if self._state != "new":
+            raise EngineError(f"the engine cannot start: it is {self._state}")
+        log_config = self.config.message_log
+        log_class = MessageLog if log_config.enabled else NullMessageLog
+        self._log = log_class(log_config, self.config.message_log_path, redactor=self._redactor)
+        self._log.start()
+        self._bus = Bus(self._log)
+        try:
+            self._start_actor(WriterActor, config=self.config, clock=self._clock)
+            self._readers = ReaderPool(self.config.database)
+            if self.config.status.enabled:
+                self._status_server = StatusServer(
+                    self.config.status.host, self.config.status.port, status=self.status,
+                    healthy=lambda: self._state == "running")
+                self._status_server.start()
+        except BaseException:
+            self._shutdown()
+            raise
+        self._state = "running"
+        return self
+
+    def _start_actor(self, actor_class: Any, **kwargs: Any) -> None:
+        assert self._bus is not None
+        ready: pykka.Future[None] = pykka.ThreadingFuture()
+        ref = actor_class.start(bus=self._bus, supervisor=self.supervisor, ready=ready, **kwargs)
+        self._actors.append((actor_class.name, ref))
+        ready.get(timeout=START_TIMEOUT_S)
+        self._bus.register(actor_class.name, ref)
+
+    def stop(self) -> None:
+        """Stop everything in reverse order; queued writes are committed first."""
+        if self._state in ("new", "stopped"):
+            return
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._status_server is not None:
+            self._status_server.stop()
+            self._status_server = None
+        if self._readers is not None:
+            self._readers.close()
+        for name, ref in reversed(self._actors):
+            if self._bus is not None:
+                self._bus.unregister(name)
+            if ref.is_alive():
+                with contextlib.suppress(pykka.Timeout):
+                    ref.stop(block=True, timeout=START_TIMEOUT_S)
+        self._actors.clear()
+        if self._log is not None:
+            self._log.close()
+        self._state = "stopped" if self._fatal is None else "failed"
+        self._stopped.set()
+
+    def _on_fatal(self, failure: Failure) -> None:
+        # Runs on the failing actor's thread: note it; whoever waits stops us.
+        self._fatal = failure
+        self._state = "failed"
+        self._stopped.set()
+
+    def wait(self, stop: threading.Event | None = None, *, poll_s: float = 0.5) -> str:
+        """Block until `stop` is set, the engine fails or is stopped; says which."""
+        while True:
+            if stop is not None and stop.is_set():
+                return "stop requested"
+            if self._fatal is not None:
+                return f"fatal failure in {self._fatal.actor}: {self._fatal.error}"
+            if self._stopped.wait(poll_s):
+                return "engine stopped"
+
+    # --- writes -------------------------------------------------------------------------
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
+        """Run one statement; returns once it is committed."""
+        result: WriteResult = self._ask("writer", Execute(sql=sql, params=tuple(params)))
+        return result
+
+    def write_batch(self, statements: Iterable[str | tuple[str, Sequence[Any]]]) -> WriteResult:
+        """Run several statements in one transaction: all commit, or none."""
+        batch = tuple(Statement(sql=s, params=()) if isinstance(s, str)
+                      else Statement(sql=s[0], params=tuple(s[1])) for s in statements)
+        result: WriteResult = self._ask("writer", ExecuteBatch(statements=batch))
+        return result
+
+    @overload
+    def write_many(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+                   columns: Sequence[str] | None = None,
+                   wait: Literal[True] = True) -> WriteResult: ...
+
+    @overload
+    def write_many(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+                   columns: Sequence[str] | None = None,
+                   wait: Literal[False]) -> pykka.Future[WriteResult]: ...
+
+    def write_many(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+                   columns: Sequence[str] | None = None,
+                   wait: bool = True) -> WriteResult | pykka.Future[WriteResult]:
+        """Insert rows (tuples in column order, or dicts) into a declared table.
+
+        With `wait=False` returns a future at once; its `.get()` gives the
+        result once committed, which lets several batches share a commit.
+        """
+        spec = self._table(table, "writer.insert_rows")
+        cols, data = _rows(spec, rows, columns, "writer.insert_rows")
+        return self._send("writer", InsertRows(table=table, columns=cols, rows=data), wait)
+
+    @overload
+    def upsert(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+               columns: Sequence[str] | None = None, key: Sequence[str] | None = None,
+               wait: Literal[True] = True) -> WriteResult: ...
+
+    @overload
+    def upsert(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+               columns: Sequence[str] | None = None, key: Sequence[str] | None = None,
+               wait: Literal[False]) -> pykka.Future[WriteResult]: ...
+
+    def upsert(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
+               columns: Sequence[str] | None = None, key: Sequence[str] | None = None,
+               wait: bool = True) -> WriteResult | pykka.Future[WriteResult]:
+        """Insert rows, updating the other columns where the key (default: primary key) exists."""
+        spec = self._table(table, "writer.upsert_rows")
+        cols, data = _rows(spec, rows, columns, "writer.upsert_rows")
+        conflict = tuple(key) if key is not None else spec.primary_key
+        missing = [c for c in conflict if c not in cols]
+        if missing:
+            raise WriteError(f"upsert into {table}: the key column(s) {', '.join(missing)} "
+                             "are not among the columns written", message_kind="writer.upsert_rows")
+        return self._send("writer", UpsertRows(table=table, columns=cols, rows=data,
+                                               key=conflict), wait)
+
+    def checkpoint(self, mode: str = "passive") -> CheckpointResult:
+        """Run a WAL checkpoint now (`passive`, `full`, `restart` or `truncate`)."""
+        result: CheckpointResult = self._ask("writer", Checkpoint(mode=mode))
+        return result
+
+    # --- reads and status ---------------------------------------------------------------
+
+    @contextmanager
+    def read(self, timeout: float | None = None) -> Iterator[apsw.Connection]:
+        """Borrow a read-only connection for the `with` block."""
+        if self._readers is None or self._state != "running":
+            raise EngineStopped("engine")
+        with self._readers.lend(timeout) as conn:
+            yield conn
+
+    def writer_state(self) -> WriterState:
+        """The Writer's counters (messages, transactions, WAL)."""
+        state: WriterState = self._ask("writer", WriterStatus())
+        return state
+
+    def status(self) -> dict[str, Any]:
+        """Everything worth knowing about the running engine, with secrets removed."""
+        path = str(self.config.database.path)
+        out: dict[str, Any] = {
+            "state": self._state,
+            "database": {"path": path, "size_bytes": file_size(path),
+                         "wal_bytes": file_size(path + "-wal")},
+        }
+        if self._state == "running":
+            try:
+                writer = dataclasses.asdict(self.writer_state())
+                writer["queue_depth"] = self.queue_depth("writer")
+                out["writer"] = writer
+            except EngineError as exc:
+                out["writer"] = {"error": str(exc)}
+        if self._readers is not None:
+            out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
+        if self._log is not None:
+            out["message_log"] = {"path": self.message_log_path,
+                                  "write_errors": self._log.write_errors,
+                                  "last_write_error": self._log.last_write_error}
+        out["failures"] = {"total": self.supervisor.total,
+                           "recent": [dataclasses.asdict(f)
+                                      for f in self.supervisor.failures()]}
+        if self._fatal is not None:
+            out["fatal"] = dataclasses.asdict(self._fatal)
+        return _redact(self._redactor, out)
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def queue_depth(self, receiver: str = "writer") -> int:
+        """Messages sent to `receiver` that it has not started handling yet."""
+        return self._bus.depth(receiver) if self._bus is not None else 0
+
+    def messages_sent(self, receiver: str = "writer") -> int:
+        """Messages sent to `receiver` since the engine started."""
+        return self._bus.sent(receiver) if self._bus is not None else 0
+
+    def wait_for_sent(self, receiver: str, count: int, timeout: float | None = None) -> bool:
+        """Block until `count` messages were sent to `receiver` (a barrier for tools and tests)."""
+        self._require_running()
+        assert self._bus is not None
+        return self._bus.wait_for_sent(receiver, count, timeout)
+
+    def ask(self, receiver: str, message: Message, timeout: float | None = None) -> Any:
+        """Send any protocol message and wait for its answer (for tools and tests)."""
+        return self._ask(receiver, message, timeout)
+
+    def tell(self, receiver: str, message: Message) -> None:
+        """Send any protocol message without waiting (for tools and tests)."""
+        self._require_running()
+        assert self._bus is not None
+        self._bus.tell(FACADE, receiver, message)
+
+    def _ask(self, receiver: str, message: Message, timeout: float | None = None) -> Any:
+        return self._send(receiver, message, True, timeout)
+
+    def _send(self, receiver: str, message: Message, wait: bool,
+              timeout: float | None = None) -> Any:
+        self._require_running()
+        assert self._bus is not None
+        future = self._bus.ask(FACADE, receiver, message)
+        return future.get(timeout=timeout) if wait else future
+
+    def _require_running(self) -> None:
+        if self._state != "running" or self._bus is None:
+            raise EngineStopped("engine")
+
+    def _table(self, name: str, kind: str) -> TableConfig:
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise WriteError(f"table {name!r} is not declared in the config",
+                             message_kind=kind) from None
+
+
+def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],
+          columns: Sequence[str] | None, kind: str) -> tuple[tuple[str, ...], tuple[Row, ...]]:
+    cols = tuple(columns) if columns is not None else spec.column_names
+    unknown = [c for c in cols if c not in spec.column_names]
+    if unknown:
+        raise WriteError(f"table {spec.name} has no column(s) {', '.join(unknown)}",
+                         message_kind=kind)
+    out: list[Row] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, tuple):
+            out.append(row)
+        elif isinstance(row, Mapping):
+            try:
+                out.append(tuple(row[c] for c in cols))
+            except KeyError as exc:
+                raise BadRowError(f"{kind}: row {i} has no value for column {exc.args[0]!r}",
+                                  message_kind=kind, row_index=i) from None
+        elif isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise BadRowError(f"{kind}: row {i} is {type(row).__name__}, expected a tuple, "
+                              "list or dict", message_kind=kind, row_index=i)
+        else:
+            out.append(tuple(row))
+    return cols, tuple(out)
+
+
+def _redact(redactor: Redactor, value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(redactor, v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(redactor, v, key) for v in value]
+    return redactor.value(key, value)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
+    """Set `stop` on SIGINT or SIGTERM for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

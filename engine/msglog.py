@@ -1,0 +1,301 @@
+"""The message log: one JSON line per message, appended by a dedicated thread.
+
+Senders call `MessageLog.record()`, which only numbers the record and queues
+it; messages are immutable, so the log thread can summarise, redact and
+serialise them later without holding anyone up. Files rotate by size
+(`messages.jsonl`, `messages.jsonl.1`, ... oldest last) and `iter_records`
+reads them back in order for the replay tool.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import itertools
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from engine.config import MessageLogConfig
+from engine.redact import Redactor
+
+#: Record kinds: a message sent without or with a reply expected, and how its
+#: handling ended. Every handled message gets exactly one `reply` or `error`.
+RECORD_KINDS = ("tell", "ask", "reply", "error")
+
+_STRING_SUMMARY_CHARS = 200
+_SEQUENCE_SUMMARY_ITEMS = 8
+
+
+class _Entry(NamedTuple):
+    seq: int
+    ts: float
+    kind: str
+    sender: str
+    receiver: str
+    message_kind: str
+    payload: Any
+    corr: int
+    duration_ms: float | None
+    error: BaseException | None
+
+
+class MessageLog:
+    """Appends message records to a rotating JSON-lines file from one thread."""
+
+    def __init__(self, config: MessageLogConfig, path: Path, *, redactor: Redactor | None = None,
+                 clock: Any = time.time) -> None:
+        self._config = config
+        self._path = path
+        self._redactor = redactor or Redactor()
+        self._clock = clock
+        self._full = config.payload == "full"
+        self._max_bytes = max(1024, int(config.max_mb * 1024 * 1024))
+        self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
+        self._seq = itertools.count(1)
+        self._run = secrets.token_hex(4)
+        self._thread: threading.Thread | None = None
+        self._file: Any = None
+        self._size = 0
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def run_id(self) -> str:
+        """Marks this process's records apart from earlier runs in the same file."""
+        return self._run
+
+    def start(self) -> None:
+        """Open the file and start the log thread; sequence numbers continue the file's."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._seq = itertools.count(_last_seq(self._path) + 1)
+        self._open()
+        self._thread = threading.Thread(target=self._run_loop, name="sqlwarden-msglog",
+                                        daemon=True)
+        self._thread.start()
+
+    def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
+               corr: int, *, duration_ms: float | None = None,
+               error: BaseException | None = None) -> int:
+        """Queue one record; returns its sequence number. Called from any thread."""
+        seq = next(self._seq)
+        self._queue.put(_Entry(seq, self._clock(), kind, sender, receiver, message_kind,
+                               payload, corr, duration_ms, error))
+        return seq
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything recorded so far is written to the file."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # --- log thread ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Drain what else is queued so one flush covers many records.
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            for entry in batch:
+                if entry is None:
+                    stop = True
+                elif isinstance(entry, threading.Event):
+                    self._flush_file()
+                    entry.set()
+                else:
+                    self._write(entry)
+            self._flush_file()
+            if stop:
+                return
+
+    def _write(self, entry: _Entry) -> None:
+        try:
+            line = json.dumps(self._to_record(entry), ensure_ascii=False,
+                              separators=(",", ":"), default=str) + "\n"
+            data = line.encode("utf-8")
+            if self._size and self._size + len(data) > self._max_bytes:
+                self._rotate()
+            self._file.write(data)
+            self._size += len(data)
+        except Exception as exc:
+            self.write_errors += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+
+    def _flush_file(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.flush()
+        except OSError as exc:
+            self.write_errors += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+
+    def _to_record(self, entry: _Entry) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "seq": entry.seq,
+            "ts": datetime.fromtimestamp(entry.ts, UTC).isoformat(timespec="microseconds"),
+            "run": self._run,
+            "kind": entry.kind,
+            "sender": entry.sender,
+            "receiver": entry.receiver,
+            "message": entry.message_kind,
+            "fields": self._fields(entry.payload),
+            "corr": entry.corr,
+        }
+        if entry.duration_ms is not None:
+            record["duration_ms"] = round(entry.duration_ms, 3)
+        if entry.error is not None:
+            record["error"] = {"type": type(entry.error).__name__,
+                               "message": self._redactor.text(str(entry.error))}
+        return record
+
+    def _fields(self, payload: Any) -> Any:
+        if payload is None:
+            return {}
+        if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+            return {f.name: self._redactor.value(f.name, self._value(getattr(payload, f.name)))
+                    for f in dataclasses.fields(payload)}
+        return {"value": self._value(payload)}
+
+    def _value(self, value: Any, depth: int = 0) -> Any:
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            value = self._redactor.text(value)
+            if not self._full and len(value) > _STRING_SUMMARY_CHARS:
+                return value[:_STRING_SUMMARY_CHARS] + f"...({len(value)} chars)"
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            return ({"base64": base64.b64encode(raw).decode("ascii")} if self._full
+                    else f"<{len(raw)} bytes>")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if depth > 3:
+                return f"<{type(value).__name__}>"
+            return {f.name: self._redactor.value(f.name,
+                                                 self._value(getattr(value, f.name), depth + 1))
+                    for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            if self._full:
+                return [self._value(v, depth + 1) for v in value]
+            if len(value) <= _SEQUENCE_SUMMARY_ITEMS and all(
+                    v is None or isinstance(v, (bool, int, float, str)) for v in value):
+                return [self._value(v, depth + 1) for v in value]
+            return {"items": len(value)}
+        if isinstance(value, dict):
+            return {str(k): self._redactor.value(str(k), self._value(v, depth + 1))
+                    for k, v in value.items()}
+        return self._redactor.text(repr(value))
+
+    def _open(self) -> None:
+        self._file = open(self._path, "ab")  # noqa: SIM115 - kept open for the run
+        self._size = self._file.tell()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        backups = self._config.backups
+        if backups == 0:
+            self._path.unlink(missing_ok=True)
+        else:
+            oldest = _rotated(self._path, backups)
+            oldest.unlink(missing_ok=True)
+            for i in range(backups - 1, 0, -1):
+                src = _rotated(self._path, i)
+                if src.exists():
+                    src.rename(_rotated(self._path, i + 1))
+            self._path.rename(_rotated(self._path, 1))
+        self._open()
+
+
+class NullMessageLog(MessageLog):
+    """Numbers records and drops them: the log is switched off in config."""
+
+    def start(self) -> None:
+        pass
+
+    def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
+               corr: int, *, duration_ms: float | None = None,
+               error: BaseException | None = None) -> int:
+        return next(self._seq)
+
+
+def _rotated(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.name}.{index}")
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The current file and its rotated predecessors, oldest first."""
+    base = Path(path)
+    rotated: list[tuple[int, Path]] = []
+    for candidate in base.parent.glob(base.name + ".*"):
+        suffix = candidate.name[len(base.name) + 1:]
+        if suffix.isdigit():
+            rotated.append((int(suffix), candidate))
+    files = [p for _, p in sorted(rotated, reverse=True)]
+    if base.exists():
+        files.append(base)
+    return files
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every record in the log at `path` and its rotated files, oldest first.
+
+    A last line cut short by a crash is skipped; any other unreadable line
+    raises `ValueError` naming the file and line.
+    """
+    for file in log_files(path):
+        with open(file, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                is_last = all(not rest.strip() for rest in lines[number:])
+                if is_last:
+                    return
+                raise ValueError(f"{file}:{number}: not a JSON record") from None
+
+
+def _last_seq(path: Path) -> int:
+    """The sequence number of the last complete record in the log at `path`, or 0."""
+    for file in reversed(log_files(path)):
+        with open(file, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 65536))
+            tail = handle.read()
+        for raw in reversed(tail.split(b"\n")):
+            try:
+                return int(json.loads(raw)["seq"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return 0

@@ -1,0 +1,165 @@
+"""Opening SQLite connections: setup is a list of small named functions.
+
+Only `open_writer` opens the database read-write, and only the Writer actor
+calls it; everything else reads through `open_reader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import apsw
+
+from engine.config import DatabaseConfig
+from engine.errors import DatabaseError
+
+Setup = Callable[[apsw.Connection, DatabaseConfig], None]
+
+
+def set_journal_mode(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """WAL lets readers work while the writer writes."""
+    mode = conn.pragma("journal_mode", db.journal_mode)
+    if str(mode).lower() != db.journal_mode:
+        raise DatabaseError(f"cannot set journal_mode={db.journal_mode} (got {mode})",
+                            path=db.path)
+
+
+def set_synchronous(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """NORMAL is durable across application crashes in WAL mode and far cheaper than FULL."""
+    conn.pragma("synchronous", db.synchronous)
+
+
+def set_busy_timeout(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Wait for other processes' locks instead of failing at once."""
+    conn.set_busy_timeout(db.busy_timeout_ms)
+
+
+def use_immediate_transactions(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Any `with conn:` also takes the write lock at BEGIN (the engine uses `transaction`)."""
+    conn.transaction_mode = "IMMEDIATE"
+
+
+def disable_autocheckpoint(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """The Writer checkpoints itself; an automatic one stalls a random commit."""
+    conn.pragma("wal_autocheckpoint", 0)
+
+
+def limit_wal_file(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """After a checkpoint resets the WAL, cut the file back to the threshold."""
+    conn.pragma("journal_size_limit", int(db.wal_threshold_mb * 1024 * 1024))
+
+
+def enable_recursive_triggers(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Else `INSERT OR REPLACE` skips delete triggers and FTS indexes keep stale rows."""
+    conn.pragma("recursive_triggers", True)
+
+
+def enable_foreign_keys(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Declared references are enforced, not decorative."""
+    conn.pragma("foreign_keys", True)
+
+
+def disable_double_quoted_strings(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """A misspelt "column" must be an error, not a string literal."""
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+
+
+def refuse_writes(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Belt and braces on top of the read-only open flag."""
+    conn.pragma("query_only", True)
+
+
+WRITER_SETUP: tuple[Setup, ...] = (
+    set_busy_timeout,
+    set_journal_mode,
+    set_synchronous,
+    use_immediate_transactions,
+    disable_autocheckpoint,
+    limit_wal_file,
+    enable_recursive_triggers,
+    enable_foreign_keys,
+    disable_double_quoted_strings,
+)
+
+READER_SETUP: tuple[Setup, ...] = (
+    set_busy_timeout,
+    refuse_writes,
+    disable_double_quoted_strings,
+)
+
+
+def open_writer(db: DatabaseConfig) -> apsw.Connection:
+    """Open the one read-write connection (the Writer actor's), creating the file."""
+    db.path.parent.mkdir(parents=True, exist_ok=True)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    return _open(db, flags, WRITER_SETUP)
+
+
+def open_reader(db: DatabaseConfig) -> apsw.Connection:
+    """Open a read-only connection; the database must exist."""
+    if not Path(db.path).exists():
+        raise DatabaseError(f"database {db.path} does not exist (has the engine run yet?)",
+                            path=db.path)
+    return _open(db, apsw.SQLITE_OPEN_READONLY, READER_SETUP)
+
+
+def _open(db: DatabaseConfig, flags: int, setup: tuple[Setup, ...]) -> apsw.Connection:
+    try:
+        conn = apsw.Connection(str(db.path), flags=flags)
+    except apsw.Error as exc:
+        raise DatabaseError(f"cannot open database {db.path}: {exc}", path=db.path) from exc
+    try:
+        for step in setup:
+            step(conn, db)
+        # Fails here, not later, when the file is not a database.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except apsw.NotADBError as exc:
+        conn.close()
+        raise DatabaseError(f"{db.path} is not a SQLite database", path=db.path) from exc
+    except apsw.Error as exc:
+        conn.close()
+        raise DatabaseError(f"cannot set up database {db.path}: {exc}", path=db.path) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def variable_limit(conn: apsw.Connection) -> int:
+    """The connection's real limit of bound variables per statement."""
+    return int(conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, -1))
+
+
+@contextmanager
+def transaction(conn: apsw.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back if the block raises.
+
+    Not apsw's `with conn:`: in apsw 3.54 its BEGIN keeps the GIL while
+    SQLite's busy handler sleeps, which froze every thread of the process
+    for the whole busy timeout when another process held the write lock
+    (seen in tests). Statements run through `execute` release the GIL.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def savepoint(conn: apsw.Connection, name: str = "sw_message") -> Iterator[None]:
+    """A nested all-or-nothing step inside the current transaction."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

@@ -1,0 +1,154 @@
+"""Benchmarks for sqlwarden. Each prints a table and writes JSON.
+
+    scripts/bench ingest [--rows N] [--batch N] [--repeat N] [--json PATH]
+
+`ingest`: N rows through `Engine.write_many` (one call per batch, waiting for
+each) against raw apsw `executemany` in transactions of the same size, on the
+same table, in the same process. JSON keys: engine_rows_s, raw_rows_s,
+ratio, peak_rss_mb (kept stable; more keys may be added).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from engine.config import parse_config
+from engine.facade import Engine
+
+TABLE_YAML = """
+database:
+  path: {path}
+  wal_threshold_mb: 64
+tables:
+  observations:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      registry_id: {{type: integer, not_null: true}}
+      observed_at: {{type: timestamp, not_null: true}}
+      value: real
+      unit: {{type: text, not_null: true}}
+    indexes:
+      - [registry_id, observed_at]
+message_log:
+  path: {log}
+"""
+UNITS = ("kPa", "degC", "mm", "m3/h", "ppm", "V", "A", "%RH")
+
+
+def make_rows(count: int) -> list[tuple[Any, ...]]:
+    return [(i, 1 + (i * 7919) % 5000, f"2025-01-01T{(i // 3600) % 24:02d}:"
+             f"{(i // 60) % 60:02d}:{i % 60:02d}.{i % 1000:03d}Z", (i % 100000) / 100,
+             UNITS[i % len(UNITS)]) for i in range(1, count + 1)]
+
+
+def run_raw(workdir: Path, rows: list[tuple[Any, ...]], batch: int) -> float:
+    """Raw apsw: executemany, one transaction per batch, same pragmas as the Writer."""
+    path = workdir / "raw.db"
+    config = parse_config(TABLE_YAML.format(path=path, log=workdir / "raw.jsonl"),
+                          base_dir=workdir)
+    # Same schema as the engine's: let a short-lived engine create it.
+    with Engine(config):
+        pass
+    conn = apsw.Connection(str(path))
+    conn.pragma("journal_mode", "wal")
+    conn.pragma("synchronous", "normal")
+    conn.pragma("foreign_keys", True)
+    sql = "INSERT INTO observations (id, registry_id, observed_at, value, unit) VALUES (?,?,?,?,?)"
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch):
+        with conn:
+            conn.executemany(sql, rows[start:start + batch])
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def run_engine(workdir: Path, rows: list[tuple[Any, ...]], batch: int) -> float:
+    """The engine: one `write_many` per batch, each waited for."""
+    config = parse_config(TABLE_YAML.format(path=workdir / "engine.db",
+                                            log=workdir / "engine.jsonl"), base_dir=workdir)
+    with Engine(config) as engine:
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch):
+            engine.write_many("observations", rows[start:start + batch])
+        elapsed = time.perf_counter() - started
+    return elapsed
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    rows = make_rows(args.rows)
+    best: dict[str, float] = {}
+    runs: list[dict[str, Any]] = []
+    variants: dict[str, Callable[[Path, list[tuple[Any, ...]], int], float]] = {
+        "raw": run_raw, "engine": run_engine}
+    for repeat in range(args.repeat):
+        # Alternate the order so neither variant always runs on a warm cache.
+        order = list(variants) if repeat % 2 == 0 else list(reversed(variants))
+        for name in order:
+            with tempfile.TemporaryDirectory(prefix="sqlwarden-bench-") as tmp:
+                seconds = variants[name](Path(tmp), rows, args.batch)
+            runs.append({"variant": name, "seconds": round(seconds, 4),
+                         "rows_s": round(args.rows / seconds, 1)})
+            best[name] = min(best.get(name, float("inf")), seconds)
+    engine_rows_s = args.rows / best["engine"]
+    raw_rows_s = args.rows / best["raw"]
+    return {
+        "bench": "ingest",
+        "rows": args.rows,
+        "batch_rows": args.batch,
+        "repeat": args.repeat,
+        "engine_rows_s": round(engine_rows_s, 1),
+        "raw_rows_s": round(raw_rows_s, 1),
+        "ratio": round(engine_rows_s / raw_rows_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "runs": runs,
+        "sqlite_version": apsw.sqlite_lib_version(),
+    }
+
+
+def print_ingest(result: dict[str, Any]) -> None:
+    print(f"bench ingest: {result['rows']:,} rows in batches of {result['batch_rows']:,}, "
+          f"best of {result['repeat']}")
+    print(f"{'variant':<10} {'rows/s':>12} {'seconds':>9}")
+    for name, key in (("raw apsw", "raw_rows_s"), ("engine", "engine_rows_s")):
+        print(f"{name:<10} {result[key]:>12,.0f} {result['rows'] / result[key]:>9.2f}")
+    print(f"ratio {result['ratio']:.3f} (target >= 0.8)   peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = parser.add_subparsers(dest="name", metavar="NAME", required=True)
+    ingest = names.add_parser("ingest", help="Engine.write_many against raw apsw executemany")
+    ingest.add_argument("--rows", type=int, default=1_000_000)
+    ingest.add_argument("--batch", type=int, default=1_000)
+    ingest.add_argument("--repeat", type=int, default=2)
+    ingest.add_argument("--json", type=Path, default=Path("var/bench/ingest.json"),
+                        help="where to write the JSON result (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.batch < 1 or args.repeat < 1:
+        parser.error("--rows, --batch and --repeat must be positive")
+    result = bench_ingest(args)
+    print_ingest(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

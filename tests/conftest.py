@@ -1,0 +1,152 @@
+"""Shared fixtures: real SQLite files in tmp_path, engines stopped after each test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pykka
+import pytest
+
+from engine.config import Config, parse_config
+from engine.facade import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A small schema with an FTS table, an index and a foreign key.
+SITES_YAML = """\
+database:
+  path: {db}
+  busy_timeout_ms: {busy_timeout_ms}
+  wal_threshold_mb: {wal_threshold_mb}
+tables:
+  sites:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      org: {{type: text, not_null: true}}
+      name: {{type: text, not_null: true}}
+      body: text
+      updated_at: {{type: timestamp, not_null: true}}
+    indexes:
+      - [org, updated_at]
+    fts: [name, body]
+  readings:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      site_id: {{type: integer, not_null: true, references: sites.id}}
+      value: real
+      note: text
+message_log:
+  path: {log}
+  payload: {payload}
+"""
+
+
+def sites_yaml(tmp_path: Path, **overrides: Any) -> str:
+    values: dict[str, Any] = {"db": tmp_path / "data" / "test.db",
+                              "log": tmp_path / "data" / "messages.jsonl",
+                              "busy_timeout_ms": 5000, "wal_threshold_mb": 64,
+                              "payload": "summary"}
+    values.update(overrides)
+    return SITES_YAML.format(**values)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return parse_config(sites_yaml(tmp_path), file="test.yaml", base_dir=tmp_path)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        return parse_config(sites_yaml(tmp_path, **overrides), file="test.yaml",
+                            base_dir=tmp_path)
+    return make
+
+
+@pytest.fixture
+def engine(config: Config) -> Iterator[Engine]:
+    with Engine(config) as running:
+        yield running
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
+    def write(text: str, name: str = "sqlwarden.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+    return write
+
+
+@pytest.fixture(autouse=True)
+def no_actor_left_running() -> Iterator[None]:
+    """Every test must stop what it started."""
+    yield
+    alive = pykka.ActorRegistry.get_all()
+    if alive:
+        pykka.ActorRegistry.stop_all()
+        pytest.fail(f"actors still running after the test: {alive}")
+
+
+def site_row(i: int, *, org: str = "acme", body: str | None = None) -> tuple[Any, ...]:
+    return (i, org, f"site {i}", body if body is not None else f"pump station number {i}",
+            f"2025-01-01T00:00:{i % 60:02d}Z")
+
+
+def read_only(path: Path) -> apsw.Connection:
+    """A test's own read-only look at a database file."""
+    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+
+
+def count_rows(path: Path, table: str) -> int:
+    conn = read_only(path)
+    try:
+        return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+    finally:
+        conn.close()
+
+
+def table_digest(path: Path, table: str) -> str:
+    """A hash of every row in key order: equal digests mean equal contents."""
+    conn = read_only(path)
+    try:
+        digest = hashlib.sha256()
+        for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY 1'):
+            digest.update(repr(row).encode())
+        return digest.hexdigest()
+    finally:
+        conn.close()
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    """Every file below `path` with its content, to prove nothing changed."""
+    return {str(p.relative_to(path)): p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def sqlwarden(*args: str, env: dict[str, str] | None = None,
+              **kwargs: Any) -> subprocess.Popen[str]:
+    """Start the `sqlwarden` command in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+                            env=full_env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0,
+               what: str = "condition") -> None:
+    """Wait for a subprocess's observable state (there is no future to wait on)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)

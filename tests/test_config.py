@@ -1,0 +1,193 @@
+"""Config: valid files parse into frozen dataclasses; broken ones fail with one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.config import load_config, parse_config
+from engine.errors import ConfigError
+from engine.yamldoc import parse_yaml
+
+from .conftest import ROOT, files_under
+
+GOOD_TABLE = """\
+tables:
+  sites:
+    columns:
+      id: {type: integer, primary_key: true}
+      name: text
+"""
+
+
+def test_the_demo_config_is_valid() -> None:
+    config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
+    assert [t.name for t in config.tables] == ["registry", "observations"]
+    registry = config.table("registry")
+    assert registry.fts is not None and registry.fts.columns == ("name", "body")
+    assert config.sources[0].observation_rows >= 200_000
+
+
+def test_config_objects_are_frozen(tmp_path: Path) -> None:
+    config = parse_config(f"database: {{path: {tmp_path / 'x.db'}}}\n" + GOOD_TABLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.database.busy_timeout_ms = 1  # type: ignore[misc]
+
+
+def test_relative_paths_are_taken_from_the_config_files_folder(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "c.yaml"
+    path.write_text("database: {path: ../data/x.db}\n")
+    config = load_config(path)
+    assert config.database.path == tmp_path / "data" / "x.db"
+    assert config.message_log_path == tmp_path / "data" / "x.db.messages.jsonl"
+
+
+def test_environment_variables_are_interpolated_with_defaults_and_types(tmp_path: Path) -> None:
+    text = textwrap.dedent("""\
+        database:
+          path: ${SW_DIR}/x.db
+          busy_timeout_ms: ${SW_TIMEOUT}
+          readers: ${SW_UNSET:-3}
+        status:
+          port: ${SW_PORT}
+        """)
+    config = parse_config(text, environ={"SW_DIR": str(tmp_path), "SW_TIMEOUT": "250",
+                                         "SW_PORT": "8080"}, check_paths=False)
+    assert config.database.path == tmp_path / "x.db"
+    assert config.database.busy_timeout_ms == 250
+    assert config.database.readers == 3
+    assert config.status.port == 8080
+    # A quoted reference stays text, and the port must be an integer.
+    with pytest.raises(ConfigError, match="expected an integer"):
+        parse_config(text.replace("${SW_PORT}", '"${SW_PORT}"'), environ={
+            "SW_DIR": str(tmp_path), "SW_TIMEOUT": "250", "SW_PORT": "8080"},
+            check_paths=False)
+
+
+def test_values_under_secret_keys_are_remembered_as_secrets() -> None:
+    doc = parse_yaml("mirror:\n  password: ${SW_PW}\n  user: ${SW_USER}\n", file="c.yaml",
+                     environ={"SW_PW": "hunter2", "SW_USER": "bob"})
+    assert doc.secrets == frozenset({"hunter2"})
+
+
+def test_an_unknown_key_suggests_the_closest_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"database:\n  path: {tmp_path / 'x.db'}\n  busy_timeot_ms: 5\n",
+                     file="c.yaml")
+    assert str(info.value) == ("c.yaml:3: database.busy_timeot_ms: unknown key 'busy_timeot_ms' "
+                               "(did you mean 'busy_timeout_ms'?); expected one of: path, "
+                               "journal_mode, synchronous, busy_timeout_ms, wal_threshold_mb, "
+                               "checkpoint_idle_ms, readers")
+
+
+def _unwritable_dir(tmp_path: Path) -> str:
+    if os.geteuid() == 0:
+        # Root may write anywhere a mode bit forbids; /sys refuses even root.
+        return "/sys/sqlwarden-test"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    return str(locked)
+
+
+# Each case: (config text, line, key path, words the message must contain).
+# `{tmp}` is the test's folder; `{locked}` a folder nobody may write into.
+BROKEN = [
+    pytest.param("database:\n  path: [unclosed\n", 3, "", "invalid YAML", id="yaml-syntax"),
+    pytest.param("database:\n  path: x.db\n   readers: 2\n", 3, "", "invalid YAML",
+                 id="yaml-indentation"),
+    pytest.param("", None, "", "the config is empty", id="empty-file"),
+    pytest.param("- database\n- tables\n", 1, "", "expected a mapping, got a list",
+                 id="top-level-list"),
+    pytest.param("databse:\n  path: x.db\n", 1, "databse", "did you mean 'database'",
+                 id="unknown-section"),
+    pytest.param("mirror: {}\ndatabase: {path: x.db}\n", 1, "mirror", "unknown key 'mirror'",
+                 id="section-not-yet-supported"),
+    pytest.param(GOOD_TABLE, 1, "", "missing required key 'database'", id="no-database"),
+    pytest.param("database:\n  journal_mode: wal\n", 1, "database",
+                 "missing required key 'path'", id="missing-database-path"),
+    pytest.param("database:\n  path: x.db\n  busy_timeout_ms: soon\n", 3,
+                 "database.busy_timeout_ms", "expected an integer, got text 'soon'",
+                 id="wrong-type"),
+    pytest.param("database:\n  path: x.db\n  readers: 0\n", 3, "database.readers",
+                 "at least 1", id="out-of-range"),
+    pytest.param("database:\n  path: x.db\n  journal_mode: wall\n", 3, "database.journal_mode",
+                 "did you mean 'wal'", id="bad-choice"),
+    pytest.param("database:\n  path: x.db\n  path: y.db\n", 3, "database.path", "duplicate key",
+                 id="duplicate-key"),
+    pytest.param('database: {path: x.db}\ntables:\n  \'a"; DROP TABLE x; --\':\n'
+                 '    columns: {id: integer}\n    primary_key: id\n', 3,
+                 'tables.a"; DROP TABLE x; --', "is not allowed", id="unsafe-table-name"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      \"id) ; DROP\": integer\n    primary_key: id\n", 5,
+                 "tables.sites.columns.id) ; DROP", "is not allowed", id="unsafe-column-name"),
+    pytest.param("database: {path: x.db}\ntables:\n  _sw_tasks:\n    columns: {id: integer}\n"
+                 "    primary_key: id\n", 3, "tables._sw_tasks", "prefix", id="reserved-name"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: varchar\n    primary_key: id\n", 5, "tables.sites.columns.id",
+                 "expected one of integer, real, text", id="unknown-column-type"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: {type: integer, not_nul: true}\n    primary_key: id\n", 5,
+                 "tables.sites.columns.id.not_nul", "did you mean 'not_null'",
+                 id="unknown-column-key"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n      id: integer\n",
+                 3, "tables.sites", "expected a primary key", id="no-primary-key"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "    indexes:\n      - [nmae]\n", 8,
+                 "tables.sites.indexes[0][0]", "did you mean 'name'", id="index-unknown-column"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n      size: integer\n"
+                 "    fts: [size]\n", 7, "tables.sites.fts", "only text columns",
+                 id="fts-on-a-number"),
+    pytest.param("database: {path: x.db}\ntables:\n  readings:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n"
+                 "      site_id: {type: integer, references: site.id}\n", 6,
+                 "tables.readings.columns.site_id", "not declared", id="reference-unknown-table"),
+    pytest.param("database:\n  path: ${SW_TEST_SURELY_UNSET}/x.db\n", 2, "database.path",
+                 "environment variable SW_TEST_SURELY_UNSET is not set", id="unset-variable"),
+    pytest.param("database:\n  path: {locked}/x.db\n", 2, "database.path", "not writable",
+                 id="unwritable-directory"),
+    pytest.param("database:\n  path: {tmp}\n", 2, "database.path", "is not a regular file",
+                 id="path-is-a-directory"),
+    pytest.param("database: {path: x.db}\nmessage_log:\n  payload: everything\n", 3,
+                 "message_log.payload", "expected one of summary, full", id="bad-payload"),
+    pytest.param("database: {path: x.db}\nstatus:\n  port: 70000\n", 3, "status.port",
+                 "at most 65535", id="port-out-of-range"),
+    pytest.param("database: {path: x.db}\nsources:\n  feed:\n    kind: ftp\n", 4,
+                 "sources.feed.kind", "expected one of generator", id="unknown-source-kind"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key_path", "words"), BROKEN)
+def test_a_broken_config_fails_with_one_line_naming_where_and_creates_nothing(
+        tmp_path: Path, write_file: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str],
+        text: str, line: int | None, key_path: str, words: str) -> None:
+    text = text.replace("{tmp}", str(tmp_path)).replace("{locked}", _unwritable_dir(tmp_path))
+    path = write_file(text, "broken.yaml")
+    before = files_under(tmp_path)
+    for command in (["check-config", str(path)], ["run", str(path), "--once"],
+                    ["status", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        where = f"{path}:{line}" if line is not None else str(path)
+        assert where in err
+        assert f": {key_path}: " in err if key_path else True
+        assert words in err
+        assert "Traceback" not in err
+    assert files_under(tmp_path) == before
+
+
+def test_a_valid_config_is_reported_ok(write_file: Callable[[str, str], Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_file(f"database: {{path: {tmp_path / 'x.db'}}}\n" + GOOD_TABLE)
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "sites" in out
+    assert not (tmp_path / "x.db").exists()

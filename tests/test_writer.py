@@ -1,0 +1,223 @@
+"""The Writer: atomic messages, bulk writes, group commit and WAL management."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import pytest
+
+from engine.config import Config
+from engine.errors import BadRowError, WriteError
+from engine.facade import Engine
+from engine.protocol import InsertRows
+from engine.schema import apply_schema
+from engine.sqlite import open_writer
+from engine.writer import WriterCore
+
+from .conftest import count_rows, site_row
+
+
+def test_a_write_returns_once_committed(engine: Engine, config: Config) -> None:
+    result = engine.write("INSERT INTO sites (id, org, name, updated_at) VALUES (?, ?, ?, ?)",
+                          (7, "acme", "north", "2025-01-01T00:00:00Z"))
+    assert (result.changes, result.last_rowid) == (1, 7)
+    assert count_rows(config.database.path, "sites") == 1
+
+
+def test_a_batch_commits_all_statements_or_none(engine: Engine, config: Config) -> None:
+    ok = ("INSERT INTO sites (id, org, name, updated_at) VALUES (1, 'a', 'b', 'c')")
+    duplicate = ("INSERT INTO sites (id, org, name, updated_at) VALUES (1, 'x', 'y', 'z')")
+    with pytest.raises(WriteError, match=r"UNIQUE constraint failed: sites\.id"):
+        engine.write_batch([ok, ("UPDATE sites SET org = ? WHERE id = 1", ("changed",)),
+                            duplicate])
+    assert count_rows(config.database.path, "sites") == 0
+    assert engine.write_batch([ok, ("UPDATE sites SET org = ? WHERE id = 1", ("z",))]) \
+        .changes == 2
+
+
+def test_transaction_statements_are_refused(engine: Engine) -> None:
+    with pytest.raises(WriteError, match="transaction statements are not accepted"):
+        engine.write("COMMIT")
+    with pytest.raises(WriteError, match="transaction statements are not accepted"):
+        engine.write_batch(["begin immediate"])
+
+
+def test_write_many_takes_tuples_lists_and_dicts(engine: Engine, config: Config) -> None:
+    engine.write_many("sites", [site_row(1), list(site_row(2))])
+    engine.write_many("sites", [{"id": 3, "org": "o", "name": "n", "updated_at": "t"}],
+                      columns=["id", "org", "name", "updated_at"])
+    assert count_rows(config.database.path, "sites") == 3
+
+
+def test_a_bad_row_fails_its_whole_message_and_names_the_row(engine: Engine,
+                                                             config: Config) -> None:
+    rows = [site_row(i) for i in range(1, 1200)]
+    rows[1100] = rows[1100][:3]
+    with pytest.raises(BadRowError, match="row 1100 has 3 values, expected 5"):
+        engine.write_many("sites", rows)
+    with pytest.raises(BadRowError, match="row 0 has no value for column 'org'"):
+        engine.write_many("sites", [{"id": 1}])
+    with pytest.raises(WriteError, match="not declared"):
+        engine.write_many("nowhere", [(1,)])
+    with pytest.raises(WriteError, match="no column"):
+        engine.write_many("sites", [(1,)], columns=["idd"])
+    assert count_rows(config.database.path, "sites") == 0
+
+
+def test_a_type_mismatch_in_a_strict_table_is_refused(engine: Engine, config: Config) -> None:
+    with pytest.raises(WriteError, match="cannot store TEXT value in REAL column"):
+        engine.write_many("sites", [site_row(1)])
+        engine.write_many("readings", [(1, 1, "not a number", None)])
+    assert count_rows(config.database.path, "readings") == 0
+
+
+def test_upsert_updates_existing_rows_and_inserts_new_ones(engine: Engine,
+                                                           config: Config) -> None:
+    engine.write_many("sites", [site_row(1, body="old text"), site_row(2)])
+    result = engine.upsert("sites", [site_row(1, body="new text"), site_row(3)])
+    assert result.changes == 2
+    with engine.read() as conn:
+        assert conn.execute("SELECT id, body FROM sites ORDER BY id").fetchall() == [
+            (1, "new text"), (2, "pump station number 2"), (3, "pump station number 3")]
+        hits = conn.execute("SELECT rowid FROM sites_fts WHERE sites_fts MATCH 'old'").fetchall()
+        assert hits == []
+
+
+def test_bulk_statements_are_sized_by_the_connections_variable_limit(config: Config) -> None:
+    conn = open_writer(config.database)
+    try:
+        apply_schema(conn, config)
+        conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, 12)
+        core = WriterCore(conn, config)
+        assert core.variable_limit == 12
+        statements: list[str] = []
+        conn.exec_trace = lambda _cursor, sql, _bindings: statements.append(sql) or True
+        rows = tuple(site_row(i) for i in range(1, 6))
+        [outcome] = core.commit_group([InsertRows(table="sites", columns=(
+            "id", "org", "name", "body", "updated_at"), rows=rows)])
+        conn.exec_trace = None
+    finally:
+        conn.close()
+    assert not isinstance(outcome, Exception) and outcome.changes == 5
+    inserts = [s for s in statements if s.startswith("INSERT INTO \"sites\"")]
+    # 12 variables hold two rows of five values: 2 + 2 + 1 rows.
+    assert [s.count("(?,?,?,?,?)") for s in inserts] == [2, 2, 1]
+
+
+def test_writes_queued_while_a_transaction_runs_commit_together(
+        make_config: Callable[..., Config]) -> None:
+    config = make_config(busy_timeout_ms=60_000)
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        base = engine.writer_state()
+        # Another connection holds the write lock, so the Writer's first
+        # transaction waits while the other threads' writes queue behind it.
+        blocker = apsw.Connection(str(config.database.path))
+        blocker.set_busy_timeout(60_000)
+        blocker.execute("BEGIN IMMEDIATE")
+        threads_n, per_thread = 4, 25
+        start = threading.Barrier(threads_n)
+        errors: list[BaseException] = []
+
+        def writer(t: int) -> None:
+            try:
+                start.wait()
+                for i in range(per_thread):
+                    engine.write("INSERT INTO readings (site_id, value) VALUES (1, ?)",
+                                 (t * 1000 + i,))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(threads_n)]
+        sent = engine.messages_sent("writer")
+        for thread in threads:
+            thread.start()
+        # Every thread's first write is sent while none can commit.
+        assert engine.wait_for_sent("writer", sent + threads_n, timeout=60)
+        blocker.execute("COMMIT")
+        blocker.close()
+        for thread in threads:
+            thread.join()
+        state = engine.writer_state()
+    assert errors == []
+    messages = state.messages - base.messages
+    transactions = state.transactions - base.transactions
+    assert messages == threads_n * per_thread
+    assert transactions < messages
+    assert count_rows(config.database.path, "readings") == threads_n * per_thread
+
+
+def test_a_failing_write_in_a_group_fails_alone(make_config: Callable[..., Config]) -> None:
+    config = make_config(busy_timeout_ms=60_000)
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        blocker = apsw.Connection(str(config.database.path))
+        blocker.execute("BEGIN IMMEDIATE")
+        first = engine.write_many("readings", [(1, 1, 1.0, "a")], wait=False)
+        bad = engine.write_many("readings", [(2, 99, 2.0, "no such site")], wait=False)
+        good = engine.write_many("readings", [(3, 1, 3.0, "c")], wait=False)
+        blocker.execute("COMMIT")
+        blocker.close()
+        first.get()
+        with pytest.raises(WriteError, match="FOREIGN KEY constraint failed"):
+            bad.get()
+        good.get()
+        with engine.read() as conn:
+            assert [r[0] for r in conn.execute("SELECT id FROM readings ORDER BY id")] == [1, 3]
+
+
+def wal_size(config: Config) -> int:
+    try:
+        return os.path.getsize(str(config.database.path) + "-wal")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_forced_checkpoint_shrinks_the_wal_once_a_long_lived_reader_lets_go(
+        make_config: Callable[..., Config]) -> None:
+    config = make_config(wal_threshold_mb=0.25)
+    threshold = 256 * 1024
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        text = "x" * 400
+        with engine.read() as reader:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM readings").fetchone() == (0,)
+            for batch in range(20):
+                engine.write_many("readings", [(batch * 100 + i, 1, float(i), text)
+                                               for i in range(1, 101)])
+            held = engine.writer_state()
+            grown = wal_size(config)
+            # The reader still sees its snapshot, and the WAL could not be reset.
+            assert reader.execute("SELECT count(*) FROM readings").fetchone() == (0,)
+        assert grown > 2 * threshold
+        assert held.busy_checkpoints > 0
+        engine.write_many("readings", [(5000, 1, 1.0, "after")])
+        after = engine.writer_state()
+        assert after.forced_checkpoints > held.forced_checkpoints
+        assert wal_size(config) < threshold
+        assert count_rows(config.database.path, "readings") == 2001
+
+
+def test_an_explicit_checkpoint_reports_what_it_did(engine: Engine) -> None:
+    engine.write_many("sites", [site_row(i) for i in range(1, 50)])
+    result = engine.checkpoint("truncate")
+    assert not result.busy and result.wal_file_bytes == 0
+    with pytest.raises(WriteError, match="unknown checkpoint mode"):
+        engine.checkpoint("sometimes")
+
+
+def test_status_reports_the_writer_and_the_wal(engine: Engine, config: Config,
+                                               tmp_path: Path) -> None:
+    engine.write_many("sites", [site_row(i) for i in range(1, 20)])
+    status = engine.status()
+    assert status["state"] == "running"
+    writer = status["writer"]
+    assert writer["rows_written"] == 19 and writer["transactions"] >= 1
+    assert writer["variable_limit"] >= 999
+    assert writer["wal_file_bytes"] == status["database"]["wal_bytes"] > 0
+    assert writer["queue_depth"] == 0
