@@ -142,6 +142,12 @@ def sqlwarden(*args: str, env: dict[str, str] | None = None,
                             stderr=subprocess.PIPE, **kwargs)
 
 
+def run_sqlwarden(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `sqlwarden` command to completion."""
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
 def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0,
                what: str = "condition") -> None:
     """Wait for a subprocess's observable state (there is no future to wait on)."""

@@ -1,0 +1,80 @@
+"""The demo source: deterministic records, a cursor taken from the data."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine.config import GeneratorSourceConfig, load_config
+from engine.demo import DemoGenerator, cursor, ingest
+from engine.facade import Engine
+
+from .conftest import ROOT, count_rows, read_only, run_sqlwarden, table_digest
+
+
+def test_records_are_pure_functions_of_seed_and_id() -> None:
+    source = GeneratorSourceConfig(name="d", registry_rows=100, observation_rows=1000, seed=5)
+    one, two = DemoGenerator(source), DemoGenerator(source)
+    assert [one.registry_row(i) for i in (1, 50, 100)] == [two.registry_row(i)
+                                                           for i in (1, 50, 100)]
+    assert one.observation_row(777) == two.observation_row(777)
+    other = DemoGenerator(GeneratorSourceConfig(name="d", registry_rows=100,
+                                                observation_rows=1000, seed=6))
+    assert other.registry_row(1) != one.registry_row(1)
+
+
+def test_an_observation_only_references_registry_rows_written_before_it() -> None:
+    gen = DemoGenerator(GeneratorSourceConfig(name="d", registry_rows=70, observation_rows=1000))
+    needed = [gen.registry_needed(j) for j in range(1, 1001)]
+    assert needed == sorted(needed) and needed[-1] == 70 and needed[0] >= 1
+    assert all(gen.observation_row(j)[1] <= needed[j - 1] for j in range(1, 1001))
+
+
+def test_a_stopped_ingest_resumes_from_the_data_to_the_same_result(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
+    small = GeneratorSourceConfig(name="demo", registry_rows=300, observation_rows=9000,
+                                  batch_rows=500, seed=11)
+    results = []
+    for run in ("interrupted", "straight"):
+        database = dataclasses.replace(config.database, path=tmp_path / run / "d.db")
+        with Engine(dataclasses.replace(config, database=database, sources=(small,))) as engine:
+            if run == "interrupted":
+                interrupt_after(engine, small, rows=2000)
+            assert ingest(engine, small).caught_up
+        results.append(database.path)
+    for table in ("registry", "observations"):
+        assert count_rows(results[0], table) == count_rows(results[1], table)
+        assert table_digest(results[0], table) == table_digest(results[1], table)
+
+
+def interrupt_after(engine: Engine, source: GeneratorSourceConfig, *, rows: int) -> None:
+    """Ingest until at least `rows` are written, then stop between batches."""
+    stop = threading.Event()
+    written = [0]
+
+    def count(n: int) -> None:
+        written[0] += n
+        if written[0] >= rows:
+            stop.set()
+
+    report = ingest(engine, source, on_rows=count, stop=stop)
+    assert not report.caught_up
+    assert 0 < cursor(engine, source)[1] < source.observation_rows
+
+
+def test_the_embedded_default_ingests_at_least_200k_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQLWARDEN_DATA", str(tmp_path))
+    done = run_sqlwarden("run", str(ROOT / "configs" / "demo.yaml"), "--once")
+    assert done.returncode == 0, done.stderr
+    db = tmp_path / "demo.db"
+    rows = count_rows(db, "registry") + count_rows(db, "observations")
+    assert rows >= 200_000
+    assert f"demo: {rows:,} rows" in done.stdout
+    conn = read_only(db)
+    assert conn.execute("SELECT count(*) FROM registry_fts WHERE registry_fts MATCH 'pump'") \
+        .fetchone()[0] > 0
+    conn.close()

@@ -1,0 +1,77 @@
+"""The facade: start, stop, status endpoint, and what happens around them."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.config import Config, parse_config
+from engine.errors import DatabaseError, EngineError, EngineStopped
+from engine.facade import Engine
+
+from .conftest import count_rows, site_row, sites_yaml
+
+
+def test_stopping_commits_writes_that_were_still_queued(config: Config) -> None:
+    engine = Engine(config).start()
+    futures = [engine.write_many("sites", [site_row(i)], wait=False) for i in range(1, 41)]
+    engine.stop()
+    assert [f.get(timeout=30).changes for f in futures] == [1] * 40
+    assert count_rows(config.database.path, "sites") == 40
+    assert engine.state == "stopped"
+
+
+def test_a_stopped_engine_refuses_writes(config: Config) -> None:
+    with Engine(config) as engine:
+        pass
+    with pytest.raises(EngineStopped, match="engine is not running"):
+        engine.write("SELECT 1")
+
+
+def test_an_engine_starts_once(config: Config) -> None:
+    with Engine(config) as engine, pytest.raises(EngineError, match="cannot start: it is running"):
+        engine.start()
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_alone(
+        tmp_path: Path, config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config.database.path
+    path.parent.mkdir(parents=True)
+    path.write_text("these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(DatabaseError, match="is not a SQLite database"):
+        Engine(config).start()
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text(sites_yaml(tmp_path))
+    assert main(["run", str(yaml_path), "--once"]) == 2
+    assert "is not a SQLite database" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_the_status_endpoint_serves_health_and_status_on_loopback(tmp_path: Path) -> None:
+    text = sites_yaml(tmp_path) + "status:\n  enabled: true\n  port: 0\n"
+    config = parse_config(text, base_dir=tmp_path)
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        url = engine.status_url
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            assert json.load(response) == {"ok": True}
+        with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+            status = json.load(response)
+        assert status["writer"]["rows_written"] == 1
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{url}/nothing", timeout=10)
+        assert info.value.code == 404
+
+
+def test_from_yaml_builds_an_engine_from_a_file(
+        write_file: Callable[[str, str], Path], tmp_path: Path) -> None:
+    path = write_file(sites_yaml(tmp_path), "c.yaml")
+    with Engine.from_yaml(path) as engine:
+        assert engine.write_many("sites", [site_row(1)]).changes == 1

@@ -1,0 +1,85 @@
+"""Layering: the core never reaches up into actors, and only the Writer writes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import apsw
+
+from engine.config import Config
+from engine.facade import Engine
+
+from .conftest import ROOT, site_row
+
+TOP_FLOOR = {"engine/facade.py", "engine/cli.py"}
+
+
+def modules(package: str) -> dict[str, ast.Module]:
+    return {f"{package}/{p.name}": ast.parse(p.read_text(), filename=str(p))
+            for p in sorted((ROOT / package).glob("*.py"))}
+
+
+def imported(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def calls_to(tree: ast.Module, dotted: str) -> int:
+    count = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = (f"{func.value.id}.{func.attr}" if isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Name) else
+                    func.id if isinstance(func, ast.Name) else "")
+            count += name == dotted
+    return count
+
+
+def test_only_the_facade_and_the_cli_import_actors() -> None:
+    offenders = [name for name, tree in modules("engine").items()
+                 if name not in TOP_FLOOR
+                 and any(m == "actors" or m.startswith("actors.") for m in imported(tree))]
+    assert offenders == []
+
+
+def test_actors_do_not_import_the_top_floor() -> None:
+    offenders = [name for name, tree in modules("actors").items()
+                 if {"engine.facade", "engine.cli"} & imported(tree)]
+    assert offenders == []
+
+
+def test_the_engine_package_imports_nothing_eagerly() -> None:
+    assert imported(modules("engine")["engine/__init__.py"]) == set()
+
+
+def test_only_the_sqlite_module_opens_connections_and_only_the_writer_opens_read_write() -> None:
+    everything = modules("engine") | modules("actors")
+    openers = {name for name, tree in everything.items() if calls_to(tree, "apsw.Connection")}
+    assert openers == {"engine/sqlite.py"}
+    writers = {name for name, tree in everything.items() if calls_to(tree, "open_writer")}
+    assert writers == {"actors/writer.py"}
+
+
+def our_connections(path: Path) -> list[apsw.Connection]:
+    return [c for c in apsw.connections() if Path(c.filename) == path]
+
+
+def test_a_running_engine_has_exactly_one_read_write_connection(config: Config) -> None:
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        with engine.read() as first, engine.read() as second:
+            first.execute("SELECT count(*) FROM sites").fetchall()
+            second.execute("SELECT count(*) FROM sites").fetchall()
+            mine = our_connections(config.database.path)
+            writable = [c for c in mine if not c.readonly("main")]
+            assert len(mine) == 3
+            assert len(writable) == 1
+    assert our_connections(config.database.path) == []

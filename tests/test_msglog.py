@@ -1,0 +1,137 @@
+"""The message log: every message recorded, asks paired with answers, secrets kept out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config import Config, MessageLogConfig
+from engine.errors import UnexpectedMessage, WriteError
+from engine.facade import Engine
+from engine.msglog import MessageLog, iter_records, log_files
+from engine.protocol import Execute, Message
+from engine.redact import REDACTED, Redactor
+
+from .conftest import site_row
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Nonsense(Message):
+    kind = "test.nonsense"
+
+
+def records(config: Config) -> list[dict[str, Any]]:
+    return list(iter_records(config.message_log_path))
+
+
+def test_every_ask_has_exactly_one_reply_or_error(config: Config) -> None:
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(i) for i in range(1, 30)])
+        for i in range(30, 40):
+            engine.write_many("sites", [site_row(i)], wait=False)
+        with pytest.raises(WriteError):
+            engine.write("INSERT INTO nowhere VALUES (1)")
+        with pytest.raises(UnexpectedMessage):
+            engine.ask("writer", Nonsense())
+        engine.checkpoint()
+        engine.status()
+    log = records(config)
+    asks = Counter(r["corr"] for r in log if r["kind"] == "ask")
+    answers = Counter(r["corr"] for r in log if r["kind"] in ("reply", "error"))
+    assert len(asks) >= 14
+    assert set(asks.values()) == {1}
+    assert answers == asks + Counter({r["corr"]: 1 for r in log if r["kind"] == "tell"})
+    errors = [r for r in log if r["kind"] == "error"]
+    assert {e["message"] for e in errors} == {"writer.execute", "test.nonsense"}
+    assert all(e["error"]["type"] for e in errors)
+
+
+def test_a_record_carries_who_what_when_and_how_long(config: Config) -> None:
+    with Engine(config) as engine:
+        engine.write("INSERT INTO sites (id, org, name, updated_at) VALUES (?, ?, ?, ?)",
+                     (1, "acme", "north", "t"))
+    ask, reply = [r for r in records(config) if r["message"] == "writer.execute"]
+    assert ask["kind"] == "ask" and reply["kind"] == "reply"
+    assert (ask["sender"], ask["receiver"]) == ("facade", "writer")
+    assert (reply["sender"], reply["receiver"]) == ("writer", "facade")
+    assert ask["corr"] == reply["corr"] and ask["seq"] < reply["seq"]
+    assert ask["fields"]["params"] == [1, "acme", "north", "t"]
+    assert reply["fields"] == {"changes": 1, "last_rowid": 1}
+    assert reply["duration_ms"] >= 0 and "duration_ms" not in ask
+    assert ask["ts"].endswith("+00:00") and ask["run"] == reply["run"]
+
+
+def test_rows_are_summarised_unless_full_payload_is_configured(
+        make_config: Callable[..., Config]) -> None:
+    rows = [site_row(i) for i in range(1, 21)]
+    for payload, expected in (("summary", {"items": 20}), ("full", [list(r) for r in rows])):
+        config = make_config(payload=payload)
+        with Engine(config) as engine:
+            engine.write_many("sites", rows)
+            engine.write("DELETE FROM sites")
+        [insert] = [r for r in records(config) if r["message"] == "writer.insert_rows"
+                    and r["kind"] == "ask" and r["run"] == records(config)[-1]["run"]]
+        assert insert["fields"]["rows"] == expected
+
+
+def test_sequence_numbers_continue_across_runs(config: Config) -> None:
+    for _ in range(2):
+        with Engine(config) as engine:
+            engine.write_many("sites", [site_row(len(records(config)) + 1)])
+    seqs = [r["seq"] for r in records(config)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert len({r["run"] for r in records(config)}) == 2
+
+
+def test_the_log_rotates_by_size_and_reads_back_in_order(tmp_path: Path) -> None:
+    config = MessageLogConfig(max_mb=0.01, backups=2)
+    path = tmp_path / "log.jsonl"
+    log = MessageLog(config, path)
+    log.start()
+    for i in range(400):
+        log.record("tell", "a", "b", "x.y", Execute(sql="SELECT " + "9" * 50, params=(i,)), i)
+    log.close()
+    files = log_files(path)
+    assert [f.name for f in files] == ["log.jsonl.2", "log.jsonl.1", "log.jsonl"]
+    assert all(f.stat().st_size <= int(0.01 * 1024 * 1024) for f in files)
+    seqs = [r["seq"] for r in iter_records(path)]
+    assert seqs == list(range(seqs[0], 401))
+    assert seqs[0] > 1
+
+
+def test_a_record_cut_short_by_a_crash_is_skipped_but_others_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps({"seq": 1}) + "\n" + '{"seq": 2, "ki')
+    assert [r["seq"] for r in iter_records(path)] == [1]
+    path.write_text('{"seq": 1\n' + json.dumps({"seq": 2}) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:1: not a JSON record"):
+        list(iter_records(path))
+
+
+def test_secrets_never_reach_the_log(config: Config) -> None:
+    secret = "hunter2-very-secret"
+    config = dataclasses.replace(config, secrets=frozenset({secret}))
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1, body=f"password is {secret}")])
+        engine.write("UPDATE sites SET body = ? WHERE id = 1",
+                     (f"mysql://bob:{secret}@db.example/x",))
+        with pytest.raises(WriteError):
+            engine.write(f"INSERT INTO {secret} VALUES (1)")
+        status = json.dumps(engine.status())
+    text = "".join(p.read_text() for p in log_files(config.message_log_path))
+    assert secret not in text and secret not in status
+    assert REDACTED in text
+
+
+def test_redaction_covers_values_keys_and_url_passwords() -> None:
+    redactor = Redactor(["s3cr3t"])
+    assert redactor.text("token s3cr3t here") == f"token {REDACTED} here"
+    assert redactor.text("mysql://app:pw@host:3306/db") == f"mysql://app:{REDACTED}@host:3306/db"
+    assert redactor.value("password", "anything") == REDACTED
+    assert redactor.value("name", "plain") == "plain"
