@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType, TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import apsw
 import pykka
@@ -331,8 +331,11 @@ def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],
     if unknown:
         raise WriteError(f"table {spec.name} has no column(s) {', '.join(unknown)}",
                          message_kind=kind)
+    data = tuple(rows)
+    if all(type(row) is tuple for row in data):
+        return cols, cast(tuple[Row, ...], data)
     out: list[Row] = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(data):
         if isinstance(row, tuple):
             out.append(row)
         elif isinstance(row, Mapping):

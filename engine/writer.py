@@ -18,7 +18,7 @@ from itertools import chain
 
 import apsw
 
-from engine.config import Config
+from engine.config import Config, TableConfig
 from engine.errors import BadRowError, EngineError, UnexpectedMessage, WriteError
 from engine.protocol import (
     CheckpointResult,
@@ -26,7 +26,6 @@ from engine.protocol import (
     ExecuteBatch,
     InsertRows,
     Message,
-    Row,
     UpsertRows,
     WriteResult,
     WriterState,
@@ -58,6 +57,7 @@ class WriterCore:
         self._clock = clock
         self._wal_path = str(config.database.path) + "-wal"
         self.variable_limit = variable_limit(conn)
+        self._indexed = {t.name: has_secondary_index(t) for t in config.tables}
         self.page_size = int(conn.pragma("page_size"))
         self.wal_threshold_bytes = int(config.database.wal_threshold_mb * 1024 * 1024)
         self.idle_after_s = config.database.checkpoint_idle_ms / 1000
@@ -143,28 +143,34 @@ class WriterCore:
                     self.conn.execute(statement.sql, statement.params).fetchall()
                     changes += self.conn.changes()
                 return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
-            case InsertRows(table=table, columns=columns, rows=rows):
-                return self._bulk(message, rows, len(columns),
-                                  lambda n: insert_sql(table, columns, n))
-            case UpsertRows(table=table, columns=columns, rows=rows, key=key):
-                return self._bulk(message, rows, len(columns),
-                                  lambda n: upsert_sql(table, columns, key, n))
+            case InsertRows(table=table, columns=columns):
+                return self._bulk(message, lambda n: insert_sql(table, columns, n))
+            case UpsertRows(table=table, columns=columns, key=key):
+                return self._bulk(message, lambda n: upsert_sql(table, columns, key, n))
             case _:
                 raise UnexpectedMessage("writer", message)
 
-    def _bulk(self, message: Message, rows: Sequence[Row], width: int,
-              sql_for: Callable[[int], str]) -> WriteResult:
-        per = rows_per_statement(self.variable_limit, width)
-        total = len(rows)
-        changes = 0
-        for start in range(0, total, per):
-            chunk = rows[start:start + per]
-            params = tuple(chain.from_iterable(chunk))
-            if len(params) != len(chunk) * width:
-                raise _bad_row(message, chunk, start, width)
-            self.conn.execute(sql_for(len(chunk)), params)
-            changes += self.conn.changes()
-        self.rows_written += total
+    def _bulk(self, message: InsertRows | UpsertRows, sql_for: Callable[[int], str]) -> WriteResult:
+        rows, width = message.rows, len(message.columns)
+        if set(map(len, rows)) - {width}:
+            index = next(i for i, row in enumerate(rows) if len(row) != width)
+            raise BadRowError(f"{message.kind}: row {index} has {len(rows[index])} values, "
+                              f"expected {width}", message_kind=message.kind, row_index=index)
+        # A key-only upsert skips rows that exist, so only per-statement
+        # counts say how many it wrote; every other bulk write writes each row.
+        skips_rows = isinstance(message, UpsertRows) and set(message.columns) <= set(message.key)
+        per = rows_per_statement(self.variable_limit, width,
+                                 indexed=self._indexed.get(message.table, True) and not skips_rows)
+        changes = len(rows)
+        if per == 1:
+            self.conn.executemany(sql_for(1), rows)
+        else:
+            changes = 0
+            for start in range(0, len(rows), per):
+                chunk = rows[start:start + per]
+                self.conn.execute(sql_for(len(chunk)), tuple(chain.from_iterable(chunk)))
+                changes += self.conn.changes()
+        self.rows_written += len(rows)
         return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
 
     # --- WAL ----------------------------------------------------------------------------
@@ -243,14 +249,10 @@ def _refuse_transaction_control(message: Message, sql: str) -> None:
                          "message is already one transaction", message_kind=message.kind)
 
 
-def _bad_row(message: Message, chunk: Sequence[Row], start: int, width: int) -> BadRowError:
-    for offset, row in enumerate(chunk):
-        if len(row) != width:
-            return BadRowError(f"{message.kind}: row {start + offset} has {len(row)} values, "
-                               f"expected {width}", message_kind=message.kind,
-                               row_index=start + offset)
-    return BadRowError(f"{message.kind}: a row has the wrong number of values",
-                       message_kind=message.kind, row_index=start)
+def has_secondary_index(table: TableConfig) -> bool:
+    """True when inserting a row also updates another b-tree than the table's own."""
+    return bool(table.indexes or table.fts is not None or table.rowid_alias is None
+                or any(c.unique for c in table.columns))
 
 
 def as_engine_error(message: Message, exc: BaseException) -> EngineError:

@@ -50,6 +50,14 @@ def test_only_the_facade_and_the_cli_import_actors() -> None:
     assert offenders == []
 
 
+def test_the_core_is_plain_code_without_pykka() -> None:
+    # The bus is the transport between actors; everything else in engine/ is
+    # logic a test drives synchronously.
+    users = {name for name, tree in modules("engine").items()
+             if any(m == "pykka" or m.startswith("pykka.") for m in imported(tree))}
+    assert users <= {"engine/bus.py", "engine/facade.py"}
+
+
 def test_actors_do_not_import_the_top_floor() -> None:
     offenders = [name for name, tree in modules("actors").items()
                  if {"engine.facade", "engine.cli"} & imported(tree)]

@@ -10,10 +10,10 @@ from pathlib import Path
 import apsw
 import pytest
 
-from engine.config import Config
+from engine.config import Config, parse_config
 from engine.errors import BadRowError, WriteError
 from engine.facade import Engine
-from engine.protocol import InsertRows
+from engine.protocol import InsertRows, UpsertRows, WriteResult
 from engine.schema import apply_schema
 from engine.sqlite import open_writer
 from engine.writer import WriterCore
@@ -87,25 +87,74 @@ def test_upsert_updates_existing_rows_and_inserts_new_ones(engine: Engine,
         assert hits == []
 
 
-def test_bulk_statements_are_sized_by_the_connections_variable_limit(config: Config) -> None:
+def traced_bulk(config: Config, message: InsertRows | UpsertRows, *,
+                variable_limit: int | None = None) -> tuple[WriteResult, list[str]]:
+    """Run one bulk message on a fresh Writer core; return its result and the SQL run."""
     conn = open_writer(config.database)
     try:
         apply_schema(conn, config)
-        conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, 12)
+        conn.execute("INSERT INTO sites (id, org, name, updated_at) VALUES (1, 'a', 'b', 'c')")
+        if variable_limit is not None:
+            conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
         core = WriterCore(conn, config)
-        assert core.variable_limit == 12
         statements: list[str] = []
         conn.exec_trace = lambda _cursor, sql, _bindings: statements.append(sql) or True
-        rows = tuple(site_row(i) for i in range(1, 6))
-        [outcome] = core.commit_group([InsertRows(table="sites", columns=(
-            "id", "org", "name", "body", "updated_at"), rows=rows)])
+        [outcome] = core.commit_group([message])
         conn.exec_trace = None
     finally:
         conn.close()
-    assert not isinstance(outcome, Exception) and outcome.changes == 5
-    inserts = [s for s in statements if s.startswith("INSERT INTO \"sites\"")]
-    # 12 variables hold two rows of five values: 2 + 2 + 1 rows.
-    assert [s.count("(?,?,?,?,?)") for s in inserts] == [2, 2, 1]
+    assert isinstance(outcome, WriteResult), outcome
+    return outcome, [s for s in statements if s.startswith("INSERT")]
+
+
+def test_bulk_statements_are_sized_by_the_connections_variable_limit(config: Config) -> None:
+    rows = tuple((i, 1, float(i), None) for i in range(1, 8))
+    result, inserts = traced_bulk(config, InsertRows(
+        table="readings", columns=("id", "site_id", "value", "note"), rows=rows),
+        variable_limit=12)
+    assert result.changes == 7
+    # 12 variables hold three rows of four values: 3 + 3 + 1 rows.
+    assert [s.count("(?,?,?,?)") for s in inserts] == [3, 3, 1]
+
+
+def test_a_table_with_secondary_indexes_gets_one_row_per_statement(config: Config) -> None:
+    rows = tuple(site_row(i) for i in range(2, 12))
+    result, inserts = traced_bulk(config, InsertRows(
+        table="sites", columns=("id", "org", "name", "body", "updated_at"), rows=rows))
+    assert result.changes == 10
+    assert {s.count("(?,?,?,?,?)") for s in inserts} == {1}
+
+
+def test_a_key_only_upsert_counts_only_the_rows_it_added(tmp_path: Path) -> None:
+    config = parse_config(f"database: {{path: {tmp_path / 'k.db'}}}\n"
+                          "tables:\n  tags:\n    columns:\n"
+                          "      id: {type: integer, primary_key: true}\n      label: text\n")
+    with Engine(config) as engine:
+        engine.write_many("tags", [(1, "one")])
+        result = engine.upsert("tags", [(1,), (2,), (3,)], columns=["id"])
+        assert result.changes == 2
+        with engine.read() as conn:
+            assert conn.execute("SELECT id, label FROM tags ORDER BY id").fetchall() == [
+                (1, "one"), (2, None), (3, None)]
+
+
+def test_a_passive_checkpoint_runs_once_writes_pause(config: Config) -> None:
+    now = [1000.0]
+    conn = open_writer(config.database)
+    try:
+        apply_schema(conn, config)
+        core = WriterCore(conn, config, clock=lambda: now[0])
+        core.commit_group([InsertRows(table="sites", columns=(
+            "id", "org", "name", "body", "updated_at"), rows=(site_row(1),))])
+        assert core.wal_frames > 0
+        now[0] += config.database.checkpoint_idle_ms / 1000 / 2
+        assert core.idle_check() is True
+        assert core.checkpoints == 0
+        now[0] += config.database.checkpoint_idle_ms / 1000
+        assert core.idle_check() is False
+        assert core.checkpoints == 1 and core.wal_frames == 0
+    finally:
+        conn.close()
 
 
 def test_writes_queued_while_a_transaction_runs_commit_together(
