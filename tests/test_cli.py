@@ -173,3 +173,17 @@ def test_a_run_killed_mid_ingest_loses_no_committed_row_and_the_next_run_finishe
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
+
+
+def test_an_internal_failure_exits_1_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = demo_config(tmp_path, registry=10, observations=10)
+    assert main(["run", str(path), "--once", "--no-progress"]) == 0
+    capsys.readouterr()
+    damage = apsw.Connection(str(tmp_path / "demo.db"))
+    damage.execute("DROP TABLE _sw_meta; CREATE TABLE _sw_meta (x)")
+    damage.close()
+    assert main(["status", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("sqlwarden: internal error: ") and "SQLWARDEN_DEBUG" in err
