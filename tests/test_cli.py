@@ -12,6 +12,7 @@ import pytest
 from engine.cli import main
 
 from .conftest import (
+    ROOT,
     count_rows,
     read_only,
     run_sqlwarden,
@@ -20,42 +21,21 @@ from .conftest import (
     wait_until,
 )
 
-DEMO_YAML = """\
-database:
-  path: {dir}/demo.db
-tables:
-  registry:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      org: {{type: text, not_null: true}}
-      name: {{type: text, not_null: true}}
-      body: text
-      updated_at: {{type: timestamp, not_null: true}}
-    fts: [name, body]
-  observations:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      registry_id: {{type: integer, not_null: true, references: registry.id}}
-      observed_at: {{type: timestamp, not_null: true}}
-      value: real
-      unit: {{type: text, not_null: true}}
-    indexes:
-      - [registry_id, observed_at]
-sources:
-  demo:
-    kind: generator
-    registry_rows: {registry}
-    observation_rows: {observations}
-    batch_rows: 1000
-    seed: 3
-"""
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 
 
 def demo_config(folder: Path, *, registry: int = 500, observations: int = 5000) -> Path:
+    """The shipped demo config, with its data in `folder` and smaller sizes."""
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    for old, new in (("${SQLWARDEN_DATA:-../var}", str(folder)),
+                     ("registry_rows: 20000", f"registry_rows: {registry}"),
+                     ("observation_rows: 200000", f"observation_rows: {observations}"),
+                     ("batch_rows: 2000", "batch_rows: 1000")):
+        assert old in text, old
+        text = text.replace(old, new)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo.yaml"
-    path.write_text(DEMO_YAML.format(dir=folder, registry=registry, observations=observations))
+    path.write_text(text)
     return path
 
 
