@@ -12,7 +12,7 @@ from typing import Any
 from actors.base import DEFERRED, BaseActor
 from engine.bus import Envelope
 from engine.config import Config
-from engine.errors import EngineError, EngineStopped, UnexpectedMessage
+from engine.errors import EngineStopped, UnexpectedMessage
 from engine.protocol import (
     FOREGROUND_WRITES,
     Checkpoint,
@@ -98,12 +98,20 @@ class WriterActor(BaseActor):
         if not self._pending or self.core is None:
             return
         group, self._pending, self._pending_rows = self._pending, [], 0
-        outcomes = self.core.commit_group([e.message for e in group])
+        try:
+            outcomes: list[Any] = self.core.commit_group([e.message for e in group])
+        except Exception as exc:  # a bug; every sender still gets an answer
+            outcomes = [exc] * len(group)
         for envelope, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, EngineError):
+            if isinstance(outcome, BaseException):
                 self.fail(envelope, outcome)
             else:
                 self.bus.reply(envelope, outcome)
+        # Senders have their answers; a checkpoint failure is the engine's problem.
+        try:
+            self.core.after_commit()
+        except Exception as exc:  # reported, not raised
+            self.supervisor.report(self.name, "writer.checkpoint", exc)
         self._arm_idle_timer()
 
     def _arm_idle_timer(self) -> None:

@@ -296,6 +296,10 @@ class Engine:
         """Send any protocol message and wait for its answer (for tools and tests)."""
         return self._ask(receiver, message, timeout)
 
+    def ask_later(self, receiver: str, message: Message) -> pykka.Future[Any]:
+        """Send any protocol message; returns the future its answer goes to."""
+        return self._send(receiver, message, False)
+
     def tell(self, receiver: str, message: Message) -> None:
         """Send any protocol message without waiting (for tools and tests)."""
         self._require_running()

@@ -133,6 +133,14 @@ def variable_limit(conn: apsw.Connection) -> int:
     return int(conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, -1))
 
 
+# The engine's own transaction statements carry a marker: apsw caches prepared
+# statements by their text, and a sender's plain "COMMIT" must be prepared
+# anew, where the Writer's authorizer refuses it, instead of reusing these.
+_BEGIN = "BEGIN IMMEDIATE -- sqlwarden"
+_COMMIT = "COMMIT -- sqlwarden"
+_ROLLBACK = "ROLLBACK -- sqlwarden"
+
+
 @contextmanager
 def transaction(conn: apsw.Connection) -> Iterator[None]:
     """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back if the block raises.
@@ -142,24 +150,26 @@ def transaction(conn: apsw.Connection) -> Iterator[None]:
     for the whole busy timeout when another process held the write lock
     (seen in tests). Statements run through `execute` release the GIL.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(_BEGIN)
     try:
         yield
-        conn.execute("COMMIT")
+        conn.execute(_COMMIT)
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            conn.execute(_ROLLBACK)
         raise
 
 
 @contextmanager
 def savepoint(conn: apsw.Connection, name: str = "sw_message") -> Iterator[None]:
     """A nested all-or-nothing step inside the current transaction."""
-    conn.execute(f"SAVEPOINT {name}")
+    conn.execute(f"SAVEPOINT {name} -- sqlwarden")
     try:
         yield
     except BaseException:
-        conn.execute(f"ROLLBACK TO {name}")
-        conn.execute(f"RELEASE {name}")
+        # The statement may have ended the whole transaction (and the savepoint).
+        if conn.in_transaction:
+            conn.execute(f"ROLLBACK TO {name} -- sqlwarden")
+            conn.execute(f"RELEASE {name} -- sqlwarden")
         raise
-    conn.execute(f"RELEASE {name}")
+    conn.execute(f"RELEASE {name} -- sqlwarden")

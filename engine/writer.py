@@ -11,9 +11,9 @@ grow past twice that.
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 
 import apsw
@@ -40,9 +40,14 @@ CHECKPOINT_MODES = {
     "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
 }
 _RETRYABLE = (apsw.BusyError, apsw.LockedError)
-# The Writer owns transactions; a statement that ends one would break the group.
-_TRANSACTION_CONTROL = re.compile(r"\s*(BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b",
-                                  re.IGNORECASE)
+#: Connection settings the engine relies on; a sender's SQL may read, not set them.
+_ENGINE_PRAGMAS = frozenset({
+    "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit",
+    "foreign_keys", "recursive_triggers", "query_only", "busy_timeout", "writable_schema"})
+
+
+class _TransactionEnded(Exception):
+    """A message ended the group's transaction; the group runs again without it."""
 
 Outcome = WriteResult | EngineError
 
@@ -70,7 +75,10 @@ class WriterCore:
         self.forced_checkpoints = 0
         self.busy_checkpoints = 0
         self.last_write_at = clock()
+        self._guarding = False
+        self._refused: str | None = None
         conn.set_wal_hook(self._on_wal_commit)
+        conn.authorizer = self._authorize
 
     def _on_wal_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         # Runs inside COMMIT: only note the size here, checkpoint afterwards.
@@ -84,7 +92,8 @@ class WriterCore:
 
         Returns one outcome per message, in order: its `WriteResult`, or the
         error that rolled it back. If the transaction itself cannot begin or
-        commit, every message gets that error.
+        commit, every message gets that error. Checkpoints are not run here:
+        the caller answers the senders first, then calls `after_commit`.
 
         The group first runs without savepoints: a savepoint copies each page
         it first touches into a statement journal (measured: 15% of bulk
@@ -97,51 +106,70 @@ class WriterCore:
             with transaction(self.conn):
                 outcomes: list[Outcome] = [self.apply(m) for m in messages]
         except Exception as exc:
-            if len(messages) == 1:
-                self.failed_messages += 1
-                return [as_engine_error(messages[0], exc)]
-            return self._commit_isolated(messages)
-        self._committed(len(messages))
+            if len(messages) > 1:
+                return self._commit_isolated(messages)
+            outcomes = [as_engine_error(messages[0], exc)]
+            self.failed_messages += 1
+            return outcomes
+        self._committed(messages, outcomes)
         return outcomes
 
     def _commit_isolated(self, messages: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        try:
-            with transaction(self.conn):
-                for message in messages:
-                    try:
-                        with savepoint(self.conn):
-                            outcomes.append(self.apply(message))
-                    except Exception as exc:
-                        outcomes.append(as_engine_error(message, exc))
-        except Exception as exc:
-            failed: list[Outcome] = [as_engine_error(m, exc) for m in messages]
-            self.failed_messages += len(failed)
-            return failed
-        self.failed_messages += sum(isinstance(o, EngineError) for o in outcomes)
-        self._committed(len(messages))
-        return outcomes
+        # A message may end the whole transaction, not just its savepoint
+        # (INSERT OR ROLLBACK, RAISE(ROLLBACK) in a trigger, a full disk):
+        # it fails alone, and the group runs again without it.
+        culprits: dict[int, Outcome] = {}
+        while True:
+            outcomes = dict(culprits)
+            try:
+                with transaction(self.conn):
+                    for i, message in enumerate(messages):
+                        if i in outcomes:
+                            continue
+                        try:
+                            with savepoint(self.conn):
+                                outcomes[i] = self.apply(message)
+                        except Exception as exc:
+                            outcomes[i] = as_engine_error(message, exc)
+                        if not self.conn.in_transaction:
+                            culprits[i] = (outcomes[i] if isinstance(outcomes[i], EngineError)
+                                           else _ended_transaction(message))
+                            raise _TransactionEnded
+            except _TransactionEnded:
+                continue
+            except Exception as exc:  # BEGIN or COMMIT failed: nothing committed
+                failed: list[Outcome] = [culprits.get(i, as_engine_error(m, exc))
+                                         for i, m in enumerate(messages)]
+                self.failed_messages += len(failed)
+                return failed
+            ordered = [outcomes[i] for i in range(len(messages))]
+            self._committed(messages, ordered)
+            return ordered
 
-    def _committed(self, message_count: int) -> None:
+    def _committed(self, messages: Sequence[Message], outcomes: Sequence[Outcome]) -> None:
         self.transactions += 1
-        self.messages += message_count
+        self.messages += len(messages)
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, EngineError):
+                self.failed_messages += 1
+            elif isinstance(message, (InsertRows, UpsertRows)):
+                self.rows_written += len(message.rows)
         self.last_write_at = self._clock()
-        self.after_commit()
 
     def apply(self, message: Message) -> WriteResult:
         """Run one write message inside the caller's transaction."""
         match message:
             case Execute(sql=sql, params=params):
-                _refuse_transaction_control(message, sql)
-                self.conn.execute(sql, params).fetchall()
+                with self._guard(message):
+                    self.conn.execute(sql, params).fetchall()
                 return WriteResult(changes=self.conn.changes(),
                                    last_rowid=self.conn.last_insert_rowid())
             case ExecuteBatch(statements=statements):
                 changes = 0
-                for statement in statements:
-                    _refuse_transaction_control(message, statement.sql)
-                    self.conn.execute(statement.sql, statement.params).fetchall()
-                    changes += self.conn.changes()
+                with self._guard(message):
+                    for statement in statements:
+                        self.conn.execute(statement.sql, statement.params).fetchall()
+                        changes += self.conn.changes()
                 return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
             case InsertRows(table=table, columns=columns):
                 return self._bulk(message, lambda n: insert_sql(table, columns, n))
@@ -149,6 +177,36 @@ class WriterCore:
                 return self._bulk(message, lambda n: upsert_sql(table, columns, key, n))
             case _:
                 raise UnexpectedMessage("writer", message)
+
+    @contextmanager
+    def _guard(self, message: Message) -> Iterator[None]:
+        """Run a sender's own SQL with the authorizer refusing what would break the group."""
+        self._refused = None
+        self._guarding = True
+        try:
+            yield
+        except apsw.AuthError as exc:
+            if self._refused is None:
+                raise
+            raise WriteError(f"{message.kind}: {self._refused}",
+                             message_kind=message.kind) from exc
+        finally:
+            self._guarding = False
+
+    def _authorize(self, code: int, first: str | None, second: str | None,
+                   database: str | None, trigger: str | None) -> int:
+        # Runs while SQLite prepares a statement; cheap when not guarding.
+        if not self._guarding:
+            return apsw.SQLITE_OK
+        if code in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            self._refused = ("transaction statements are not accepted; each message is "
+                             "already one transaction")
+            return apsw.SQLITE_DENY
+        if (code == apsw.SQLITE_PRAGMA and second is not None and first is not None
+                and first.lower() in _ENGINE_PRAGMAS):
+            self._refused = f"PRAGMA {first.lower()} is set by the engine and cannot be changed"
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
 
     def _bulk(self, message: InsertRows | UpsertRows, sql_for: Callable[[int], str]) -> WriteResult:
         rows, width = message.rows, len(message.columns)
@@ -170,13 +228,12 @@ class WriterCore:
                 chunk = rows[start:start + per]
                 self.conn.execute(sql_for(len(chunk)), tuple(chain.from_iterable(chunk)))
                 changes += self.conn.changes()
-        self.rows_written += len(rows)
         return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
 
     # --- WAL ----------------------------------------------------------------------------
 
     def after_commit(self) -> None:
-        """Force a checkpoint once the WAL passes the threshold.
+        """Force a checkpoint once the WAL passes the threshold (call after a commit).
 
         RESTART lets the next commit reuse the WAL from its start without
         shrinking the file (measured: TRUNCATE at every threshold costs a
@@ -243,10 +300,9 @@ class WriterCore:
         )
 
 
-def _refuse_transaction_control(message: Message, sql: str) -> None:
-    if _TRANSACTION_CONTROL.match(sql):
-        raise WriteError(f"{message.kind}: transaction statements are not accepted; each "
-                         "message is already one transaction", message_kind=message.kind)
+def _ended_transaction(message: Message) -> WriteError:
+    return WriteError(f"{message.kind}: the statement ended the transaction; nothing it "
+                      "asked for was committed", message_kind=message.kind)
 
 
 def has_secondary_index(table: TableConfig) -> bool:

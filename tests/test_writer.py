@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from engine.config import Config, parse_config
 from engine.errors import BadRowError, WriteError
 from engine.facade import Engine
-from engine.protocol import InsertRows, UpsertRows, WriteResult
+from engine.protocol import Execute, InsertRows, UpsertRows, WriteResult
 from engine.schema import apply_schema
 from engine.sqlite import open_writer
 from engine.writer import WriterCore
@@ -39,11 +40,66 @@ def test_a_batch_commits_all_statements_or_none(engine: Engine, config: Config) 
         .changes == 2
 
 
-def test_transaction_statements_are_refused(engine: Engine) -> None:
-    with pytest.raises(WriteError, match="transaction statements are not accepted"):
-        engine.write("COMMIT")
-    with pytest.raises(WriteError, match="transaction statements are not accepted"):
-        engine.write_batch(["begin immediate"])
+@pytest.mark.parametrize("sql", [
+    "COMMIT", "begin immediate", "END", "SAVEPOINT x", "ROLLBACK",
+    "INSERT INTO sites (id, org, name, updated_at) VALUES (9, 'a', 'b', 'c'); COMMIT",
+    "/* sneaky */ commit", "PRAGMA foreign_keys = OFF", "PRAGMA journal_mode = DELETE"])
+def test_statements_that_would_break_the_writers_transaction_are_refused(
+        engine: Engine, config: Config, sql: str) -> None:
+    with pytest.raises(WriteError, match=r"not accepted|set by the engine"):
+        engine.write(sql)
+    with pytest.raises(WriteError, match=r"not accepted|set by the engine"):
+        engine.write_batch([sql])
+    assert count_rows(config.database.path, "sites") == 0
+    # The engine's settings still hold: foreign keys are enforced.
+    with pytest.raises(WriteError, match="FOREIGN KEY constraint failed"):
+        engine.write_many("readings", [(1, 99, 1.0, None)])
+
+
+def grouped(engine: Engine, config: Config, sends: Callable[[], list[Any]]) -> list[Any]:
+    """Queue the sends while another connection holds the lock, so they commit as a group."""
+    blocker = apsw.Connection(str(config.database.path))
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        before = engine.messages_sent("writer")
+        futures = sends()
+        assert engine.wait_for_sent("writer", before + len(futures), timeout=60)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    return futures
+
+
+def sql_write(engine: Engine, sql: str) -> Any:
+    return engine.ask_later("writer", Execute(sql=sql))
+
+
+@pytest.mark.parametrize("culprit", [
+    "INSERT OR ROLLBACK INTO sites (id, org, name, updated_at) VALUES (1, 'x', 'x', 'x')",
+    "INSERT INTO sites (id, org, name, updated_at) VALUES (50, 'x', 'x', 'x'); COMMIT",
+    "UPDATE sites SET org = 'boom' WHERE id = 1",
+])
+def test_a_message_that_ends_the_transaction_fails_alone_and_the_others_commit_once(
+        make_config: Callable[..., Config], culprit: str) -> None:
+    config = make_config(busy_timeout_ms=60_000)
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        engine.write("CREATE TRIGGER no_boom BEFORE UPDATE OF org ON sites "
+                     "WHEN new.org = 'boom' BEGIN SELECT RAISE(ROLLBACK, 'no boom'); END")
+        futures = grouped(engine, config, lambda: [
+            engine.write_many("readings", [(1, 1, 1.0, "before")], wait=False),
+            sql_write(engine, culprit),
+            engine.write_many("readings", [(2, 1, 2.0, "after")], wait=False)])
+        assert futures[0].get(timeout=60).changes == 1
+        with pytest.raises(WriteError):
+            futures[1].get(timeout=60)
+        assert futures[2].get(timeout=60).changes == 1
+        with engine.read() as conn:
+            assert conn.execute("SELECT id, note FROM readings ORDER BY id").fetchall() == [
+                (1, "before"), (2, "after")]
+            assert conn.execute("SELECT id, org FROM sites").fetchall() == [(1, "acme")]
+        state = engine.writer_state()
+        assert state.failed_messages == 1 and state.rows_written == 3
 
 
 def test_write_many_takes_tuples_lists_and_dicts(engine: Engine, config: Config) -> None:
