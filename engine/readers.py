@@ -8,8 +8,8 @@ back to the pool is therefore rolled back before anyone else gets it.
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,16 +21,22 @@ from engine.sqlite import open_reader
 
 
 class ReaderPool:
-    """At most `size` read-only connections, each lent to one borrower at a time."""
+    """At most `size` read-only connections, each lent to one borrower at a time.
+
+    One condition guards all state, and every change that could let a waiter
+    go on (a connection back, one discarded, a failed open, the pool closing)
+    notifies it.
+    """
 
     def __init__(self, db: DatabaseConfig, *, size: int | None = None) -> None:
         self._db = db
         self._size = size or db.readers
-        self._idle: queue.LifoQueue[apsw.Connection] = queue.LifoQueue()
+        self._idle: list[apsw.Connection] = []
         self._opened = 0
         self._lent = 0
-        self._lock = threading.Lock()
         self._closed = False
+        self._waiting = 0
+        self._changed = threading.Condition()
 
     @property
     def size(self) -> int:
@@ -51,56 +57,70 @@ class ReaderPool:
             self._release(conn)
 
     def _acquire(self, timeout: float | None) -> apsw.Connection:
-        with self._lock:
-            if self._closed:
-                raise EngineStopped("reader pool")
-            self._lent += 1
-            may_open = self._idle.empty() and self._opened < self._size
-            if may_open:
-                self._opened += 1
-        if may_open:
-            try:
-                return open_reader(self._db)
-            except BaseException:
-                with self._lock:
-                    self._opened -= 1
-                    self._lent -= 1
-                raise
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise EngineStopped("reader pool")
+                if self._idle:
+                    self._lent += 1
+                    return self._idle.pop()
+                if self._opened < self._size:
+                    self._opened += 1
+                    self._lent += 1
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no reader free within {timeout}s "
+                                       f"({self._size} lent)")
+                self._waiting += 1
+                self._changed.notify_all()
+                try:
+                    self._changed.wait(remaining)
+                finally:
+                    self._waiting -= 1
         try:
-            return self._idle.get(timeout=timeout)
-        except queue.Empty:
-            with self._lock:
-                self._lent -= 1
-            raise TimeoutError(f"no reader free within {timeout}s "
-                               f"({self._size} lent)") from None
+            return open_reader(self._db)
+        except BaseException:
+            self._forget(None)
+            raise
 
     def _release(self, conn: apsw.Connection) -> None:
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except apsw.Error:
-            conn.close()
-            with self._lock:
-                self._opened -= 1
-                self._lent -= 1
+            self._forget(conn)
             return
-        with self._lock:
+        with self._changed:
             self._lent -= 1
             if self._closed:
                 conn.close()
                 self._opened -= 1
-                return
-        self._idle.put(conn)
+            else:
+                self._idle.append(conn)
+            self._changed.notify()
+
+    def _forget(self, conn: apsw.Connection | None) -> None:
+        """A lent connection is gone (closed, or never opened): make room for another."""
+        if conn is not None:
+            conn.close()
+        with self._changed:
+            self._lent -= 1
+            self._opened -= 1
+            self._changed.notify()
+
+    def wait_for_waiters(self, count: int, timeout: float | None = None) -> bool:
+        """Block until `count` borrowers wait for a connection (a barrier for tests)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting >= count, timeout)
 
     def close(self) -> None:
         """Close idle connections now; lent ones close when they come back."""
-        with self._lock:
+        with self._changed:
             self._closed = True
-        while True:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                return
-            conn.close()
-            with self._lock:
-                self._opened -= 1
+            for conn in self._idle:
+                conn.close()
+            self._opened -= len(self._idle)
+            self._idle.clear()
+            self._changed.notify_all()

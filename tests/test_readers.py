@@ -82,3 +82,39 @@ def test_a_closed_pool_closes_connections_as_they_come_back(engine: Engine) -> N
         conn.execute("SELECT 1")
     with pytest.raises(EngineStopped), pool.lend():
         pass
+
+
+def test_a_reader_waiting_for_a_connection_is_told_when_the_pool_closes(engine: Engine) -> None:
+    pool = ReaderPool(engine.config.database, size=1)
+    outcome: list[BaseException | None] = []
+    with pool.lend():
+        waiter = threading.Thread(target=lambda: _try_borrow(pool, outcome))
+        waiter.start()
+        assert pool.wait_for_waiters(1, timeout=60)
+        pool.close()
+        waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], EngineStopped)
+
+
+def test_a_waiter_gets_a_connection_when_a_broken_one_is_discarded(engine: Engine) -> None:
+    pool = ReaderPool(engine.config.database, size=1)
+    outcome: list[BaseException | None] = []
+    with pool.lend() as conn:
+        waiter = threading.Thread(target=lambda: _try_borrow(pool, outcome))
+        waiter.start()
+        assert pool.wait_for_waiters(1, timeout=60)
+        conn.execute("BEGIN")
+        conn.close()  # the ROLLBACK on return fails: the connection is thrown away
+    waiter.join(timeout=60)
+    assert outcome == [None]
+    pool.close()
+
+
+def _try_borrow(pool: ReaderPool, outcome: list[BaseException | None]) -> None:
+    try:
+        with pool.lend(timeout=60) as conn:
+            conn.execute("SELECT 1").fetchall()
+        outcome.append(None)
+    except BaseException as exc:
+        outcome.append(exc)
