@@ -62,7 +62,10 @@ class BaseActor(pykka.ThreadingActor):
             self.supervisor.report(self.name, "start", exc)
             if self._ready is not None:
                 self._ready.set_exception(sys.exc_info())
-            raise
+            # Stopping, not raising: pykka would log a traceback for what is
+            # often the user's input (a file that is not a database, say).
+            self.stop()
+            return
         if self._ready is not None:
             self._ready.set(None)
 

@@ -23,7 +23,7 @@ from engine.protocol import (
     WriterStatus,
 )
 from engine.schema import apply_schema
-from engine.sqlite import open_writer
+from engine.sqlite import new_database_undone_on_error, open_writer
 from engine.writer import WriterCore
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,13 @@ class WriterActor(BaseActor):
         self.core: WriterCore | None = None
 
     def setup(self) -> None:
-        conn = open_writer(self.config.database)
-        try:
-            report = apply_schema(conn, self.config)
-        except BaseException:
-            conn.close()
-            raise
+        with new_database_undone_on_error(self.config.database.path):
+            conn = open_writer(self.config.database)
+            try:
+                report = apply_schema(conn, self.config)
+            except BaseException:
+                conn.close()
+                raise
         for action in report.actions:
             log.info("schema: %s", action)
         self.core = WriterCore(conn, self.config, clock=self._clock)

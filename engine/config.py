@@ -7,6 +7,7 @@ what was expected. Relative paths in the file are taken from the file's folder.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tempfile
@@ -36,6 +37,16 @@ FK_ACTIONS = ("no action", "restrict", "set null", "set default", "cascade")
 PAYLOAD_MODES = ("summary", "full")
 SOURCE_KINDS = ("generator",)
 TOP_LEVEL_KEYS = ("database", "tables", "sources", "message_log", "status")
+#: Tables FTS5 creates beside an external-content FTS table.
+FTS_SHADOW_TABLES = ("data", "idx", "docsize", "config")
+#: FTS5's built-in tokenizers (`porter` wraps another one).
+FTS_TOKENIZERS = ("unicode61", "ascii", "porter", "trigram")
+#: Names that mean the rowid to SQLite; a column by that name would hide it.
+ROWID_NAMES = ("rowid", "oid", "_rowid_")
+#: Python types a default may have, by logical column type.
+DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,), "boolean": (int,), "real": (int, float), "text": (str,),
+    "timestamp": (str,), "blob": (), "any": (str, int, float)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +134,7 @@ class DatabaseConfig:
     journal_mode: str = "wal"
     synchronous: str = "normal"
     busy_timeout_ms: int = 5000
-    #: Past this WAL size the writer forces a TRUNCATE checkpoint.
+    #: Past this WAL size the writer forces a checkpoint (RESTART; TRUNCATE past twice it).
     wal_threshold_mb: float = 64.0
     #: A PASSIVE checkpoint runs once no write has come for this long.
     checkpoint_idle_ms: int = 1000
@@ -301,22 +312,27 @@ def _status(at: _At) -> StatusConfig:
 
 
 def _tables(at: _At) -> tuple[TableConfig, ...]:
-    tables = []
-    index_names: dict[str, KeyPath] = {}
-    for name, spec in at.named_items("table"):
-        table = _table(name, spec)
-        for i, index in enumerate(table.indexes):
-            if index.name in index_names:
-                raise spec.child("indexes").child(i).error(
-                    f"index name {index.name!r} is used twice")
-            index_names[index.name] = spec.path
-        tables.append(table)
-    names = {t.name.lower() for t in tables}
-    for table, (_, spec) in zip(tables, at.named_items("table"), strict=True):
-        if table.fts is not None and table.fts.name.lower() in names:
-            raise spec.child("fts").error(
-                f"FTS table name {table.fts.name!r} is also a declared table")
-    return tuple(tables)
+    items = at.named_items("table")
+    tables = tuple(_table(name, spec) for name, spec in items)
+    # Tables, indexes, triggers and FTS shadow tables share one namespace in SQLite.
+    taken: dict[str, str] = {t.name.lower(): f"table {t.name!r}" for t in tables}
+    for table, (_, spec) in zip(tables, items, strict=True):
+        names: list[tuple[str, str, _At]] = [
+            (index.name, "index", spec.child("indexes").child(i))
+            for i, index in enumerate(table.indexes)]
+        if table.fts is not None:
+            fts = table.fts
+            names.append((fts.name, "FTS table", spec.child("fts")))
+            names += [(f"{fts.name}_{part}", "FTS shadow table", spec.child("fts"))
+                      for part in FTS_SHADOW_TABLES]
+            names += [(trigger, "FTS trigger", spec.child("fts")) for trigger in fts.trigger_names]
+        for name, kind, where in names:
+            if name.lower() in taken:
+                raise where.error(f"the {kind} name {name!r} is already used by "
+                                  f"{taken[name.lower()]}; tables, indexes and triggers share "
+                                  "one namespace")
+            taken[name.lower()] = f"the {kind} of table {table.name!r}"
+    return tables
 
 
 def _table(name: str, at: _At) -> TableConfig:
@@ -325,6 +341,9 @@ def _table(name: str, at: _At) -> TableConfig:
     columns: list[ColumnConfig] = []
     column_pk: list[str] = []
     for col_name, col_spec in keys["columns"].named_items("column"):
+        if col_name.lower() in ROWID_NAMES:
+            raise col_spec.error(f"column name {col_name!r} is SQLite's name for the rowid; "
+                                 "choose another")
         column, is_pk = _column(col_name, col_spec)
         columns.append(column)
         if is_pk:
@@ -348,7 +367,8 @@ def _table(name: str, at: _At) -> TableConfig:
     else:
         raise at.error("expected a primary key (`primary_key: <column>` on the table "
                        "or `primary_key: true` on a column)")
-    columns = [_replace_not_null(c) if c.name in primary_key else c for c in columns]
+    columns = [dataclasses.replace(c, not_null=True) if c.name in primary_key else c
+               for c in columns]
 
     indexes = tuple(_index(name, i, spec, known)
                     for i, spec in enumerate(keys["indexes"].sequence())) \
@@ -360,27 +380,30 @@ def _table(name: str, at: _At) -> TableConfig:
     return table
 
 
-def _replace_not_null(column: ColumnConfig) -> ColumnConfig:
-    return ColumnConfig(name=column.name, type=column.type, not_null=True, unique=column.unique,
-                        default=column.default, references=column.references)
-
-
 def _column(name: str, at: _At) -> tuple[ColumnConfig, bool]:
     if isinstance(at.value, str):
         return ColumnConfig(name=name, type=at.choice(tuple(STORAGE_TYPES))), False
     keys = at.mapping(("type", "not_null", "unique", "default", "primary_key", "references"),
                       required=("type",))
-    default = None
+    default: str | int | float | None = None
     if "default" in keys:
-        default = keys["default"].value
-        if isinstance(default, bool):
-            default = int(default)
-        if default is not None and not isinstance(default, (str, int, float)):
+        raw: Any = keys["default"].value
+        if isinstance(raw, bool):
+            raw = int(raw)
+        if raw is not None and not isinstance(raw, (str, int, float)):
             raise keys["default"].error("expected a constant (text, number, true/false or null)")
+        default = raw
     references = _references(keys["references"]) if "references" in keys else None
+    kind = keys["type"].choice(tuple(STORAGE_TYPES))
+    if default is not None and (not isinstance(default, DEFAULT_TYPES[kind])
+                                or (kind == "boolean" and default not in (0, 1))):
+        allowed = {"integer": "an integer", "boolean": "true or false", "real": "a number",
+                   "text": "text", "timestamp": "a timestamp as text", "blob": "nothing (blob "
+                   "columns take no default)", "any": "text or a number"}[kind]
+        raise keys["default"].error(f"the default of a {kind} column must be {allowed}")
     column = ColumnConfig(
         name=name,
-        type=keys["type"].choice(tuple(STORAGE_TYPES)),
+        type=kind,
         not_null=_opt(keys, "not_null", _At.boolean, False),
         unique=_opt(keys, "unique", _At.boolean, False),
         default=default,
@@ -426,6 +449,9 @@ def _with_fts(table: TableConfig, at: _At) -> TableConfig:
         keys = at.mapping(("columns", "tokenize", "name"), required=("columns",))
     columns = keys["columns"].column_names(list(table.column_names))
     for col in columns:
+        if col.lower() == "rank":
+            raise keys["columns"].error("FTS5 keeps the column name 'rank' for itself; an FTS "
+                                        "column cannot be called that")
         if table.column(col).type != "text":
             raise keys["columns"].error(
                 f"FTS column {col!r} is {table.column(col).type}; only text columns "
@@ -437,14 +463,18 @@ def _with_fts(table: TableConfig, at: _At) -> TableConfig:
     tokenize = None
     if "tokenize" in keys:
         tokenize = keys["tokenize"].string()
-        if not tokenize.replace(" ", "").replace("_", "").isalnum():
+        words = tokenize.split()
+        if not words or not tokenize.replace(" ", "").replace("_", "").isalnum():
             raise keys["tokenize"].error(
                 "expected tokenizer words such as 'unicode61 remove_diacritics 2'")
+        if words[0] not in FTS_TOKENIZERS:
+            raise keys["tokenize"].error(
+                f"unknown tokenizer {words[0]!r}{_hint(words[0], FTS_TOKENIZERS)}; expected one "
+                f"of {', '.join(FTS_TOKENIZERS)}")
     name = (keys["name"].identifier("FTS table name") if "name" in keys
             else f"{table.name}_fts")
     fts = FtsConfig(name=name, columns=columns, tokenize=tokenize)
-    return TableConfig(name=table.name, columns=table.columns, primary_key=table.primary_key,
-                       indexes=table.indexes, fts=fts, strict=table.strict)
+    return dataclasses.replace(table, fts=fts)
 
 
 def _check_references(at: _At | None, tables: tuple[TableConfig, ...]) -> None:
@@ -463,6 +493,10 @@ def _check_references(at: _At | None, tables: tuple[TableConfig, ...]) -> None:
             if ref.column not in target.column_names:
                 raise where.error(f"references column {ref.table}.{ref.column}, which is not "
                                   "declared" + _hint(ref.column, target.column_names))
+            if target.primary_key != (ref.column,) and not target.column(ref.column).unique:
+                raise where.error(f"references {ref.table}.{ref.column}, which is neither the "
+                                  f"primary key of {ref.table} nor unique; SQLite needs one of "
+                                  "those")
 
 
 def _sources(at: _At, tables: tuple[TableConfig, ...]) -> tuple[SourceConfig, ...]:

@@ -63,6 +63,12 @@ class DatabaseError(EngineError):
         super().__init__(message)
 
 
+class ServiceError(EngineError):
+    """A service the engine runs cannot start (the status port is taken, say)."""
+
+    user_error = True
+
+
 class WriteError(EngineError):
     """A write message failed; nothing it asked for was committed."""
 

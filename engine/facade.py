@@ -107,12 +107,14 @@ class Engine:
         self._log.start()
         self._bus = Bus(self._log)
         try:
-            self._start_actor(WriterActor, config=self.config, clock=self._clock)
-            self._readers = ReaderPool(self.config.database)
+            # Bound first: a port that is taken must not leave a new database behind.
             if self.config.status.enabled:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
                     healthy=lambda: self._state == "running")
+            self._start_actor(WriterActor, config=self.config, clock=self._clock)
+            self._readers = ReaderPool(self.config.database)
+            if self._status_server is not None:
                 self._status_server.start()
         except BaseException:
             self._shutdown()

@@ -141,7 +141,13 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         for table in config.tables:
             statements.extend(_plan_table(conn, objects, table))
         for sql, action in statements:
-            conn.execute(sql)
+            try:
+                conn.execute(sql)
+            except apsw.Error as exc:
+                statement = " ".join(sql.split())
+                statement = statement if len(statement) <= 120 else statement[:117] + "..."
+                raise SchemaError(f"SQLite refused the declared schema: {exc} (in: {statement})"
+                                  ) from exc
             if action:
                 actions.append(action)
     return SchemaReport(tuple(actions))
@@ -307,6 +313,10 @@ def _plan_fts(objects: dict[str, tuple[str, str, str | None]], table: TableConfi
         rebuild = True
     for name, trigger_sql in fts_trigger_sql(table, fts).items():
         current = objects.get(name.lower())
+        if current is not None and current[0] != "trigger":
+            raise SchemaError(f"{name!r} exists in the database as a {current[0]}, but the "
+                              f"engine needs that name for a trigger of {fts.name}",
+                              table=table.name)
         if current is not None and _same_sql(current[2], trigger_sql):
             continue
         if current is not None:

@@ -7,7 +7,7 @@ calls it; everything else reads through `open_reader`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import apsw
@@ -126,6 +126,31 @@ def _open(db: DatabaseConfig, flags: int, setup: tuple[Setup, ...]) -> apsw.Conn
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def new_database_undone_on_error(path: Path) -> Iterator[None]:
+    """If the block fails, remove the database file and folders it created.
+
+    A start that fails on bad input (a schema SQLite refuses) must leave
+    nothing behind; an existing database is never touched by this.
+    """
+    created_dirs = []
+    folder = path.parent
+    while not folder.exists():
+        created_dirs.append(folder)
+        folder = folder.parent
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            for folder in created_dirs:
+                with suppress(OSError):
+                    folder.rmdir()
+        raise
 
 
 def variable_limit(conn: apsw.Connection) -> int:

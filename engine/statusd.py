@@ -8,6 +8,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from engine.errors import ServiceError
+
 
 class StatusServer:
     """Serves the engine's status from a background thread."""
@@ -16,7 +18,13 @@ class StatusServer:
                  healthy: Callable[[], bool]) -> None:
         self._status = status
         self._healthy = healthy
-        self._server = ThreadingHTTPServer((host, port), self._handler())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise ServiceError(f"the status endpoint cannot listen on {host}:{port}: "
+                               f"{exc.strerror or exc} (change status.port or status.host)"
+                               ) from None
+        self._started = False
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="sqlwarden-status", daemon=True)
@@ -30,11 +38,13 @@ class StatusServer:
 
     def start(self) -> None:
         self._thread.start()
+        self._started = True
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._started:
+            self._server.shutdown()
+            self._thread.join()
         self._server.server_close()
-        self._thread.join()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -161,6 +161,33 @@ BROKEN = [
                  "at most 65535", id="port-out-of-range"),
     pytest.param("database: {path: x.db}\nsources:\n  feed:\n    kind: ftp\n", 4,
                  "sources.feed.kind", "expected one of generator", id="unknown-source-kind"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "    indexes:\n"
+                 "      - {columns: [name], name: sites}\n", 8, "tables.sites.indexes[0]",
+                 "already used by table 'sites'", id="index-named-like-a-table"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "    fts: [name]\n"
+                 "  sites_fts_ai:\n    columns: {id: {type: integer, primary_key: true}}\n", 7,
+                 "tables.sites.fts", "already used by table 'sites_fts_ai'",
+                 id="table-named-like-an-fts-trigger"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n      rank: text\n"
+                 "    fts: [rank]\n", 7, "tables.sites.fts", "'rank'",
+                 id="fts-column-named-rank"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "    fts:\n      columns: [name]\n"
+                 "      tokenize: unicode62\n", 9, "tables.sites.fts.tokenize",
+                 "did you mean 'unicode61'", id="unknown-tokenizer"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "  notes:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n"
+                 "      site_name: {type: text, references: sites.name}\n", 10,
+                 "tables.notes.columns.site_name", "neither the primary key",
+                 id="reference-to-a-non-unique-column"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n"
+                 "      size: {type: integer, default: big}\n", 6,
+                 "tables.sites.columns.size.default", "must be an integer",
+                 id="default-of-the-wrong-type"),
+    pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
+                 "      id: {type: integer, primary_key: true}\n      rowid: integer\n", 6,
+                 "tables.sites.columns.rowid", "name for the rowid", id="column-named-rowid"),
 ]
 
 

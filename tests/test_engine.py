@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import pytest
 
 from engine.cli import main
 from engine.config import Config, parse_config
-from engine.errors import DatabaseError, EngineError, EngineStopped
+from engine.errors import DatabaseError, EngineError, EngineStopped, SchemaError
 from engine.facade import Engine
 
-from .conftest import count_rows, site_row, sites_yaml
+from .conftest import count_rows, run_sqlwarden, site_row, sites_yaml
 
 
 def test_stopping_commits_writes_that_were_still_queued(config: Config) -> None:
@@ -75,3 +77,50 @@ def test_from_yaml_builds_an_engine_from_a_file(
     path = write_file(sites_yaml(tmp_path), "c.yaml")
     with Engine.from_yaml(path) as engine:
         assert engine.write_many("sites", [site_row(1)]).changes == 1
+
+
+def test_a_failed_start_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
+    db = tmp_path / "notes.db"
+    db.write_text("not a database\n" * 100)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"database: {{path: {db}}}\n")
+    done = run_sqlwarden("run", str(config), "--once")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "is not a SQLite database" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_schema_sqlite_refuses_leaves_no_new_database_behind(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = sites_yaml(tmp_path).replace(
+        "fts: [name, body]",
+        "fts: {columns: [name, body], tokenize: unicode61 remove_diacritics 9}")
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["run", str(path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SQLite refused the declared schema" in err
+    assert not (tmp_path / "data" / "test.db").exists()
+
+
+def test_a_status_port_that_is_taken_is_a_clear_error_before_anything_is_created(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "c.yaml"
+        path.write_text(sites_yaml(tmp_path) + f"status:\n  enabled: true\n  port: {port}\n")
+        assert main(["run", str(path), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert not (tmp_path / "data" / "test.db").exists()
+
+
+def test_an_existing_object_with_an_engine_trigger_name_is_refused(config: Config) -> None:
+    config.database.path.parent.mkdir(parents=True)
+    other = apsw.Connection(str(config.database.path))
+    other.execute("CREATE TABLE sites_fts_ai (x)")
+    other.close()
+    with pytest.raises(SchemaError, match="'sites_fts_ai' exists in the database as a table"):
+        Engine(config).start()
