@@ -1,10 +1,14 @@
 """The demo's deterministic source: a registry of sites and their observations.
 
 Record `i` is a pure function of `(seed, i)`, so any run, resumed anywhere,
-produces the same data. The cursor is the data itself: the largest id in each
-target table. Registry rows go in ahead of the observations that reference
-them (observation `j` may reference registry rows up to `registry_needed(j)`),
-so foreign keys hold at every commit.
+produces the same data. The cursor is the data itself: the end of the
+unbroken run of ids from 1 in each target table, so a batch that failed
+while later ones committed leaves a hole the next run fills, instead of a
+`max(id)` that jumps over it. Rows are upserted, so writing past a hole
+again changes nothing. Registry rows go in ahead of the observations that
+reference them (observation `j` may reference registry rows up to
+`registry_needed(j)`), so foreign keys hold at every commit. A run is caught
+up only when every table holds exactly the rows the source has.
 """
 
 from __future__ import annotations
@@ -99,8 +103,8 @@ class DemoGenerator:
 class Writes(Protocol):
     """The part of the engine the ingest needs (the facade satisfies it)."""
 
-    def write_many(self, table: str, rows: Any, *, columns: Any = None,
-                   wait: Literal[False]) -> Any: ...
+    def upsert(self, table: str, rows: Any, *, columns: Any = None, key: Any = None,
+               wait: Literal[False]) -> Any: ...
 
     def read(self, timeout: float | None = None) -> AbstractContextManager[apsw.Connection]: ...
 
@@ -120,17 +124,36 @@ class IngestReport:
 
 
 def cursor(engine: Writes, source: GeneratorSourceConfig) -> tuple[int, int]:
-    """The largest registry and observation ids already stored: where to go on from."""
+    """How far each table holds every id from 1 on: where the next run goes on from."""
     with engine.read() as conn:
-        found = [conn.execute(f"SELECT coalesce(max(id), 0) FROM {quote(table)}").get
-                 for table in (source.registry_table, source.observations_table)]
-    return int(found[0]), int(found[1])
+        return (_unbroken_end(conn, source.registry_table),
+                _unbroken_end(conn, source.observations_table))
+
+
+def _unbroken_end(conn: apsw.Connection, table: str) -> int:
+    count, top = conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {quote(table)}").get
+    if count == top:
+        return int(top)
+    if conn.execute(f"SELECT 1 FROM {quote(table)} WHERE id = 1").get is None:
+        return 0
+    # A hole: the smallest id whose successor is missing ends the unbroken run.
+    return int(conn.execute(
+        f"SELECT min(a.id) FROM {quote(table)} AS a WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {quote(table)} AS b WHERE b.id = a.id + 1)").get)
 
 
 def remaining(engine: Writes, source: GeneratorSourceConfig) -> int:
-    """Rows the source still has to deliver."""
+    """Rows the next run will write."""
     reg, obs = cursor(engine, source)
-    return (max(0, source.registry_rows - reg)) + max(0, source.observation_rows - obs)
+    return (source.registry_rows - reg) + (source.observation_rows - obs)
+
+
+def complete(engine: Writes, source: GeneratorSourceConfig) -> bool:
+    """True when every table holds exactly the rows the source has."""
+    with engine.read() as conn:
+        counts = [conn.execute(f"SELECT count(*) FROM {quote(t)}").get
+                  for t in (source.registry_table, source.observations_table)]
+    return counts == [source.registry_rows, source.observation_rows]
 
 
 def ingest(engine: Writes, source: GeneratorSourceConfig, *,
@@ -157,7 +180,7 @@ def ingest(engine: Writes, source: GeneratorSourceConfig, *,
                 on_rows(count)
 
     def submit(table: str, kind: str, rows: list[Row]) -> None:
-        pending.append((engine.write_many(table, rows, wait=False), kind, len(rows)))
+        pending.append((engine.upsert(table, rows, wait=False), kind, len(rows)))
         settle(in_flight)
 
     def registry_up_to(last: int) -> None:
@@ -180,10 +203,9 @@ def ingest(engine: Writes, source: GeneratorSourceConfig, *,
                 registry_up_to(source.registry_rows)
     finally:
         settle(0)
-    caught_up = remaining(engine, source) == 0
     return IngestReport(registry_rows=written["registry"],
                         observation_rows=written["observations"],
-                        seconds=time.monotonic() - started, caught_up=caught_up)
+                        seconds=time.monotonic() - started, caught_up=complete(engine, source))
 
 
 def _batches(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import GeneratorSourceConfig, load_config
-from engine.demo import DemoGenerator, cursor, ingest
+from engine.demo import DemoGenerator, complete, cursor, ingest
 from engine.facade import Engine
 
 from .conftest import ROOT, count_rows, read_only, run_sqlwarden, table_digest
@@ -78,3 +78,23 @@ def test_the_embedded_default_ingests_at_least_200k_rows(
     assert conn.execute("SELECT count(*) FROM registry_fts WHERE registry_fts MATCH 'pump'") \
         .fetchone()[0] > 0
     conn.close()
+
+
+def test_a_hole_left_by_a_failed_batch_is_found_and_filled(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
+    small = GeneratorSourceConfig(name="demo", registry_rows=100, observation_rows=5000,
+                                  batch_rows=500, seed=2)
+    paths = []
+    for run in ("holed", "straight"):
+        database = dataclasses.replace(config.database, path=tmp_path / run / "d.db")
+        with Engine(dataclasses.replace(config, database=database, sources=(small,))) as engine:
+            assert ingest(engine, small).caught_up
+            if run == "holed":
+                # What a batch that failed while later ones committed leaves behind.
+                engine.write("DELETE FROM observations WHERE id BETWEEN 1501 AND 2000")
+                assert cursor(engine, small) == (100, 1500)
+                assert not complete(engine, small)
+                report = ingest(engine, small)
+                assert report.caught_up and report.observation_rows == 3500
+        paths.append(database.path)
+    assert table_digest(paths[0], "observations") == table_digest(paths[1], "observations")
