@@ -81,7 +81,10 @@ class BaseActor(pykka.ThreadingActor):
         self._refuse_queued()
 
     def _refuse_queued(self) -> None:
-        """Answer whatever is still queued, so no asker waits forever."""
+        """Leave the bus, then answer whatever is still queued, so no asker waits forever."""
+        # After unregistering nothing new can be queued: the bus sends under
+        # the same lock.
+        self.bus.unregister(self.name)
         while not self.actor_inbox.empty():
             item = self.actor_inbox.get().message
             if isinstance(item, Envelope):

@@ -40,6 +40,10 @@ class Envelope:
         return self.reply_to is not None
 
 
+def kind_of(envelope: Envelope) -> str:
+    return envelope.message.kind
+
+
 class Bus:
     """Routes envelopes to registered actors and logs every step."""
 
@@ -61,9 +65,6 @@ class Bus:
         """Refuse further messages to `name`; those already queued stay queued."""
         with self._lock:
             self._refs.pop(name, None)
-
-    def is_registered(self, name: str) -> bool:
-        return name in self._refs
 
     def depth(self, name: str) -> int:
         """Messages sent to `name` that it has not started handling yet."""
@@ -96,7 +97,7 @@ class Bus:
             ref = self._refs.get(envelope.receiver)
             if ref is None:
                 raise EngineStopped(envelope.receiver)
-            self._log.record(kind, envelope.sender, envelope.receiver, envelope.message.kind,
+            self._log.record(kind, envelope.sender, envelope.receiver, kind_of(envelope),
                              envelope.message, envelope.corr)
             self._depth[envelope.receiver] += 1
             self._sent[envelope.receiver] += 1
@@ -105,7 +106,10 @@ class Bus:
                 ref.tell(envelope)
             except pykka.ActorDeadError:
                 self._depth[envelope.receiver] -= 1
-                raise EngineStopped(envelope.receiver) from None
+                error = EngineStopped(envelope.receiver)
+                self._log.record("error", envelope.receiver, envelope.sender, kind_of(envelope),
+                                 None, envelope.corr, duration_ms=0.0, error=error)
+                raise error from None
 
     def received(self, envelope: Envelope) -> None:
         """The receiver starts handling `envelope` (called on its thread)."""

@@ -6,20 +6,12 @@ engine on the same database.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from engine.config import Config
 from engine.schema import META_TABLE
 from engine.sql import quote
-from engine.sqlite import open_reader
-
-
-def file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
+from engine.sqlite import file_size, open_reader
 
 
 def read_status(config: Config) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import pykka
 from actors.writer import WriterActor
 from engine.bus import Bus
 from engine.config import Config, TableConfig, load_config
-from engine.dbstatus import file_size
 from engine.errors import BadRowError, EngineError, EngineStopped, WriteError
 from engine.msglog import MessageLog, NullMessageLog
 from engine.protocol import (
@@ -43,12 +42,15 @@ from engine.protocol import (
 )
 from engine.readers import ReaderPool
 from engine.redact import Redactor
+from engine.sqlite import file_size
 from engine.statusd import StatusServer
 from engine.supervisor import Failure, Supervisor
 
 FACADE = "facade"
 #: How long start-up may take before the engine gives up on an actor.
 START_TIMEOUT_S = 120.0
+#: How long status waits for an actor's answer before saying it is busy.
+STATUS_TIMEOUT_S = 2.0
 
 
 class Engine:
@@ -173,14 +175,14 @@ class Engine:
     # --- writes -------------------------------------------------------------------------
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
-        """Run one statement; returns once it is committed."""
-        result: WriteResult = self._ask("writer", Execute(sql=sql, params=tuple(params)))
+        """Run one statement with positional `?` parameters; returns once committed."""
+        result: WriteResult = self._ask("writer", Execute(sql=sql, params=_params(params)))
         return result
 
     def write_batch(self, statements: Iterable[str | tuple[str, Sequence[Any]]]) -> WriteResult:
         """Run several statements in one transaction: all commit, or none."""
         batch = tuple(Statement(sql=s, params=()) if isinstance(s, str)
-                      else Statement(sql=s[0], params=tuple(s[1])) for s in statements)
+                      else Statement(sql=s[0], params=_params(s[1])) for s in statements)
         result: WriteResult = self._ask("writer", ExecuteBatch(statements=batch))
         return result
 
@@ -260,11 +262,14 @@ class Engine:
         }
         if self._state == "running":
             try:
-                writer = dataclasses.asdict(self.writer_state())
-                writer["queue_depth"] = self.queue_depth("writer")
-                out["writer"] = writer
+                state: WriterState = self._ask("writer", WriterStatus(),
+                                               timeout=STATUS_TIMEOUT_S)
+                out["writer"] = dataclasses.asdict(state)
+            except pykka.Timeout:
+                out["writer"] = {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
             except EngineError as exc:
                 out["writer"] = {"error": str(exc)}
+            out["writer"]["queue_depth"] = self.queue_depth("writer")
         if self._readers is not None:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
@@ -328,6 +333,13 @@ class Engine:
         except KeyError:
             raise WriteError(f"table {name!r} is not declared in the config",
                              message_kind=kind) from None
+
+
+def _params(params: Sequence[Any]) -> Row:
+    if isinstance(params, (Mapping, str, bytes)):
+        raise WriteError(f"parameters must be a sequence for positional '?' placeholders, not "
+                         f"{type(params).__name__}", message_kind="writer.execute")
+    return tuple(params)
 
 
 def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],

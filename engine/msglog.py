@@ -30,6 +30,8 @@ from engine.redact import Redactor
 #: handling ended. Every handled message gets exactly one `reply` or `error`.
 RECORD_KINDS = ("tell", "ask", "reply", "error")
 
+#: Message fields that hold values bound to SQL; never logged in summary mode.
+BOUND_VALUE_FIELDS = frozenset({"params", "rows"})
 _STRING_SUMMARY_CHARS = 200
 _SEQUENCE_SUMMARY_ITEMS = 8
 
@@ -60,6 +62,7 @@ class MessageLog:
         self._max_bytes = max(1024, int(config.max_mb * 1024 * 1024))
         self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
         self._seq = itertools.count(1)
+        self._lock = threading.Lock()
         self._run = secrets.token_hex(4)
         self._thread: threading.Thread | None = None
         self._file: Any = None
@@ -70,11 +73,6 @@ class MessageLog:
     @property
     def path(self) -> Path:
         return self._path
-
-    @property
-    def run_id(self) -> str:
-        """Marks this process's records apart from earlier runs in the same file."""
-        return self._run
 
     def start(self) -> None:
         """Open the file and start the log thread; sequence numbers continue the file's."""
@@ -89,9 +87,11 @@ class MessageLog:
                corr: int, *, duration_ms: float | None = None,
                error: BaseException | None = None) -> int:
         """Queue one record; returns its sequence number. Called from any thread."""
-        seq = next(self._seq)
-        self._queue.put(_Entry(seq, self._clock(), kind, sender, receiver, message_kind,
-                               payload, corr, duration_ms, error))
+        # Numbered and queued under one lock, so the file is in sequence order.
+        with self._lock:
+            seq = next(self._seq)
+            self._queue.put(_Entry(seq, self._clock(), kind, sender, receiver, message_kind,
+                                   payload, corr, duration_ms, error))
         return seq
 
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -181,9 +181,16 @@ class MessageLog:
         if payload is None:
             return {}
         if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-            return {f.name: self._redactor.value(f.name, self._value(getattr(payload, f.name)))
+            return {f.name: self._field(f.name, getattr(payload, f.name))
                     for f in dataclasses.fields(payload)}
         return {"value": self._value(payload)}
+
+    def _field(self, name: str, value: Any) -> Any:
+        # Bound values are the sender's data (tokens, personal data): a summary
+        # says how many there are; only `payload: full` records them.
+        if not self._full and name in BOUND_VALUE_FIELDS and isinstance(value, tuple):
+            return {"items": len(value)}
+        return self._redactor.value(name, self._value(value))
 
     def _value(self, value: Any, depth: int = 0) -> Any:
         if value is None or isinstance(value, (bool, int, float)):
@@ -200,8 +207,7 @@ class MessageLog:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             if depth > 3:
                 return f"<{type(value).__name__}>"
-            return {f.name: self._redactor.value(f.name,
-                                                 self._value(getattr(value, f.name), depth + 1))
+            return {f.name: self._field(f.name, getattr(value, f.name))
                     for f in dataclasses.fields(value)}
         if isinstance(value, (tuple, list)):
             if self._full:

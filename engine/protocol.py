@@ -39,11 +39,6 @@ def message_kinds() -> dict[str, type[Message]]:
     return dict(_KINDS)
 
 
-def message_class(kind: str) -> type[Message]:
-    """The class of a kind; `KeyError` for a kind nobody defined."""
-    return _KINDS[kind]
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Statement:
     """One SQL statement and its bound parameters (a value, not a message)."""

@@ -10,6 +10,11 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token|api_?key|credential", re
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
+def is_secret_key(key: str) -> bool:
+    """True for keys whose values are secrets (`password`, `api_key`, `token` ...)."""
+    return _SECRET_KEY.search(key) is not None
+
+
 class Redactor:
     """Replaces known secret values, secret-looking keys and URL passwords."""
 
@@ -28,7 +33,7 @@ class Redactor:
 
     def value(self, key: str, value: object) -> object:
         """A value stored under `key`, redacted when the key names a secret."""
-        if _SECRET_KEY.search(key) and value not in (None, ""):
+        if is_secret_key(key) and value not in (None, ""):
             return REDACTED
         if isinstance(value, str):
             return self.text(value)

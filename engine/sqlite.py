@@ -6,6 +6,7 @@ calls it; everything else reads through `open_reader`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -151,6 +152,14 @@ def new_database_undone_on_error(path: Path) -> Iterator[None]:
                 with suppress(OSError):
                     folder.rmdir()
         raise
+
+
+def file_size(path: str | Path) -> int:
+    """Size of a file in bytes; 0 when it does not exist."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def variable_limit(conn: apsw.Connection) -> int:

@@ -10,7 +10,6 @@ grow past twice that.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from engine.protocol import (
     WriterState,
 )
 from engine.sql import insert_sql, rows_per_statement, upsert_sql
-from engine.sqlite import savepoint, transaction, variable_limit
+from engine.sqlite import file_size, savepoint, transaction, variable_limit
 
 CHECKPOINT_MODES = {
     "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
@@ -284,10 +283,7 @@ class WriterCore:
                                 wal_file_bytes=self.wal_file_bytes(), busy=busy)
 
     def wal_file_bytes(self) -> int:
-        try:
-            return os.path.getsize(self._wal_path)
-        except OSError:
-            return 0
+        return file_size(self._wal_path)
 
     def state(self) -> WriterState:
         return WriterState(

@@ -18,12 +18,12 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError
+from engine.redact import is_secret_key
 
 #: A key path: mapping keys and sequence indexes from the document root.
 KeyPath = tuple[str | int, ...]
 
 _REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token|api_?key|credential", re.IGNORECASE)
 
 
 def format_path(path: KeyPath) -> str:
@@ -125,7 +125,7 @@ class _Builder:
         whole_reference = _REFERENCE.fullmatch(value) is not None and value != "$$"
         expanded = self._interpolate(node, path, value)
         key = path[-1] if path else ""
-        if expanded != value and isinstance(key, str) and _SECRET_KEY.search(key) and expanded:
+        if expanded != value and isinstance(key, str) and is_secret_key(key) and expanded:
             self.secrets.add(expanded)
         if whole_reference and getattr(node, "style", None) is None:
             # `port: ${PORT}` should give an int, as `port: 8080` would.

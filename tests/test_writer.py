@@ -275,6 +275,45 @@ def test_a_failing_write_in_a_group_fails_alone(make_config: Callable[..., Confi
             assert [r[0] for r in conn.execute("SELECT id FROM readings ORDER BY id")] == [1, 3]
 
 
+def test_writes_queued_behind_a_held_lock_commit_in_at_most_two_transactions(
+        make_config: Callable[..., Config]) -> None:
+    config = make_config(busy_timeout_ms=60_000)
+    with Engine(config) as engine:
+        engine.write_many("sites", [site_row(1)])
+        base = engine.writer_state()
+        futures = grouped(engine, config, lambda: [
+            engine.write_many("readings", [(i, 1, float(i), None)], wait=False)
+            for i in range(1, 51)])
+        assert [f.get(timeout=60).changes for f in futures] == [1] * 50
+        state = engine.writer_state()
+    # The first write may have begun its transaction alone; the rest wait and share one.
+    assert state.messages - base.messages == 50
+    assert state.transactions - base.transactions <= 2
+
+
+def test_named_parameters_are_refused_with_a_clear_message(engine: Engine) -> None:
+    with pytest.raises(WriteError, match="must be a sequence"):
+        engine.write("UPDATE sites SET org = :org", {"org": "x"})  # type: ignore[arg-type]
+
+
+def test_status_answers_while_the_writer_is_stuck_behind_a_lock(
+        make_config: Callable[..., Config]) -> None:
+    config = make_config(busy_timeout_ms=60_000)
+    with Engine(config) as engine:
+        blocker = apsw.Connection(str(config.database.path))
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            # Queued before the status ask, so the Writer is busy with it first.
+            stuck = engine.write_many("sites", [site_row(1)], wait=False)
+            status = engine.status()
+            assert "no answer within" in status["writer"]["error"]
+            assert status["state"] == "running"
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+        assert stuck.get(timeout=60).changes == 1
+
+
 def wal_size(config: Config) -> int:
     try:
         return os.path.getsize(str(config.database.path) + "-wal")
