@@ -274,6 +274,7 @@ class Engine:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
             out["message_log"] = {"path": self.message_log_path,
+                                  "queued": self._log.queued,
                                   "write_errors": self._log.write_errors,
                                   "last_write_error": self._log.last_write_error}
         out["failures"] = {"total": self.supervisor.total,

@@ -74,6 +74,11 @@ class MessageLog:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def queued(self) -> int:
+        """Records waiting for the log thread (each keeps its message alive)."""
+        return self._queue.qsize()
+
     def start(self) -> None:
         """Open the file and start the log thread; sequence numbers continue the file's."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
