@@ -33,18 +33,24 @@ def test_an_observation_only_references_registry_rows_written_before_it() -> Non
     assert all(gen.observation_row(j)[1] <= needed[j - 1] for j in range(1, 1001))
 
 
-def test_a_stopped_ingest_resumes_from_the_data_to_the_same_result(tmp_path: Path) -> None:
+def demo_engine(path: Path, source: GeneratorSourceConfig) -> Engine:
+    """An engine on the demo's tables, at `path`, fed by `source`."""
     config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
+    database = dataclasses.replace(config.database, path=path)
+    return Engine(dataclasses.replace(config, database=database, sources=(source,)))
+
+
+def test_a_stopped_ingest_resumes_from_the_data_to_the_same_result(tmp_path: Path) -> None:
     small = GeneratorSourceConfig(name="demo", registry_rows=300, observation_rows=9000,
                                   batch_rows=500, seed=11)
     results = []
     for run in ("interrupted", "straight"):
-        database = dataclasses.replace(config.database, path=tmp_path / run / "d.db")
-        with Engine(dataclasses.replace(config, database=database, sources=(small,))) as engine:
+        path = tmp_path / run / "d.db"
+        with demo_engine(path, small) as engine:
             if run == "interrupted":
                 interrupt_after(engine, small, rows=2000)
             assert ingest(engine, small).caught_up
-        results.append(database.path)
+        results.append(path)
     for table in ("registry", "observations"):
         assert count_rows(results[0], table) == count_rows(results[1], table)
         assert table_digest(results[0], table) == table_digest(results[1], table)
@@ -81,13 +87,12 @@ def test_the_embedded_default_ingests_at_least_200k_rows(
 
 
 def test_a_hole_left_by_a_failed_batch_is_found_and_filled(tmp_path: Path) -> None:
-    config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
     small = GeneratorSourceConfig(name="demo", registry_rows=100, observation_rows=5000,
                                   batch_rows=500, seed=2)
     paths = []
     for run in ("holed", "straight"):
-        database = dataclasses.replace(config.database, path=tmp_path / run / "d.db")
-        with Engine(dataclasses.replace(config, database=database, sources=(small,))) as engine:
+        path = tmp_path / run / "d.db"
+        with demo_engine(path, small) as engine:
             assert ingest(engine, small).caught_up
             if run == "holed":
                 # What a batch that failed while later ones committed leaves behind.
@@ -96,5 +101,5 @@ def test_a_hole_left_by_a_failed_batch_is_found_and_filled(tmp_path: Path) -> No
                 assert not complete(engine, small)
                 report = ingest(engine, small)
                 assert report.caught_up and report.observation_rows == 3500
-        paths.append(database.path)
+        paths.append(path)
     assert table_digest(paths[0], "observations") == table_digest(paths[1], "observations")
