@@ -40,10 +40,6 @@ class Envelope:
         return self.reply_to is not None
 
 
-def kind_of(envelope: Envelope) -> str:
-    return envelope.message.kind
-
-
 class Bus:
     """Routes envelopes to registered actors and logs every step."""
 
@@ -79,12 +75,9 @@ class Bus:
         with self._queued:
             return self._queued.wait_for(lambda: self._sent[name] >= count, timeout)
 
-    def tell(self, sender: str, receiver: str, message: Message, *,
-             corr: int | None = None) -> int:
-        """Send without waiting; returns the correlation id."""
-        corr = next(self._corr) if corr is None else corr
-        self._send("tell", Envelope(message, sender, receiver, corr, None))
-        return corr
+    def tell(self, sender: str, receiver: str, message: Message) -> None:
+        """Send without waiting."""
+        self._send("tell", Envelope(message, sender, receiver, next(self._corr), None))
 
     def ask(self, sender: str, receiver: str, message: Message) -> pykka.Future[Any]:
         """Send and return the future the receiver will resolve."""
@@ -97,7 +90,7 @@ class Bus:
             ref = self._refs.get(envelope.receiver)
             if ref is None:
                 raise EngineStopped(envelope.receiver)
-            self._log.record(kind, envelope.sender, envelope.receiver, kind_of(envelope),
+            self._log.record(kind, envelope.sender, envelope.receiver, envelope.message.kind,
                              envelope.message, envelope.corr)
             self._depth[envelope.receiver] += 1
             self._sent[envelope.receiver] += 1
@@ -107,7 +100,7 @@ class Bus:
             except pykka.ActorDeadError:
                 self._depth[envelope.receiver] -= 1
                 error = EngineStopped(envelope.receiver)
-                self._log.record("error", envelope.receiver, envelope.sender, kind_of(envelope),
+                self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
                                  None, envelope.corr, duration_ms=0.0, error=error)
                 raise error from None
 

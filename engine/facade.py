@@ -47,8 +47,8 @@ from engine.statusd import StatusServer
 from engine.supervisor import Failure, Supervisor
 
 FACADE = "facade"
-#: How long start-up may take before the engine gives up on an actor.
-START_TIMEOUT_S = 120.0
+#: How long stopping waits for an actor to commit what is queued and close.
+STOP_TIMEOUT_S = 120.0
 #: How long status waits for an actor's answer before saying it is busy.
 STATUS_TIMEOUT_S = 2.0
 
@@ -129,7 +129,8 @@ class Engine:
         ready: pykka.Future[None] = pykka.ThreadingFuture()
         ref = actor_class.start(bus=self._bus, supervisor=self.supervisor, ready=ready, **kwargs)
         self._actors.append((actor_class.name, ref))
-        ready.get(timeout=START_TIMEOUT_S)
+        # No timeout: setup may rebuild a large index, and on_start always answers.
+        ready.get()
         self._bus.register(actor_class.name, ref)
 
     def stop(self) -> None:
@@ -149,7 +150,7 @@ class Engine:
                 self._bus.unregister(name)
             if ref.is_alive():
                 with contextlib.suppress(pykka.Timeout):
-                    ref.stop(block=True, timeout=START_TIMEOUT_S)
+                    ref.stop(block=True, timeout=STOP_TIMEOUT_S)
         self._actors.clear()
         if self._log is not None:
             self._log.close()
@@ -164,13 +165,11 @@ class Engine:
 
     def wait(self, stop: threading.Event | None = None, *, poll_s: float = 0.5) -> str:
         """Block until `stop` is set, the engine fails or is stopped; says which."""
-        while True:
-            if stop is not None and stop.is_set():
-                return "stop requested"
-            if self._fatal is not None:
-                return f"fatal failure in {self._fatal.actor}: {self._fatal.error}"
-            if self._stopped.wait(poll_s):
-                return "engine stopped"
+        while not (stop is not None and stop.is_set()) and not self._stopped.wait(poll_s):
+            pass
+        if self._fatal is not None:
+            return f"fatal failure in {self._fatal.actor}: {self._fatal.error}"
+        return "stop requested" if stop is not None and stop.is_set() else "engine stopped"
 
     # --- writes -------------------------------------------------------------------------
 

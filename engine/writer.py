@@ -1,11 +1,12 @@
 """What the Writer does with its connection, as plain code a test can drive.
 
 `WriterCore` owns no thread: the Writer actor calls it. It commits a group of
-foreground writes in one transaction, each write in its own savepoint so one
-bad message fails alone, sizes multi-row statements from the connection's
-variable limit, and manages the WAL: PASSIVE checkpoints when idle, RESTART
-once the WAL passes the configured threshold, TRUNCATE when readers let it
-grow past twice that.
+foreground writes in one transaction, each message all-or-nothing (see
+`commit_group`), keeps a sender's SQL from ending that transaction, picks
+the shape of bulk statements per table (see `engine.sql.rows_per_statement`),
+and manages the WAL: PASSIVE checkpoints when idle, RESTART once the WAL
+passes the configured threshold, TRUNCATE when readers let it grow past
+twice that.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _ENGINE_PRAGMAS = frozenset({
 
 class _TransactionEnded(Exception):
     """A message ended the group's transaction; the group runs again without it."""
+
 
 Outcome = WriteResult | EngineError
 
@@ -218,9 +220,9 @@ class WriterCore:
         skips_rows = isinstance(message, UpsertRows) and set(message.columns) <= set(message.key)
         per = rows_per_statement(self.variable_limit, width,
                                  indexed=self._indexed.get(message.table, True) and not skips_rows)
-        changes = len(rows)
         if per == 1:
             self.conn.executemany(sql_for(1), rows)
+            changes = len(rows)
         else:
             changes = 0
             for start in range(0, len(rows), per):

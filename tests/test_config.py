@@ -205,7 +205,8 @@ def test_a_broken_config_fails_with_one_line_naming_where_and_creates_nothing(
         assert err.count("\n") == 1, err
         where = f"{path}:{line}" if line is not None else str(path)
         assert where in err
-        assert f": {key_path}: " in err if key_path else True
+        if key_path:
+            assert f": {key_path}: " in err
         assert words in err
         assert "Traceback" not in err
     assert files_under(tmp_path) == before

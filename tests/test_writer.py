@@ -260,13 +260,10 @@ def test_a_failing_write_in_a_group_fails_alone(make_config: Callable[..., Confi
     config = make_config(busy_timeout_ms=60_000)
     with Engine(config) as engine:
         engine.write_many("sites", [site_row(1)])
-        blocker = apsw.Connection(str(config.database.path))
-        blocker.execute("BEGIN IMMEDIATE")
-        first = engine.write_many("readings", [(1, 1, 1.0, "a")], wait=False)
-        bad = engine.write_many("readings", [(2, 99, 2.0, "no such site")], wait=False)
-        good = engine.write_many("readings", [(3, 1, 3.0, "c")], wait=False)
-        blocker.execute("COMMIT")
-        blocker.close()
+        first, bad, good = grouped(engine, config, lambda: [
+            engine.write_many("readings", [(1, 1, 1.0, "a")], wait=False),
+            engine.write_many("readings", [(2, 99, 2.0, "no such site")], wait=False),
+            engine.write_many("readings", [(3, 1, 3.0, "c")], wait=False)])
         first.get()
         with pytest.raises(WriteError, match="FOREIGN KEY constraint failed"):
             bad.get()
