@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pykka
 
-from engine.bus import Bus, Envelope
+from engine.bus import Answer, Bus, Envelope
 from engine.errors import EngineStopped, UnexpectedMessage
 from engine.protocol import Message
 from engine.supervisor import Supervisor, is_fatal
@@ -43,6 +44,7 @@ class BaseActor(pykka.ThreadingActor):
         self.bus = bus
         self.supervisor = supervisor
         self._ready = ready
+        self._awaiting: dict[int, Callable[[Answer], None]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -93,7 +95,22 @@ class BaseActor(pykka.ThreadingActor):
 
     # --- messages -----------------------------------------------------------------------
 
+    def request(self, receiver: str, message: Message,
+                then: Callable[[Answer], None]) -> None:
+        """Ask `receiver` without waiting; `then(answer)` runs on this actor's thread later."""
+        corr = self.bus.request(self.name, receiver, message)
+        self._awaiting[corr] = then
+
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Answer):
+            then = self._awaiting.pop(message.corr, None)
+            if then is None:
+                return None
+            try:
+                then(message)
+            except Exception as exc:
+                self.supervisor.report(self.name, message.request.kind, exc)
+            return None
         if not isinstance(message, Envelope):
             self.supervisor.report(self.name, type(message).__name__,
                                    UnexpectedMessage(self.name, message))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -14,16 +15,19 @@ from engine.bus import Envelope
 from engine.config import Config
 from engine.errors import EngineStopped, UnexpectedMessage
 from engine.protocol import (
+    BOOKKEEPING_WRITES,
     FOREGROUND_WRITES,
     Checkpoint,
     IdleCheck,
     InsertRows,
     Message,
+    RunChunk,
     UpsertRows,
     WriterStatus,
 )
 from engine.schema import apply_schema
 from engine.sqlite import new_database_undone_on_error, open_writer
+from engine.tasks import TaskPlan
 from engine.writer import WriterCore
 
 log = logging.getLogger(__name__)
@@ -32,18 +36,28 @@ log = logging.getLogger(__name__)
 #: queued, so one transaction stays short and readers see progress.
 MAX_GROUP_MESSAGES = 256
 MAX_GROUP_ROWS = 50_000
+_GROUPED = FOREGROUND_WRITES + BOOKKEEPING_WRITES
 
 
 class WriterActor(BaseActor):
-    """Owns the read-write connection; commits queued foreground writes together."""
+    """Owns the read-write connection; commits queued foreground writes together.
+
+    Background chunks run one at a time and after foreground work: a chunk
+    that arrives while other messages are queued waits (in `_chunk`) until
+    those are handled, so a foreground write never waits behind more than
+    the one chunk already running.
+    """
 
     name = "writer"
 
     def __init__(self, *, config: Config, clock: Callable[[], float] = time.monotonic,
-                 **kwargs: Any) -> None:
+                 tasks: tuple[TaskPlan, ...] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = config
         self._clock = clock
+        self._tasks = tasks
+        self._chunk: Envelope | None = None
+        self._chunk_yielded_to = 0
         self._pending: list[Envelope] = []
         self._pending_rows = 0
         self._idle_timer: threading.Timer | None = None
@@ -59,11 +73,14 @@ class WriterActor(BaseActor):
                 raise
         for action in report.actions:
             log.info("schema: %s", action)
-        self.core = WriterCore(conn, self.config, clock=self._clock)
+        self.core = WriterCore(conn, self.config, clock=self._clock, tasks=self._tasks)
 
     def teardown(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._chunk is not None:
+            chunk, self._chunk = self._chunk, None
+            self.bus.fail(chunk, EngineStopped(self.name))
         if self.core is not None:
             self._flush()
             self.core.conn.close()
@@ -71,10 +88,19 @@ class WriterActor(BaseActor):
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
         assert self.core is not None
-        if isinstance(message, FOREGROUND_WRITES):
+        try:
+            return self._handle(message, envelope)
+        finally:
+            if self._chunk is not None and not self._pending:
+                self._run_chunk()
+
+    def _handle(self, message: Message, envelope: Envelope) -> Any:
+        assert self.core is not None
+        if isinstance(message, _GROUPED):
             self._pending.append(envelope)
             rows = len(message.rows) if isinstance(message, (InsertRows, UpsertRows)) else 1
             self._pending_rows += rows
+            self._chunk_yielded_to += self._chunk is not None
             # Commit once nothing else is queued: writes that arrived while the
             # last transaction ran are already waiting, and join this one.
             if (self.bus.depth(self.name) == 0 or len(self._pending) >= MAX_GROUP_MESSAGES
@@ -82,6 +108,13 @@ class WriterActor(BaseActor):
                 self._flush()
             return DEFERRED
         self._flush()
+        if isinstance(message, RunChunk):
+            if self._chunk is not None:
+                raise UnexpectedMessage(self.name, message)  # one chunk at a time
+            # Whatever is queued behind the chunk goes first; `handle` runs the
+            # chunk once a message leaves nothing pending.
+            self._chunk, self._chunk_yielded_to = envelope, 0
+            return DEFERRED
         match message:
             case Checkpoint(mode=mode):
                 return self.core.checkpoint(mode)
@@ -113,6 +146,25 @@ class WriterActor(BaseActor):
             self.core.after_commit()
         except Exception as exc:  # reported, not raised
             self.supervisor.report(self.name, "writer.checkpoint", exc)
+        self._arm_idle_timer()
+
+    def _run_chunk(self) -> None:
+        assert self.core is not None and self._chunk is not None
+        if self.bus.depth(self.name) > 0 and self._chunk_yielded_to == 0:
+            return  # queued messages first; they end in a flush that runs the chunk
+        envelope, self._chunk = self._chunk, None
+        assert isinstance(envelope.message, RunChunk)
+        try:
+            result = self.core.run_chunk(envelope.message, yielded_to=self._chunk_yielded_to)
+        except Exception as exc:
+            self.fail(envelope, exc)
+            return
+        try:
+            mode = self.core.after_commit()
+        except Exception as exc:  # reported, not raised; the chunk is committed
+            self.supervisor.report(self.name, "writer.checkpoint", exc)
+            mode = None
+        self.bus.reply(envelope, dataclasses.replace(result, checkpoint=mode))
         self._arm_idle_timer()
 
     def _arm_idle_timer(self) -> None:

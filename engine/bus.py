@@ -10,6 +10,7 @@ the handler returns: that is how the Writer commits a group of writes at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -34,10 +35,26 @@ class Envelope:
     corr: int
     reply_to: pykka.Future[Any] | None
     started_ns: int = 0
+    #: For a `Bus.request`: the actor whose inbox gets the `Answer`.
+    answer_to: str | None = None
 
     @property
     def is_ask(self) -> bool:
-        return self.reply_to is not None
+        return self.reply_to is not None or self.answer_to is not None
+
+
+@dataclass(slots=True, frozen=True)
+class Answer:
+    """The answer to a `Bus.request`, delivered to the requester's inbox.
+
+    It is not logged again: the receiver's `reply` or `error` record, with
+    the same correlation id, already is the answer in the message log.
+    """
+
+    corr: int
+    request: Message
+    result: Any = None
+    error: BaseException | None = None
 
 
 class Bus:
@@ -85,6 +102,16 @@ class Bus:
         self._send("ask", Envelope(message, sender, receiver, next(self._corr), future))
         return future
 
+    def request(self, sender: str, receiver: str, message: Message) -> int:
+        """Send an ask whose answer comes back to `sender`'s inbox as an `Answer`.
+
+        This is how one actor asks another without blocking its handler.
+        Returns the correlation id the answer will carry.
+        """
+        corr = next(self._corr)
+        self._send("ask", Envelope(message, sender, receiver, corr, None, answer_to=sender))
+        return corr
+
     def _send(self, kind: str, envelope: Envelope) -> None:
         with self._lock:
             ref = self._refs.get(envelope.receiver)
@@ -116,6 +143,8 @@ class Bus:
                          result, envelope.corr, duration_ms=self._elapsed_ms(envelope))
         if envelope.reply_to is not None:
             envelope.reply_to.set(result)
+        if envelope.answer_to is not None:
+            self._deliver(envelope, Answer(envelope.corr, envelope.message, result=result))
 
     def fail(self, envelope: Envelope, error: BaseException) -> None:
         """Handling raised; hand the error to an asker and log it."""
@@ -124,6 +153,16 @@ class Bus:
                          error=error)
         if envelope.reply_to is not None:
             envelope.reply_to.set_exception((type(error), error, error.__traceback__))
+        if envelope.answer_to is not None:
+            self._deliver(envelope, Answer(envelope.corr, envelope.message, error=error))
+
+    def _deliver(self, envelope: Envelope, answer: Answer) -> None:
+        # A requester that has stopped no longer needs its answer.
+        with self._lock:
+            ref = self._refs.get(envelope.answer_to or "")
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(answer)
 
     def _elapsed_ms(self, envelope: Envelope) -> float:
         if not envelope.started_ns:

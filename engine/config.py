@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 FK_ACTIONS = ("no action", "restrict", "set null", "set default", "cascade")
 PAYLOAD_MODES = ("summary", "full")
 SOURCE_KINDS = ("generator",)
-TOP_LEVEL_KEYS = ("database", "tables", "sources", "message_log", "status")
+TOP_LEVEL_KEYS = ("database", "tables", "tasks", "sources", "progress", "message_log", "status")
+TASK_KEYS = ("version", "table", "key", "set", "call", "reads", "writes", "sql", "where",
+             "target_ms", "min_rows", "max_rows", "yield_ms", "provides")
 #: Tables FTS5 creates beside an external-content FTS table.
 FTS_SHADOW_TABLES = ("data", "idx", "docsize", "config")
 #: FTS5's built-in tokenizers (`porter` wraps another one).
@@ -180,12 +183,65 @@ SourceConfig = GeneratorSourceConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TaskConfig:
+    """A chunked background task: change `table` one key range at a time.
+
+    The change is one of: `updates` (column = SQL expression pairs, YAML
+    `set`), `call` (a Python callable, or its "module:function" name, that
+    gets a chunk of rows as dicts with the `reads` columns and returns one
+    mapping of `writes` columns per row), or `sql` (a statement run once per
+    chunk with `:lo` excluded and `:hi` included as the key range). `where`
+    picks the rows the task must change; the task is done when none is left
+    at or below the key bound it snapshotted when it started.
+    """
+
+    name: str
+    table: str
+    #: The column chunks are cut along; unique. Default: the single-column primary key.
+    key: str | None = None
+    version: int = 1
+    updates: tuple[tuple[str, str], ...] = ()
+    call: str | Callable[[list[dict[str, Any]]], Any] | None = None
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    sql: str | None = None
+    where: str | None = None
+    target_ms: float = 50.0
+    min_rows: int = 100
+    max_rows: int = 20_000
+    yield_ms: float = 5.0
+    #: A name readers can require (`Engine.read(requires=[...])`); the task name works too.
+    provides: str | None = None
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def change(self) -> str:
+        """`set`, `call` or `sql`: how the task changes a chunk."""
+        if self.updates:
+            return "set"
+        return "call" if self.call is not None else "sql"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressConfig:
+    """How progress of long work is persisted."""
+
+    #: Progress is written to the database at most this often per task (plus once at the end).
+    persist_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole validated configuration."""
 
     database: DatabaseConfig
     tables: tuple[TableConfig, ...] = ()
     sources: tuple[SourceConfig, ...] = ()
+    tasks: tuple[TaskConfig, ...] = ()
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
     message_log: MessageLogConfig = field(default_factory=MessageLogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     #: The file this came from, for messages.
@@ -241,11 +297,13 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     tables = _tables(sections["tables"]) if "tables" in sections else ()
     _check_references(sections.get("tables"), tables)
     sources = _sources(sections["sources"], tables) if "sources" in sections else ()
+    tasks = _tasks(sections["tasks"], tables) if "tasks" in sections else ()
+    progress = _progress(sections["progress"]) if "progress" in sections else ProgressConfig()
     message_log = (_message_log(sections["message_log"], base, check_paths)
                    if "message_log" in sections else MessageLogConfig())
     status = _status(sections["status"]) if "status" in sections else StatusConfig()
-    config = Config(database=database, tables=tables, sources=sources,
-                    message_log=message_log, status=status, source_file=file,
+    config = Config(database=database, tables=tables, sources=sources, tasks=tasks,
+                    progress=progress, message_log=message_log, status=status, source_file=file,
                     secrets=doc.secrets)
     if check_paths and message_log.enabled and message_log.path is None:
         where = sections.get("message_log", sections["database"])
@@ -538,6 +596,152 @@ def _sources(at: _At, tables: tuple[TableConfig, ...]) -> tuple[SourceConfig, ..
             seed=_opt(keys, "seed", lambda a: a.integer(0, 2**62), defaults.seed),
         ))
     return tuple(sources)
+
+
+def _progress(at: _At) -> ProgressConfig:
+    keys = at.mapping(("persist_interval_s",))
+    return ProgressConfig(persist_interval_s=_opt(
+        keys, "persist_interval_s", lambda a: a.number(1.0, 3600.0),
+        ProgressConfig().persist_interval_s))
+
+
+def _tasks(at: _At, tables: tuple[TableConfig, ...]) -> tuple[TaskConfig, ...]:
+    tasks: list[TaskConfig] = []
+    for name, spec in at.named_items("task"):
+        keys = spec.mapping(TASK_KEYS, required=("table",))
+        defaults = TaskConfig(name=name, table="")
+        updates: tuple[tuple[str, str], ...] = ()
+        if "set" in keys:
+            set_at = keys["set"]
+            if not isinstance(set_at.value, dict) or not set_at.value:
+                raise set_at.error("expected a mapping of column: SQL expression")
+            updates = tuple((str(column), set_at.child(column).string())
+                            for column in set_at.value)
+
+        task = TaskConfig(
+            name=name,
+            table=keys["table"].identifier("table name"),
+            key=keys["key"].identifier("column name") if "key" in keys else None,
+            version=_opt(keys, "version", lambda a: a.integer(1, 2**31), defaults.version),
+            updates=updates,
+            call=_opt(keys, "call", _At.string, None),
+            reads=_strings(keys, "reads"), writes=_strings(keys, "writes"),
+            sql=_opt(keys, "sql", _At.string, None),
+            where=_opt(keys, "where", _At.string, None),
+            target_ms=_opt(keys, "target_ms", lambda a: a.number(1, 60_000), defaults.target_ms),
+            min_rows=_opt(keys, "min_rows", lambda a: a.integer(1, 10**7), defaults.min_rows),
+            max_rows=_opt(keys, "max_rows", lambda a: a.integer(1, 10**7), defaults.max_rows),
+            yield_ms=_opt(keys, "yield_ms", lambda a: a.number(0, 60_000), defaults.yield_ms),
+            provides=_opt(keys, "provides", _At.string, None),
+        )
+        try:
+            task = check_task(task, tables, tasks)
+        except _TaskProblem as problem:
+            raise keys.get(problem.field, spec).error(problem.message) from None
+        tasks.append(task)
+    return tuple(tasks)
+
+
+def _strings(keys: Mapping[str, _At], key: str) -> tuple[str, ...]:
+    return tuple(v.string() for v in keys[key].sequence()) if key in keys else ()
+
+
+class _TaskProblem(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(message)
+
+
+def check_task(task: TaskConfig, tables: Iterable[TableConfig],
+               earlier: Iterable[TaskConfig] = ()) -> TaskConfig:
+    """Validate `task` against the declared tables; returns it with its key resolved.
+
+    Raises `_TaskProblem(field, message)`; `validate_task` turns that into a
+    `ConfigError` for tasks declared from Python.
+    """
+    by_name = {t.name: t for t in tables}
+    table = by_name.get(task.table)
+    if table is None:
+        raise _TaskProblem("table", f"table {task.table!r} is not declared"
+                           + _hint(task.table, by_name))
+    columns = table.column_names
+    key = task.key
+    if key is None:
+        if len(table.primary_key) != 1:
+            raise _TaskProblem("key", f"table {table.name!r} has no single-column primary key; "
+                               "name the unique column to cut chunks along with 'key'")
+        key = table.primary_key[0]
+    elif key not in columns:
+        raise _TaskProblem("key", f"unknown column {key!r}{_hint(key, columns)}")
+    elif table.primary_key != (key,) and not table.column(key).unique:
+        raise _TaskProblem("key", f"column {key!r} is not unique; chunks are cut along a "
+                           "primary key or unique column")
+    changes = [k for k, present in (("set", bool(task.updates)), ("call", task.call is not None),
+                                    ("sql", task.sql is not None)) if present]
+    if len(changes) != 1:
+        found = " and ".join(changes) if changes else "none"
+        raise _TaskProblem(changes[-1] if changes else "table",
+                           f"a task needs exactly one of 'set', 'call' or 'sql'; found {found}")
+    for column, expr in task.updates:
+        if column not in columns:
+            raise _TaskProblem("set", f"table {table.name!r} has no column {column!r}"
+                               + _hint(column, columns))
+        if column == key:
+            raise _TaskProblem("set", f"column {column!r} is the key chunks are cut along; "
+                               "a task cannot change it")
+        if not expr.strip():
+            raise _TaskProblem("set", f"the expression for {column!r} is empty")
+    if task.call is not None:
+        if isinstance(task.call, str) and not _is_import_path(task.call):
+            raise _TaskProblem("call", f"expected 'module:function', got {task.call!r}")
+        if not task.writes:
+            raise _TaskProblem("call", "a 'call' task must list the columns it writes in "
+                               "'writes'")
+    for field_name, names in (("reads", task.reads), ("writes", task.writes)):
+        for column in names:
+            if column not in columns:
+                raise _TaskProblem(field_name, f"table {table.name!r} has no column {column!r}"
+                                   + _hint(column, columns))
+    if key in task.writes:
+        raise _TaskProblem("writes", f"column {key!r} is the key chunks are cut along; a task "
+                           "cannot change it")
+    if task.sql is not None:
+        missing = [p for p in (":lo", ":hi") if not re.search(re.escape(p) + r"\b", task.sql)]
+        if missing:
+            raise _TaskProblem("sql", f"the statement must use {' and '.join(missing)}: it runs "
+                               "once per chunk for the keys above :lo up to :hi")
+    for field_name, text in (("where", task.where), ("sql", task.sql)):
+        if text is not None and not text.strip():
+            raise _TaskProblem(field_name, "expected SQL text, got an empty string")
+    if task.max_rows < task.min_rows:
+        raise _TaskProblem("max_rows", f"max_rows ({task.max_rows}) is below min_rows "
+                           f"({task.min_rows})")
+    for other in earlier:
+        if other.name == task.name:
+            raise _TaskProblem("table", f"task {task.name!r} is declared twice")
+        if task.provides is not None and task.provides in (other.provides, other.name):
+            raise _TaskProblem("provides", f"{task.provides!r} is already provided by task "
+                               f"{other.name!r}")
+    return dataclasses.replace(task, key=key)
+
+
+def validate_task(task: TaskConfig, config: Config) -> TaskConfig:
+    """Check a task declared from Python the way the YAML ones are; raises `ConfigError`."""
+    if not is_identifier(task.name):
+        raise ConfigError(f"task name {task.name!r} is not allowed: use letters, digits and "
+                          "underscores", file="<python>", path=f"tasks.{task.name}")
+    try:
+        return check_task(task, config.tables, config.tasks)
+    except _TaskProblem as problem:
+        raise ConfigError(problem.message, file="<python>",
+                          path=f"tasks.{task.name}.{problem.field}") from None
+
+
+def _is_import_path(text: str) -> bool:
+    module, _, attr = text.partition(":")
+    return bool(attr) and all(part.isidentifier() for part in (*module.split("."),
+                                                                 *attr.split(".")))
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -109,3 +109,26 @@ class EngineStopped(EngineError):
     def __init__(self, receiver: str) -> None:
         self.receiver = receiver
         super().__init__(f"{receiver} is not running")
+
+
+class TaskError(EngineError):
+    """A chunked task cannot run or a chunk of it failed; the task is marked failed."""
+
+    def __init__(self, message: str, *, task: str) -> None:
+        self.task = task
+        super().__init__(message)
+
+
+class NotReady(EngineError):
+    """A read requires a task that is not done yet; answering would give partial data."""
+
+    retryable = True
+
+    def __init__(self, name: str, processed: int, total: int | None, *,
+                 status: str = "pending") -> None:
+        self.name = name
+        self.processed = processed
+        self.total = total
+        self.status = status
+        of = f" of {total:,}" if total is not None else ""
+        super().__init__(f"{name} is not ready: {status}, {processed:,}{of} rows done")

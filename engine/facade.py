@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType, TracebackType
@@ -21,21 +22,31 @@ from typing import Any, Literal, cast, overload
 import apsw
 import pykka
 
+from actors.backfill import BackfillActor
+from actors.progress import ProgressActor
 from actors.writer import WriterActor
 from engine.bus import Bus
-from engine.config import Config, TableConfig, load_config
-from engine.errors import BadRowError, EngineError, EngineStopped, WriteError
+from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
+from engine.errors import BadRowError, EngineError, EngineStopped, NotReady, TaskError, WriteError
 from engine.msglog import MessageLog, NullMessageLog
 from engine.protocol import (
     Checkpoint,
     CheckpointResult,
+    ControlTask,
     Execute,
     ExecuteBatch,
     InsertRows,
     Message,
+    ProgressSnapshot,
+    ProgressView,
     Row,
+    SetMeta,
+    StartTasks,
     Statement,
+    TasksStatus,
+    TaskView,
     UpsertRows,
+    WaitTasks,
     WriteResult,
     WriterState,
     WriterStatus,
@@ -45,6 +56,7 @@ from engine.redact import Redactor
 from engine.sqlite import file_size
 from engine.statusd import StatusServer
 from engine.supervisor import Failure, Supervisor
+from engine.tasks import TaskPlan, read_task_rows
 
 FACADE = "facade"
 #: How long stopping waits for an actor to commit what is queued and close.
@@ -56,9 +68,30 @@ STATUS_TIMEOUT_S = 2.0
 class Engine:
     """An embedded sqlwarden engine; use as a context manager or call start/stop."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 tasks: Iterable[TaskConfig] = (), start_tasks: bool = True,
+                 progress_clock: Callable[[], float] | None = None) -> None:
+        """`tasks` adds chunked tasks declared in Python (a `call` may be a function).
+
+        With `start_tasks=False` tasks wait for `engine.tasks.start()`: the
+        CLI catches up its sources first. `progress_clock` replaces the
+        clock the Progress actor rate-limits persistence with (for tests).
+        """
+        added: list[TaskConfig] = []
+        for task in tasks:
+            added.append(validate_task(task, dataclasses.replace(
+                config, tasks=config.tasks + tuple(added))))
+        if added:
+            config = dataclasses.replace(config, tasks=config.tasks + tuple(added))
         self.config = config
         self._clock = clock
+        self._progress_clock = progress_clock or clock
+        self._start_tasks = start_tasks
+        self._plans = tuple(TaskPlan(t, config.table(t.table)) for t in config.tasks)
+        self._requirements = {name: plan.task for plan in self._plans
+                              for name in (plan.task.name, plan.task.provides) if name}
+        self.run_id = uuid.uuid4().hex[:12]
+        self.tasks = Tasks(self)
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
         self._state = "new"
@@ -114,14 +147,23 @@ class Engine:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
                     healthy=lambda: self._state == "running")
-            self._start_actor(WriterActor, config=self.config, clock=self._clock)
+            self._start_actor(WriterActor, config=self.config, clock=self._clock,
+                              tasks=self._plans)
+            self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
+            self._start_actor(BackfillActor, config=self.config, plans=self._plans,
+                              run_id=self.run_id, clock=self._clock)
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:
                 self._status_server.start()
+            self._state = "running"
+            self._ask("writer", SetMeta(key="run_id", value=self.run_id))
+            # Where `sqlwarden task pause` finds this engine.
+            self._ask("writer", SetMeta(key="status_url", value=self.status_url))
         except BaseException:
             self._shutdown()
             raise
-        self._state = "running"
+        if self._start_tasks:
+            self.tasks.start()
         return self
 
     def _start_actor(self, actor_class: Any, **kwargs: Any) -> None:
@@ -137,6 +179,10 @@ class Engine:
         """Stop everything in reverse order; queued writes are committed first."""
         if self._state in ("new", "stopped"):
             return
+        if self._state == "running":
+            with contextlib.suppress(EngineError):
+                self._ask("writer", SetMeta(key="status_url", value=None),
+                          timeout=STOP_TIMEOUT_S)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -239,12 +285,34 @@ class Engine:
     # --- reads and status ---------------------------------------------------------------
 
     @contextmanager
-    def read(self, timeout: float | None = None) -> Iterator[apsw.Connection]:
-        """Borrow a read-only connection for the `with` block."""
+    def read(self, timeout: float | None = None,
+             requires: Iterable[str] = ()) -> Iterator[apsw.Connection]:
+        """Borrow a read-only connection for the `with` block.
+
+        `requires` names tasks (or what they `provides`) the read depends on:
+        while one of them is not done, `NotReady(name, processed, total)` is
+        raised instead of answering from partial data.
+        """
         if self._readers is None or self._state != "running":
             raise EngineStopped("engine")
+        needed = [self._requirement(name) for name in requires]
         with self._readers.lend(timeout) as conn:
+            if needed:
+                rows = read_task_rows(conn)
+                for name, task in needed:
+                    row = rows.get((task.name, task.version))
+                    if row is None or row["status"] != "done":
+                        raise NotReady(name, row["rows_processed"] if row else 0,
+                                       row["rows_total"] if row else None,
+                                       status=row["status"] if row else "pending")
             yield conn
+
+    def _requirement(self, name: str) -> tuple[str, TaskConfig]:
+        task = self._requirements.get(name)
+        if task is None:
+            known = ", ".join(sorted(self._requirements)) or "none"
+            raise TaskError(f"nothing provides {name!r} (known: {known})", task=name)
+        return name, task
 
     def writer_state(self) -> WriterState:
         """The Writer's counters (messages, transactions, WAL)."""
@@ -269,6 +337,8 @@ class Engine:
             except EngineError as exc:
                 out["writer"] = {"error": str(exc)}
             out["writer"]["queue_depth"] = self.queue_depth("writer")
+        if self._state == "running" and self._plans:
+            out["tasks"] = self._task_status()
         if self._readers is not None:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
@@ -282,6 +352,51 @@ class Engine:
         if self._fatal is not None:
             out["fatal"] = dataclasses.asdict(self._fatal)
         return _redact(self._redactor, out)
+
+    def _task_status(self) -> list[dict[str, Any]] | dict[str, str]:
+        try:
+            views: tuple[TaskView, ...] = self._ask("backfill", TasksStatus(),
+                                                    timeout=STATUS_TIMEOUT_S)
+            progress: tuple[ProgressView, ...] = self._ask("progress", ProgressSnapshot(),
+                                                           timeout=STATUS_TIMEOUT_S)
+        except pykka.Timeout:
+            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
+        except EngineError as exc:
+            return {"error": str(exc)}
+        live = {p.name: p for p in progress if p.scope == "task"}
+        out = []
+        for view in views:
+            entry = dataclasses.asdict(view)
+            seen = live.get(view.name)
+            entry["rate_rows_s"] = seen.rate_rows_s if seen else None
+            entry["eta_s"] = seen.eta_s if seen else None
+            entry["progress_saved"] = seen.persisted if seen else 0
+            entry["progress_save_failures"] = seen.persist_failures if seen else 0
+            entry["last_progress_save_error"] = seen.last_persist_error if seen else None
+            out.append(entry)
+        return out
+
+    def health(self) -> tuple[bool, list[str]]:
+        """(steady, reasons): not steady while a required task runs or any task failed."""
+        reasons: list[str] = []
+        if self._state != "running":
+            reasons.append(f"engine is {self._state}")
+            return False, reasons
+        tasks = self._task_status() if self._plans else []
+        if isinstance(tasks, dict):
+            return False, [f"tasks: {tasks['error']}"]
+        for task in tasks:
+            ident = f"{task['name']}@{task['version']}"
+            if task["status"] == "failed":
+                reasons.append(f"task {ident} failed: {task['error']}")
+            elif task["provides"] and task["status"] != "done":
+                reasons.append(f"task {ident} (provides {task['provides']}) is "
+                               f"{task['status']}: {task['processed']:,} of "
+                               f"{task['total'] if task['total'] is not None else '?'} rows")
+            if task["progress_save_failures"]:
+                reasons.append(f"task {ident}: {task['progress_save_failures']} progress "
+                               f"saves failed: {task['last_progress_save_error']}")
+        return not reasons, reasons
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -394,3 +509,56 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class Tasks:
+    """`engine.tasks`: start, watch and control the chunked tasks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self._engine.config.tasks)
+
+    def start(self) -> None:
+        """Recover task rows left by earlier runs and start what should run."""
+        self._engine.tell("backfill", StartTasks())
+
+    def list(self) -> tuple[TaskView, ...]:
+        """Every task, as the Backfill actor sees it now."""
+        views: tuple[TaskView, ...] = self._engine.ask("backfill", TasksStatus())
+        return views
+
+    def get(self, name: str) -> TaskView:
+        for view in self.list():
+            if view.name == name:
+                return view
+        raise TaskError(f"unknown task {name!r}", task=name)
+
+    def progress(self) -> tuple[ProgressView, ...]:
+        """Live progress (rate, ETA, waiting reason) of every job."""
+        views: tuple[ProgressView, ...] = self._engine.ask("progress", ProgressSnapshot())
+        return views
+
+    def pause(self, name: str) -> TaskView:
+        """Stop sending chunks after the one running; returns once the state is saved."""
+        return self.control(name, "pause")
+
+    def resume(self, name: str) -> TaskView:
+        """Continue a paused task, or retry a failed or cancelled one from its checkpoint."""
+        return self.control(name, "resume")
+
+    def cancel(self, name: str) -> TaskView:
+        """Stop between chunks; what was committed stays committed and visible."""
+        return self.control(name, "cancel")
+
+    def control(self, name: str, action: str) -> TaskView:
+        view: TaskView = self._engine.ask("backfill", ControlTask(task=name, action=action))
+        return view
+
+    def wait(self, *names: str, timeout: float | None = None) -> tuple[TaskView, ...]:
+        """Block until the tasks (all by default) are done, failed, cancelled or paused."""
+        views: tuple[TaskView, ...] = self._engine.ask("backfill", WaitTasks(tasks=names),
+                                                       timeout=timeout)
+        return views

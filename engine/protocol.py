@@ -110,8 +110,138 @@ class IdleCheck(Message):
     kind: ClassVar[str] = "writer.idle_check"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetMeta(Message):
+    """Set (or with `value=None` delete) one key of the engine's `_sw_meta` table."""
+
+    kind: ClassVar[str] = "writer.meta"
+    key: str
+    value: str | None = None
+
+
 #: Messages the Writer may commit together in one transaction.
-FOREGROUND_WRITES = (Execute, ExecuteBatch, InsertRows, UpsertRows)
+FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows,
+                                                SetMeta)
+
+
+# --- background work --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunChunk(Message):
+    """One chunk of a task: change the rows with keys in (`after`, next `rows` keys],
+    capped at `bound`, and advance the task's checkpoint, in one transaction."""
+
+    kind: ClassVar[str] = "writer.chunk"
+    task: str
+    version: int
+    run_id: str
+    after: SqlValue
+    bound: SqlValue
+    rows: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaveTask(Message):
+    """Insert or update a task's row in `_sw_tasks` (the columns named in `fields`)."""
+
+    kind: ClassVar[str] = "writer.task_state"
+    task: str
+    version: int
+    fields: tuple[tuple[str, SqlValue], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaveProgress(Message):
+    """Persist a task's rate, ETA and waiting reason (rate-limited by the Progress actor)."""
+
+    kind: ClassVar[str] = "writer.task_progress"
+    task: str
+    version: int
+    rate_rows_s: float | None
+    eta_s: float | None
+    waiting: str | None
+    at: float
+    terminal: bool = False
+
+
+#: Messages that are background work: one at a time, after queued foreground writes.
+BACKGROUND_WORK: tuple[type[Message], ...] = (RunChunk,)
+#: Small bookkeeping writes; they join group commits like foreground writes.
+BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress)
+
+
+# --- Backfill ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTasks(Message):
+    """Boot: recover task rows left by an earlier run and start what should run."""
+
+    kind: ClassVar[str] = "backfill.start"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlTask(Message):
+    """Pause, resume or cancel one task; answered with its `TaskView` afterwards."""
+
+    kind: ClassVar[str] = "backfill.control"
+    task: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NextChunk(Message):
+    """Sent by the Backfill's yield timer: the pause between chunks is over."""
+
+    kind: ClassVar[str] = "backfill.next"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TasksStatus(Message):
+    """Ask the Backfill for a `TaskView` of every task."""
+
+    kind: ClassVar[str] = "backfill.status"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitTasks(Message):
+    """Answered once every named task (all when empty) is done, failed, cancelled or paused."""
+
+    kind: ClassVar[str] = "backfill.wait"
+    tasks: tuple[str, ...] = ()
+
+
+# --- Progress ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressEvent(Message):
+    """Where a long job is: rows done out of total, its state and, if waiting, why.
+
+    `chunk_rows` rows were done in the last `chunk_s` seconds (0 for events
+    that report a state change only). `terminal` marks the last event of a run.
+    """
+
+    kind: ClassVar[str] = "progress.event"
+    scope: str
+    name: str
+    version: int = 0
+    processed: int
+    total: int | None
+    state: str
+    waiting: str | None = None
+    chunk_rows: int = 0
+    chunk_s: float = 0.0
+    terminal: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressSnapshot(Message):
+    """Ask the Progress actor for a `ProgressView` of every job it has heard of."""
+
+    kind: ClassVar[str] = "progress.snapshot"
 
 
 # --- replies ----------------------------------------------------------------------------
@@ -152,3 +282,56 @@ class WriterState:
     busy_checkpoints: int
     page_size: int
     variable_limit: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkResult:
+    """What one chunk did; `last` is the new checkpoint, `exhausted` when no key was left."""
+
+    after: SqlValue
+    last: SqlValue
+    scanned: int
+    processed: int
+    exhausted: bool
+    duration_ms: float
+    #: Foreground messages handled ahead of this chunk while it waited in the Writer.
+    yielded_to: int = 0
+    #: The checkpoint mode the Writer ran right after the chunk, if any.
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskView:
+    """A task as the Backfill actor sees it."""
+
+    name: str
+    version: int
+    table: str
+    status: str
+    processed: int
+    total: int | None
+    checkpoint: SqlValue
+    bound: SqlValue
+    attempts: int
+    error: str | None
+    waiting: str | None
+    provides: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressView:
+    """Live progress of one job, with its rate and ETA."""
+
+    scope: str
+    name: str
+    version: int
+    processed: int
+    total: int | None
+    state: str
+    waiting: str | None
+    rate_rows_s: float | None
+    eta_s: float | None
+    error: str | None
+    persisted: int
+    persist_failures: int
+    last_persist_error: str | None

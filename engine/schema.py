@@ -22,10 +22,36 @@ from engine.sql import column_list, literal, quote
 from engine.sqlite import transaction
 
 #: Version of the engine's own tables (`_sw_*`); stored in `_sw_meta`.
-ENGINE_SCHEMA_VERSION = 1
+ENGINE_SCHEMA_VERSION = 2
 META_TABLE = "_sw_meta"
 _META_DDL = (f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
              "(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+TASKS_TABLE = "_sw_tasks"
+TASK_STATUSES = ("pending", "running", "paused", "done", "failed", "cancelled")
+#: One row per task version (`name@version`). `checkpoint` is the last key a
+#: committed chunk covered (NULL: none yet); `bound` the key snapshot past
+#: which the task does not go. Times are Unix seconds.
+_TASKS_DDL = f"""CREATE TABLE IF NOT EXISTS {TASKS_TABLE} (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    change TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({", ".join(map(literal, TASK_STATUSES))})),
+    rows_processed INTEGER NOT NULL DEFAULT 0,
+    rows_total INTEGER,
+    checkpoint ANY,
+    bound ANY,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_id TEXT,
+    started_at REAL,
+    ended_at REAL,
+    last_update_at REAL,
+    rate_rows_s REAL,
+    eta_s REAL,
+    waiting TEXT,
+    error TEXT,
+    PRIMARY KEY (name, version)
+) STRICT"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +161,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
     with transaction(conn):
         conn.execute(_META_DDL)
         _check_engine_version(conn, actions)
+        conn.execute(_TASKS_DDL)
         objects = _objects(conn)
         statements: list[tuple[str, str]] = []
         # Check every table before changing any, so an error changes nothing.

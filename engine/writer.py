@@ -19,19 +19,26 @@ from itertools import chain
 import apsw
 
 from engine.config import Config, TableConfig
-from engine.errors import BadRowError, EngineError, UnexpectedMessage, WriteError
+from engine.errors import BadRowError, EngineError, TaskError, UnexpectedMessage, WriteError
 from engine.protocol import (
     CheckpointResult,
+    ChunkResult,
     Execute,
     ExecuteBatch,
     InsertRows,
     Message,
+    RunChunk,
+    SaveProgress,
+    SaveTask,
+    SetMeta,
     UpsertRows,
     WriteResult,
     WriterState,
 )
+from engine.schema import META_TABLE, TASKS_TABLE
 from engine.sql import insert_sql, rows_per_statement, upsert_sql
 from engine.sqlite import file_size, savepoint, transaction, variable_limit
+from engine.tasks import TaskPlan, load_callable, run_chunk, save_task_sql
 
 CHECKPOINT_MODES = {
     "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
@@ -57,9 +64,12 @@ class WriterCore:
     """Runs write messages and checkpoints on the one read-write connection."""
 
     def __init__(self, conn: apsw.Connection, config: Config, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tasks: Sequence[TaskPlan] = ()) -> None:
         self.conn = conn
         self.config = config
+        self.tasks = {plan.task.name: plan for plan in tasks}
+        self._callables: dict[str, Callable[..., object]] = {}
         self._clock = clock
         self._wal_path = str(config.database.path) + "-wal"
         self.variable_limit = variable_limit(conn)
@@ -176,8 +186,67 @@ class WriterCore:
                 return self._bulk(message, lambda n: insert_sql(table, columns, n))
             case UpsertRows(table=table, columns=columns, key=key):
                 return self._bulk(message, lambda n: upsert_sql(table, columns, key, n))
+            case SaveTask(task=task, version=version, fields=fields):
+                names = [name for name, _ in fields]
+                self.conn.execute(save_task_sql(names),
+                                  (task, version, *(value for _, value in fields)))
+                return WriteResult(changes=self.conn.changes())
+            case SaveProgress():
+                self.conn.execute(
+                    f"UPDATE {TASKS_TABLE} SET rate_rows_s = ?, eta_s = ?, waiting = ?, "
+                    "last_update_at = ? WHERE name = ? AND version = ?",
+                    (message.rate_rows_s, message.eta_s, message.waiting, message.at,
+                     message.task, message.version))
+                if self.conn.changes() != 1:
+                    # Progress that lands nowhere must not look saved.
+                    raise TaskError(f"no _sw_tasks row for {message.task}@{message.version}; "
+                                    "progress not saved", task=message.task)
+                return WriteResult(changes=1)
+            case SetMeta(key=key, value=None):
+                self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
+                return WriteResult(changes=self.conn.changes())
+            case SetMeta(key=key, value=value):
+                self.conn.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                  (key, value))
+                return WriteResult(changes=self.conn.changes())
             case _:
                 raise UnexpectedMessage("writer", message)
+
+    # --- background chunks --------------------------------------------------------------
+
+    def run_chunk(self, message: RunChunk, *, yielded_to: int = 0) -> ChunkResult:
+        """Run one chunk of a task in its own transaction; raises `TaskError` on failure."""
+        plan = self.tasks.get(message.task)
+        ident = f"{message.task}@{message.version}"
+        if plan is None or plan.task.version != message.version:
+            raise TaskError(f"task {ident} is not declared", task=message.task)
+        started = time.perf_counter()
+        try:
+            fn = self._callable(plan) if plan.select_sql else None
+            with transaction(self.conn), self._guard(message):
+                outcome = run_chunk(self.conn, plan, run_id=message.run_id,
+                                    after=message.after, bound=message.bound,
+                                    rows=message.rows, fn=fn)
+        except Exception as exc:
+            self.failed_messages += 1
+            if isinstance(exc, TaskError):
+                raise
+            raise TaskError(f"task {ident}: the chunk after key {message.after!r} failed: "
+                            f"{exc}", task=message.task) from exc
+        duration_ms = (time.perf_counter() - started) * 1000
+        self.transactions += 1
+        self.messages += 1
+        self.last_write_at = self._clock()
+        return ChunkResult(after=message.after, last=outcome.last, scanned=outcome.scanned,
+                           processed=outcome.processed, exhausted=outcome.exhausted,
+                           duration_ms=duration_ms, yielded_to=yielded_to)
+
+    def _callable(self, plan: TaskPlan) -> Callable[..., object]:
+        fn = self._callables.get(plan.task.name)
+        if fn is None:
+            fn = self._callables[plan.task.name] = load_callable(plan.task)
+        return fn
 
     @contextmanager
     def _guard(self, message: Message) -> Iterator[None]:
@@ -233,7 +302,7 @@ class WriterCore:
 
     # --- WAL ----------------------------------------------------------------------------
 
-    def after_commit(self) -> None:
+    def after_commit(self) -> str | None:
         """Force a checkpoint once the WAL passes the threshold (call after a commit).
 
         RESTART lets the next commit reuse the WAL from its start without
@@ -245,8 +314,11 @@ class WriterCore:
         wal_bytes = self.wal_frames * self.page_size
         if wal_bytes > 2 * self.wal_threshold_bytes:
             self.checkpoint("truncate", forced=True)
-        elif wal_bytes > self.wal_threshold_bytes:
+            return "truncate"
+        if wal_bytes > self.wal_threshold_bytes:
             self.checkpoint("restart", forced=True)
+            return "restart"
+        return None
 
     def idle_check(self) -> bool:
         """Checkpoint if writes have paused long enough; True if still waiting for a pause."""

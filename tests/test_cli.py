@@ -98,7 +98,7 @@ def test_status_works_while_another_process_serves_and_a_signal_stops_it_cleanly
         assert main(["status", str(path), "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["tables"] == {"registry": {"rows": 500}, "observations": {"rows": 5000}}
-        assert status["database"]["schema_version"] == "1"
+        assert status["database"]["schema_version"] == "2"
         assert main(["status", str(path)]) == 0
         assert "5,000 rows" in capsys.readouterr().out
         proc.send_signal(sig)

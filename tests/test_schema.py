@@ -40,7 +40,7 @@ def test_first_start_creates_tables_indexes_fts_and_bookkeeping(config: Config) 
             "sites_fts_ad", "sites_fts_au", "_sw_meta"} <= names
     conn = read_only(config.database.path)
     assert conn.execute("SELECT value FROM _sw_meta WHERE key = 'schema_version'").fetchone() \
-        == ("1",)
+        == ("2",)
     conn.close()
 
 
