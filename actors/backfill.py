@@ -26,7 +26,13 @@ import apsw
 from actors.base import DEFERRED, BaseActor
 from engine.bus import Answer, Envelope
 from engine.config import Config
-from engine.errors import EngineError, EngineStopped, TaskError, UnexpectedMessage
+from engine.errors import (
+    EngineError,
+    EngineStopped,
+    TaskConflict,
+    UnexpectedMessage,
+    UnknownTask,
+)
 from engine.protocol import (
     ChunkResult,
     ControlTask,
@@ -156,7 +162,7 @@ class BackfillActor(BaseActor):
         run = self._runs.get(name)
         if run is None:
             known = ", ".join(self._runs) or "none"
-            raise TaskError(f"unknown task {name!r} (declared: {known})", task=name)
+            raise UnknownTask(f"unknown task {name!r} (declared: {known})", task=name)
         return run
 
     # --- boot and start -----------------------------------------------------------------
@@ -304,16 +310,16 @@ class BackfillActor(BaseActor):
     def _control(self, run: _Run, action: str, envelope: Envelope) -> Any:
         ident = run.plan.task.ident
         if action not in CONTROL_ACTIONS:
-            raise TaskError(f"unknown action {action!r}; expected one of "
+            raise TaskConflict(f"unknown action {action!r}; expected one of "
                             f"{', '.join(CONTROL_ACTIONS)}", task=run.name)
         if run.status == "done":
-            raise TaskError(f"task {ident} is done; declare a new version to run it again",
+            raise TaskConflict(f"task {ident} is done; declare a new version to run it again",
                             task=run.name)
         if action == "pause":
             if run.status == "paused":
                 return run.view()
             if run.status != "running":
-                raise TaskError(f"task {ident} is {run.status}; only a running task can be "
+                raise TaskConflict(f"task {ident} is {run.status}; only a running task can be "
                                 "paused", task=run.name)
             run.status, run.waiting = "paused", "paused"
             self._save(run, status="paused", waiting="paused")

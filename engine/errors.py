@@ -119,6 +119,18 @@ class TaskError(EngineError):
         super().__init__(message)
 
 
+class UnknownTask(TaskError):
+    """A control or wait named a task that is not declared."""
+
+    user_error = True
+
+
+class TaskConflict(TaskError):
+    """A control action does not apply to the task's state (pausing a done task, say)."""
+
+    user_error = True
+
+
 class NotReady(EngineError):
     """A read requires a task that is not done yet; answering would give partial data."""
 

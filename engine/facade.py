@@ -27,7 +27,15 @@ from actors.progress import ProgressActor
 from actors.writer import WriterActor
 from engine.bus import Bus
 from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
-from engine.errors import BadRowError, EngineError, EngineStopped, NotReady, TaskError, WriteError
+from engine.errors import (
+    BadRowError,
+    EngineError,
+    EngineStopped,
+    NotReady,
+    TaskError,
+    UnknownTask,
+    WriteError,
+)
 from engine.msglog import MessageLog, NullMessageLog
 from engine.protocol import (
     Checkpoint,
@@ -146,7 +154,7 @@ class Engine:
             if self.config.status.enabled:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
-                    healthy=lambda: self._state == "running")
+                    health=self.health, control=self._control_for_http)
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
@@ -376,6 +384,9 @@ class Engine:
             out.append(entry)
         return out
 
+    def _control_for_http(self, name: str, action: str) -> dict[str, Any]:
+        return dataclasses.asdict(self.tasks.control(name, action))
+
     def health(self) -> tuple[bool, list[str]]:
         """(steady, reasons): not steady while a required task runs or any task failed."""
         reasons: list[str] = []
@@ -534,7 +545,7 @@ class Tasks:
         for view in self.list():
             if view.name == name:
                 return view
-        raise TaskError(f"unknown task {name!r}", task=name)
+        raise UnknownTask(f"unknown task {name!r}", task=name)
 
     def progress(self) -> tuple[ProgressView, ...]:
         """Live progress (rate, ETA, waiting reason) of every job."""

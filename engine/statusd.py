@@ -15,9 +15,11 @@ class StatusServer:
     """Serves the engine's status from a background thread."""
 
     def __init__(self, host: str, port: int, *, status: Callable[[], dict[str, Any]],
-                 healthy: Callable[[], bool]) -> None:
+                 health: Callable[[], tuple[bool, list[str]]],
+                 control: Callable[[str, str], dict[str, Any]] | None = None) -> None:
         self._status = status
-        self._healthy = healthy
+        self._health = health
+        self._control = control
         try:
             self._server = ThreadingHTTPServer((host, port), self._handler())
         except OSError as exc:
@@ -53,8 +55,8 @@ class StatusServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    ok = server._healthy()
-                    self._send(200 if ok else 503, {"ok": ok})
+                    ok, reasons = server._health()
+                    self._send(200 if ok else 503, {"ok": ok, "reasons": reasons})
                 elif path == "/status":
                     self._send(200, server._status())
                 else:

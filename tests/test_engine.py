@@ -63,7 +63,7 @@ def test_the_status_endpoint_serves_health_and_status_on_loopback(tmp_path: Path
         url = engine.status_url
         assert url is not None and url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
-            assert json.load(response) == {"ok": True}
+            assert json.load(response) == {"ok": True, "reasons": []}
         with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
             status = json.load(response)
         assert status["writer"]["rows_written"] == 1
