@@ -69,6 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("config", metavar="CONFIG", help="the YAML config file")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=cmd_status)
+
+    task = commands.add_parser(
+        "task", help="list chunked tasks, or pause, resume or cancel one",
+        description="List the chunked tasks of CONFIG with their progress (read from the "
+                    "database, so it works whether or not the engine runs), or pause, resume "
+                    "or cancel one in the engine that `sqlwarden run CONFIG` is running. "
+                    "Control goes through that engine's status endpoint, so it needs "
+                    "status.enabled: true.")
+    actions = task.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser("list", help="show every task with rate and ETA",
+                                 description="Show every declared task: status, rows done "
+                                             "of total, rate, ETA, attempts and last error.")
+    listing.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=cmd_task_list)
+    for action, text in (("pause", "stop sending chunks; resume later"),
+                         ("resume", "continue a paused task, or retry a failed or "
+                                    "cancelled one from its checkpoint"),
+                         ("cancel", "stop between chunks; committed work stays")):
+        control = actions.add_parser(action, help=text, description=f"{action.capitalize()} "
+                                     f"task NAME in the running engine: {text}.")
+        control.add_argument("config", metavar="CONFIG", help="the YAML config file")
+        control.add_argument("name", metavar="NAME", help="the task's name")
+        control.set_defaults(func=cmd_task_control, action=action)
     return parser
 
 
@@ -137,6 +162,96 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, info in status["tables"].items():
         rows = "missing" if info.get("missing") else f"{info['rows']:,} rows"
         print(f"  {name:<{width}}  {rows}")
+    if status["tasks"]:
+        print("tasks")
+        _print_tasks(status["tasks"])
+    return 0
+
+
+def cmd_task_list(args: argparse.Namespace) -> int:
+    from engine.dbstatus import read_status
+
+    config = load_config(args.config)
+    tasks = read_status(config)["tasks"]
+    if args.json:
+        print(json.dumps(tasks, indent=2))
+    elif not tasks:
+        print(f"{args.config}: no tasks declared")
+    else:
+        _print_tasks(tasks)
+    return 0
+
+
+def _print_tasks(tasks: list[dict[str, Any]]) -> None:
+    width = max(len(t["task"]) for t in tasks)
+    for t in tasks:
+        done = f"{t['rows_processed']:,}"
+        if t["rows_total"] is not None and t["status"] != "done":
+            done += f" of {t['rows_total']:,}"
+        line = f"  {t['task']:<{width}}  {t['status']:<11}  {done} rows"
+        if t["status"] == "done":
+            line += " changed"
+        if t["status"] == "running":
+            rate = t["rate_rows_s"]
+            line += f", {rate:,.0f} rows/s" if rate else ", rate unknown"
+            if t["eta_s"] is not None:
+                line += f", ETA {_duration(t['eta_s'])}"
+            if t["waiting"]:
+                line += f" ({t['waiting']})"
+        if t["attempts"] > 1:
+            line += f", attempt {t['attempts']}"
+        if t["error"]:
+            line += f": {t['error']}"
+        print(line)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+class NoEngine(EngineError):
+    """No running engine answers for this database."""
+
+
+def cmd_task_control(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from engine.dbstatus import running_engine_url
+    from engine.errors import UnknownTask
+
+    config = load_config(args.config)
+    names = [t.name for t in config.tasks]
+    if args.name not in names:
+        raise UnknownTask(f"unknown task {args.name!r} in {args.config} (declared: "
+                          f"{', '.join(names) or 'none'})", task=args.name)
+    url = running_engine_url(config)
+    if url is None:
+        raise NoEngine(f"no running engine with a status endpoint found for "
+                       f"{config.database.path}; start one with `{PROG} run {args.config}` "
+                       "(task control needs status.enabled: true)")
+    request = urllib.request.Request(f"{url}/tasks/{args.name}/{args.action}", data=b"",
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            view = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        error = EngineError(f"task {args.name}: {message}")
+        error.user_error = exc.code in (400, 404, 409)
+        raise error from None
+    except OSError as exc:
+        raise NoEngine(f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
+                       "last run may have ended without cleaning up") from None
+    print(f"task {view['name']}@{view['version']}: {view['status']}, "
+          f"{view['processed']:,} rows done")
     return 0
 
 
@@ -148,7 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     started = time.monotonic()
     total_rows = 0
-    with stop_on_signals(stop), Engine(config) as engine:
+    # Tasks start once the sources are caught up, so they see the data.
+    with stop_on_signals(stop), Engine(config, start_tasks=False) as engine:
         print(f"{PROG} {__version__}: database {config.database.path}")
         if engine.status_url:
             print(f"status at {engine.status_url}/status")
@@ -164,13 +280,55 @@ def cmd_run(args: argparse.Namespace) -> int:
             total_rows += report.rows
             state = "caught up" if report.caught_up else "stopped early"
             print(f"{source.name}: {report.rows:,} rows in {report.seconds:.1f}s, {state}")
+        tasks_failed = False
+        if config.tasks and not stop.is_set():
+            tasks_failed = _run_tasks(engine, stop, no_progress=args.no_progress)
         if not args.once and not stop.is_set():
             print("caught up; serving until SIGINT or SIGTERM")
             reason = engine.wait(stop)
             print(f"stopping: {reason}")
         _print_summary(config, engine.status(), total_rows, time.monotonic() - started)
         failed = engine.state == "failed"
-    return 1 if failed else 0
+    return 1 if failed or (args.once and tasks_failed) else 0
+
+
+def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool:
+    """Start the tasks and draw a bar per running one until all rest; True if any failed."""
+    started = time.monotonic()
+    engine.tasks.start()
+    bars: dict[str, Any] = {}
+    views: Any = ()
+    while not stop.is_set():
+        try:
+            views = engine.tasks.wait(timeout=0.25)
+            break
+        except TimeoutError:
+            pass
+        for progress in engine.tasks.progress():
+            if progress.scope != "task" or progress.state != "running":
+                continue
+            bar = bars.get(progress.name)
+            if bar is None:
+                bar = bars[progress.name] = _progress(f"{progress.name}@{progress.version}",
+                                                      progress.total or 0,
+                                                      disabled=no_progress)
+            bar.update(progress.processed - bar.n)
+            if progress.waiting:
+                bar.set_postfix_str(progress.waiting, refresh=False)
+    for bar in bars.values():
+        bar.close()
+    if not views:
+        views = engine.tasks.list()
+    seconds = time.monotonic() - started
+    for view in views:
+        line = f"task {view.name}@{view.version}: {view.status}"
+        if view.status in ("done", "running", "paused", "cancelled"):
+            line += f", {view.processed:,} rows changed"
+        if view.error:
+            line += f": {view.error}"
+        print(line)
+    print(f"tasks settled in {seconds:.1f}s")
+    return any(v.status == "failed" for v in views)
 
 
 def _print_summary(config: Config, status: dict[str, Any], rows: int, seconds: float) -> None:

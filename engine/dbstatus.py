@@ -12,6 +12,7 @@ from engine.config import Config
 from engine.schema import META_TABLE
 from engine.sql import quote
 from engine.sqlite import file_size, open_reader
+from engine.tasks import read_task_rows
 
 
 def read_status(config: Config) -> dict[str, Any]:
@@ -32,8 +33,21 @@ def read_status(config: Config) -> dict[str, Any]:
                 tables[table.name] = {"rows": rows}
             else:
                 tables[table.name] = {"rows": None, "missing": True}
+        rows = read_task_rows(conn)
     finally:
         conn.close()
+    tasks = []
+    for task in config.tasks:
+        row = rows.get((task.name, task.version)) or {}
+        tasks.append({
+            "task": task.ident, "name": task.name, "version": task.version,
+            "status": row.get("status", "not started"),
+            "rows_processed": row.get("rows_processed", 0), "rows_total": row.get("rows_total"),
+            "rate_rows_s": row.get("rate_rows_s"), "eta_s": row.get("eta_s"),
+            "waiting": row.get("waiting"), "attempts": row.get("attempts", 0),
+            "checkpoint": row.get("checkpoint"), "bound": row.get("bound"),
+            "error": row.get("error"), "last_update_at": row.get("last_update_at"),
+            "provides": task.provides})
     return {
         "database": {
             "path": path,
@@ -42,4 +56,20 @@ def read_status(config: Config) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
         },
         "tables": tables,
+        "tasks": tasks,
     }
+
+
+def running_engine_url(config: Config) -> str | None:
+    """The status URL the engine running on this database recorded, if any."""
+    if not config.database.path.exists():
+        return None
+    conn = open_reader(config.database)
+    try:
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                              (META_TABLE,)).fetchone()
+        row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'status_url'"
+                           ).fetchone() if exists else None
+    finally:
+        conn.close()
+    return str(row[0]) if row else None

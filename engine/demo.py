@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 import apsw
 
-from engine.config import GeneratorSourceConfig
+from engine.config import GENERATOR_COLUMNS, GeneratorSourceConfig
 from engine.protocol import Row
 from engine.sql import quote
 
@@ -49,6 +49,13 @@ WORDS = ("sensor", "pressure", "flow", "inspection", "maintenance", "valve", "pu
          "hydrant", "tank", "level", "overflowing", "dry", "noise", "vibration", "bearing",
          "motor", "controller", "network", "gateway", "modem", "backup", "restored", "offline")
 UNITS = ("kPa", "degC", "mm", "m3/h", "ppm", "V", "A", "%RH")
+#: The UCUM codes the demo's `observation_units` task rewrites old spellings to.
+UCUM_UNITS = {"degC": "Cel", "%RH": "%"}
+
+
+def ucum_units(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The demo's normalising task: each row's unit as a UCUM code."""
+    return [{"unit": UCUM_UNITS.get(row["unit"], row["unit"])} for row in rows]
 
 
 def _mix(*values: int) -> int:
@@ -180,7 +187,10 @@ def ingest(engine: Writes, source: GeneratorSourceConfig, *,
                 on_rows(count)
 
     def submit(table: str, kind: str, rows: list[Row]) -> None:
-        pending.append((engine.upsert(table, rows, wait=False), kind, len(rows)))
+        # Named columns: the table may have more (a task fills them later).
+        columns = GENERATOR_COLUMNS[f"{kind}_table"]
+        pending.append((engine.upsert(table, rows, columns=columns, wait=False), kind,
+                        len(rows)))
         settle(in_flight)
 
     def registry_up_to(last: int) -> None:

@@ -527,6 +527,7 @@ class Tasks:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._waiting: dict[tuple[str, ...], pykka.Future[Any]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -569,7 +570,30 @@ class Tasks:
         return view
 
     def wait(self, *names: str, timeout: float | None = None) -> tuple[TaskView, ...]:
-        """Block until the tasks (all by default) are done, failed, cancelled or paused."""
-        views: tuple[TaskView, ...] = self._engine.ask("backfill", WaitTasks(tasks=names),
-                                                       timeout=timeout)
+        """Block until the tasks (all by default) are done, failed, cancelled or paused.
+
+        Raises `TimeoutError` after `timeout` seconds; calling again with the
+        same names goes on waiting for the same answer.
+        """
+        future = self._waiting.get(names)
+        if future is None:
+            future = self._waiting[names] = self._engine.ask_later("backfill",
+                                                                   WaitTasks(tasks=names))
+        try:
+            views: tuple[TaskView, ...] = future.get(timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"tasks not settled within {timeout}s") from None
+        finally:
+            if self._waiting.get(names) is future and _done(future):
+                del self._waiting[names]
         return views
+
+
+def _done(future: pykka.Future[Any]) -> bool:
+    try:
+        future.get(timeout=0)
+    except pykka.Timeout:
+        return False
+    except Exception:
+        return True
+    return True

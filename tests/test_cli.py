@@ -97,7 +97,11 @@ def test_status_works_while_another_process_serves_and_a_signal_stops_it_cleanly
             raise AssertionError(f"the engine ended early: {proc.stderr.read()}")
         assert main(["status", str(path), "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
-        assert status["tables"] == {"registry": {"rows": 500}, "observations": {"rows": 5000}}
+        assert status["tables"] == {"registry": {"rows": 500}, "observations": {"rows": 5000},
+                                    "orgs": {"rows": 16}}
+        assert {t["task"]: t["status"] for t in status["tasks"]} == {
+            "registry_last_seen@1": "done", "observation_units@1": "done",
+            "org_directory@1": "done"}
         assert status["database"]["schema_version"] == "2"
         assert main(["status", str(path)]) == 0
         assert "5,000 rows" in capsys.readouterr().out

@@ -28,7 +28,9 @@ tables:
 
 def test_the_demo_config_is_valid() -> None:
     config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
-    assert [t.name for t in config.tables] == ["registry", "observations"]
+    assert [t.name for t in config.tables] == ["registry", "observations", "orgs"]
+    assert [t.name for t in config.tasks] == ["registry_last_seen", "observation_units",
+                                              "org_directory"]
     registry = config.table("registry")
     assert registry.fts is not None and registry.fts.columns == ("name", "body")
     assert config.sources[0].observation_rows >= 200_000

@@ -34,10 +34,11 @@ def test_an_observation_only_references_registry_rows_written_before_it() -> Non
 
 
 def demo_engine(path: Path, source: GeneratorSourceConfig) -> Engine:
-    """An engine on the demo's tables, at `path`, fed by `source`."""
+    """An engine on the demo's tables, at `path`, fed by `source` (its tasks not started)."""
     config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
     database = dataclasses.replace(config.database, path=path)
-    return Engine(dataclasses.replace(config, database=database, sources=(source,)))
+    return Engine(dataclasses.replace(config, database=database, sources=(source,)),
+                  start_tasks=False)
 
 
 def test_a_stopped_ingest_resumes_from_the_data_to_the_same_result(tmp_path: Path) -> None:
