@@ -681,7 +681,7 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
                                     ("sql", task.sql is not None)) if present]
     if len(changes) != 1:
         found = " and ".join(changes) if changes else "none"
-        raise _TaskProblem(changes[-1] if changes else "table",
+        raise _TaskProblem(changes[-1] if changes else "",
                            f"a task needs exactly one of 'set', 'call' or 'sql'; found {found}")
     for column, expr in task.updates:
         if column not in columns:
@@ -719,7 +719,7 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
                            f"({task.min_rows})")
     for other in earlier:
         if other.name == task.name:
-            raise _TaskProblem("table", f"task {task.name!r} is declared twice")
+            raise _TaskProblem("", f"task {task.name!r} is declared twice")
         if task.provides is not None and task.provides in (other.provides, other.name):
             raise _TaskProblem("provides", f"{task.provides!r} is already provided by task "
                                f"{other.name!r}")
@@ -735,7 +735,8 @@ def validate_task(task: TaskConfig, config: Config) -> TaskConfig:
         return check_task(task, config.tables, config.tasks)
     except _TaskProblem as problem:
         raise ConfigError(problem.message, file="<python>",
-                          path=f"tasks.{task.name}.{problem.field}") from None
+                          path=".".join(filter(None, ("tasks", task.name, problem.field)))
+                          ) from None
 
 
 def _is_import_path(text: str) -> bool:

@@ -388,7 +388,8 @@ class Engine:
         return dataclasses.asdict(self.tasks.control(name, action))
 
     def health(self) -> tuple[bool, list[str]]:
-        """(steady, reasons): not steady while a required task runs or any task failed."""
+        """(steady, reasons): not steady while a required task (one that `provides`
+        something) is under way, or while any task has failed."""
         reasons: list[str] = []
         if self._state != "running":
             reasons.append(f"engine is {self._state}")
@@ -400,7 +401,8 @@ class Engine:
             ident = f"{task['name']}@{task['version']}"
             if task["status"] == "failed":
                 reasons.append(f"task {ident} failed: {task['error']}")
-            elif task["provides"] and task["status"] != "done":
+            elif task["provides"] and task["status"] in ("pending", "running", "paused"):
+                # Cancelled is a person's decision, not a state to wait out.
                 reasons.append(f"task {ident} (provides {task['provides']}) is "
                                f"{task['status']}: {task['processed']:,} of "
                                f"{task['total'] if task['total'] is not None else '?'} rows")

@@ -26,6 +26,9 @@ tables:
 """
 
 
+TASKS = "database: {path: x.db}\n" + GOOD_TABLE + "tasks:\n  t:\n"
+
+
 def test_the_demo_config_is_valid() -> None:
     config = load_config(ROOT / "configs" / "demo.yaml", check_paths=False)
     assert [t.name for t in config.tables] == ["registry", "observations", "orgs"]
@@ -190,6 +193,38 @@ BROKEN = [
     pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
                  "      id: {type: integer, primary_key: true}\n      rowid: integer\n", 6,
                  "tables.sites.columns.rowid", "name for the rowid", id="column-named-rowid"),
+    *[pytest.param(TASKS + body, line, key_path, words, id=f"task-{name}")
+      for name, body, line, key_path, words in (
+        ("unknown-table", "    table: site\n    set: {name: upper(name)}\n", 9, "tasks.t.table",
+         "table 'site' is not declared (did you mean 'sites'?)"),
+        ("unknown-column", "    table: sites\n    set: {nme: upper(name)}\n", 10,
+         "tasks.t.set", "table 'sites' has no column 'nme' (did you mean 'name'?)"),
+        ("two-changes", "    table: sites\n    set: {name: upper(name)}\n    sql: x :lo :hi\n",
+         11, "tasks.t.sql", "exactly one of 'set', 'call' or 'sql'; found set and sql"),
+        ("no-change", "    table: sites\n", 8, "tasks.t", "exactly one of 'set', 'call' or"),
+        ("sql-without-range", "    table: sites\n    sql: DELETE FROM sites\n", 10,
+         "tasks.t.sql", "must use :lo and :hi"),
+        ("changes-the-key", "    table: sites\n    set: {id: id + 1}\n", 10, "tasks.t.set",
+         "is the key chunks are cut along"),
+        ("key-not-unique", "    table: sites\n    key: name\n    set: {name: upper(name)}\n",
+         10, "tasks.t.key", "column 'name' is not unique"),
+        ("bad-callable", "    table: sites\n    call: not a path\n    writes: [name]\n", 10,
+         "tasks.t.call", "expected 'module:function'"),
+        ("callable-without-writes", "    table: sites\n    call: mod:fn\n", 10, "tasks.t.call",
+         "must list the columns it writes"),
+        ("rows-backwards", "    table: sites\n    set: {name: upper(name)}\n    min_rows: 10\n"
+         "    max_rows: 5\n", 12, "tasks.t.max_rows", "max_rows (5) is below min_rows (10)"),
+        ("negative-yield", "    table: sites\n    set: {name: upper(name)}\n    yield_ms: -1\n",
+         11, "tasks.t.yield_ms", "at least 0"),
+        ("unknown-key", "    table: sites\n    set: {name: upper(name)}\n    wher: x\n", 11,
+         "tasks.t.wher", "did you mean 'where'"),
+      )],
+    pytest.param(TASKS + "    table: sites\n    set: {name: upper(name)}\n    provides: p\n"
+                 "  u:\n    table: sites\n    set: {name: lower(name)}\n    provides: p\n", 15,
+                 "tasks.u.provides", "'p' is already provided by task 't'",
+                 id="task-provides-twice"),
+    pytest.param("database: {path: x.db}\nprogress: {persist_interval_s: 0.1}\n", 2,
+                 "progress.persist_interval_s", "at least 1.0", id="progress-too-often"),
 ]
 
 

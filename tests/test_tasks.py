@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import signal
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,7 @@ from typing import Any
 import apsw
 import pytest
 
+from engine.cli import main
 from engine.config import Config, TaskConfig, parse_config
 from engine.errors import ConfigError, NotReady, TaskConflict, UnknownTask
 from engine.facade import Engine
@@ -485,3 +490,87 @@ def test_a_run_killed_mid_task_resumes_from_its_checkpoint_and_ends_identical(
     resumed = [r for r in messages(config, "ask", "writer.chunk")
                if r["fields"]["after"] == killed_at]
     assert resumed, "the second run started at the checkpoint"
+
+
+# --- the command line and the endpoint --------------------------------------------------
+
+
+SLOW_TASK = SUBPROCESS_TASK.replace("min_rows: 200", "min_rows: 1000").replace(
+    "max_rows: 200", "max_rows: 1000").replace("yield_ms: 5", "yield_ms: 60000") + """\
+    provides: items.last_seen
+status:
+  enabled: true
+  port: 0
+"""
+
+
+def test_the_cli_lists_and_controls_the_tasks_of_a_running_engine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = SLOW_TASK.format(expr=LAST_SEEN, where=LAST_SEEN_WHERE)
+    config = tasks_config(tmp_path, extra=extra)
+    populate(config, 5_000)
+    path = tmp_path / "tasks.yaml"
+    path.write_text(TASKS_YAML.format(db=config.database.path, log=config.message_log_path,
+                                      extra=extra))
+    proc = sqlwarden("run", str(path), "--no-progress", env={"PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: scalar(config, "SELECT checkpoint FROM _sw_tasks") == 1_000
+                   if config.database.path.exists() and _has_tasks(config) else False,
+                   what="the first chunk")
+        assert main(["task", "list", str(path)]) == 0
+        listed = capsys.readouterr().out
+        assert "last_seen@1" in listed and "running" in listed and "800 of 4,000 rows" in listed
+        assert main(["task", "pause", str(path), "last_seen"]) == 0
+        assert capsys.readouterr().out == "task last_seen@1: paused, 800 rows done\n"
+        assert task_row(config, "last_seen")["status"] == "paused"
+        assert main(["status", str(path)]) == 0
+        assert "last_seen@1  paused" in capsys.readouterr().out
+        assert main(["task", "resume", str(path), "last_seen"]) == 0
+        assert "running" in capsys.readouterr().out
+        assert main(["task", "cancel", str(path), "last_seen"]) == 0
+        assert capsys.readouterr().out == "task last_seen@1: cancelled, 800 rows done\n"
+        assert main(["task", "pause", str(path), "last_seen"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "only a running task can be paused" in err
+        assert main(["task", "cancel", str(path), "nosuch"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unknown task 'nosuch'" in err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert task_row(config, "last_seen")["status"] == "cancelled"
+    # The engine is gone: control says so in one line, and listing still works.
+    assert main(["task", "pause", str(path), "last_seen"]) == 1
+    assert "no running engine" in capsys.readouterr().err
+    assert main(["task", "list", str(path)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+
+
+def _has_tasks(config: Config) -> bool:
+    return bool(scalar(config, "SELECT count(*) FROM sqlite_master WHERE name = '_sw_tasks'"))
+
+
+def test_healthz_is_503_while_a_required_task_runs_and_metrics_show_it(
+        small: Config) -> None:
+    config = dataclasses.replace(small, status=dataclasses.replace(small.status, enabled=True,
+                                                                   port=0))
+    task = last_seen_task(min_rows=1_000, max_rows=1_000, yield_ms=60_000)
+    with Engine(config, tasks=[task]) as engine:
+        assert engine.wait_for_sent("progress", 2, timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{engine.status_url}/healthz", timeout=10)
+        assert info.value.code == 503
+        body = json.load(info.value)
+        assert body["reasons"] == ["task last_seen@1 (provides items.last_seen) is running: "
+                                   "800 of 4000 rows"]
+        with urllib.request.urlopen(f"{engine.status_url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'sqlwarden_task_rows_processed{task="last_seen"} 800.0' in metrics
+        assert 'sqlwarden_task_state{state="running",task="last_seen"} 1.0' in metrics
+        request = urllib.request.Request(f"{engine.status_url}/tasks/last_seen/cancel",
+                                         data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["status"] == "cancelled"
+        with urllib.request.urlopen(f"{engine.status_url}/healthz", timeout=10) as response:
+            assert json.load(response) == {"ok": True, "reasons": []}
