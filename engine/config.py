@@ -209,7 +209,9 @@ class TaskConfig:
     target_ms: float = 50.0
     min_rows: int = 100
     max_rows: int = 20_000
-    yield_ms: float = 5.0
+    #: Pause after each chunk. The Writer already runs queued foreground writes
+    #: before a waiting chunk, so this is for gaps other processes need.
+    yield_ms: float = 0.0
     #: A name readers can require (`Engine.read(requires=[...])`); the task name works too.
     provides: str | None = None
 
