@@ -146,7 +146,8 @@ class Engine:
             raise EngineError(f"the engine cannot start: it is {self._state}")
         log_config = self.config.message_log
         log_class = MessageLog if log_config.enabled else NullMessageLog
-        self._log = log_class(log_config, self.config.message_log_path, redactor=self._redactor)
+        self._log = log_class(log_config, self.config.message_log_path, redactor=self._redactor,
+                              run=self.run_id)
         self._log.start()
         self._bus = Bus(self._log)
         try:

@@ -53,7 +53,7 @@ class MessageLog:
     """Appends message records to a rotating JSON-lines file from one thread."""
 
     def __init__(self, config: MessageLogConfig, path: Path, *, redactor: Redactor | None = None,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, run: str | None = None) -> None:
         self._config = config
         self._path = path
         self._redactor = redactor or Redactor()
@@ -63,7 +63,8 @@ class MessageLog:
         self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._run = secrets.token_hex(4)
+        #: The engine's run id, also stored with the task rows it writes.
+        self._run = run or secrets.token_hex(4)
         self._thread: threading.Thread | None = None
         self._file: Any = None
         self._size = 0
