@@ -84,7 +84,8 @@ class _Run:
     error: str | None = None
     waiting: str | None = None
     passes: int = 0
-    active: bool = False  # started in this process, so its bound and counts are current
+    active: bool = False  # running in this process, so its bound and counts are current
+    ran_here: bool = False
     saving: int = 0
     last_chunk_at: float = 0.0
     sizer: ChunkSizer | None = None
@@ -99,7 +100,8 @@ class _Run:
         return TaskView(name=task.name, version=task.version, table=task.table,
                         status=self.status, processed=self.processed, total=self.total,
                         checkpoint=self.checkpoint, bound=self.bound, attempts=self.attempts,
-                        error=self.error, waiting=self.waiting, provides=task.provides)
+                        error=self.error, waiting=self.waiting, provides=task.provides,
+                        ran_here=self.ran_here)
 
 
 class BackfillActor(BaseActor):
@@ -195,6 +197,7 @@ class BackfillActor(BaseActor):
         """Check, snapshot and count a task, persist it as running, and queue its chunks."""
         assert self._reader is not None
         plan, task = run.plan, run.plan.task
+        run.ran_here = True
         if fresh:
             run.checkpoint = run.bound = None
         try:

@@ -322,7 +322,9 @@ def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool
     seconds = time.monotonic() - started
     for view in views:
         line = f"task {view.name}@{view.version}: {view.status}"
-        if view.status in ("done", "running", "paused", "cancelled"):
+        if not view.ran_here:
+            line += " in an earlier run"
+        elif view.status in ("done", "running", "paused", "cancelled"):
             line += f", {view.processed:,} rows changed"
         if view.error:
             line += f": {view.error}"

@@ -316,6 +316,8 @@ class TaskView:
     error: str | None
     waiting: str | None
     provides: str | None
+    #: False when this engine has not run the task (done or cancelled before it started).
+    ran_here: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
