@@ -87,9 +87,13 @@ class _Run:
     active: bool = False  # running in this process, so its bound and counts are current
     ran_here: bool = False
     saving: int = 0
+    #: Bumped by pause, cancel and start: a chunk answer from an older
+    #: generation was refused or overtaken, and is not the task's failure.
+    generation: int = 0
     last_chunk_at: float = 0.0
     sizer: ChunkSizer | None = None
-    after_save: list[Callable[[], None]] = field(default_factory=list)
+    #: Control asks answered once the task's state is saved.
+    replies: list[Envelope] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -123,6 +127,7 @@ class BackfillActor(BaseActor):
         self._timer: threading.Timer | None = None
         self._waiters: list[tuple[Envelope, tuple[str, ...]]] = []
         self._reader: apsw.Connection | None = None
+        self._booted = False
 
     def setup(self) -> None:
         if self._runs:  # without tasks there is nothing to count or verify
@@ -131,7 +136,11 @@ class BackfillActor(BaseActor):
     def teardown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for envelope, _ in self._waiters:
+        pending = [envelope for envelope, _ in self._waiters]
+        for run in self._runs.values():
+            pending += run.replies
+            run.replies.clear()
+        for envelope in pending:
             self.bus.fail(envelope, EngineStopped(self.name))
         self._waiters.clear()
         if self._reader is not None:
@@ -170,10 +179,14 @@ class BackfillActor(BaseActor):
     # --- boot and start -----------------------------------------------------------------
 
     def _boot(self) -> None:
-        if self._reader is None:
+        if self._reader is None or self._booted:
+            self._kick()
             return
+        self._booted = True
         rows = read_task_rows(self._reader)
         for run in self._runs.values():
+            if run.ran_here:  # resumed by a person before the boot
+                continue
             task = run.plan.task
             row = rows.get((task.name, task.version))
             if row is None:
@@ -198,6 +211,7 @@ class BackfillActor(BaseActor):
         assert self._reader is not None
         plan, task = run.plan, run.plan.task
         run.ran_here = True
+        run.generation += 1
         if fresh:
             run.checkpoint = run.bound = None
         try:
@@ -210,7 +224,8 @@ class BackfillActor(BaseActor):
                                        None if task.where else run.checkpoint, run.bound)
         except (EngineError, apsw.Error) as exc:
             run.attempts += 1
-            self._fail(run, str(exc))
+            self._fail(run, str(exc) if isinstance(exc, EngineError)
+                       else f"task {task.ident}: {exc}")
             return
         run.status, run.processed, run.error, run.waiting = "running", 0, None, None
         run.attempts += 1
@@ -238,43 +253,47 @@ class BackfillActor(BaseActor):
             if run.status == "running" and run.active:
                 assert run.sizer is not None
                 task = run.plan.task
-                self._in_flight = name
                 chunk = RunChunk(task=task.name, version=task.version, run_id=self.run_id,
                                  after=run.checkpoint, bound=run.bound, rows=run.sizer.size)
-                self.request("writer", chunk, functools.partial(self._on_chunk, run))
+                self.request("writer", chunk,
+                             functools.partial(self._on_chunk, run, run.generation))
+                self._in_flight = name
                 return
 
-    def _on_chunk(self, run: _Run, answer: Answer) -> None:
+    def _on_chunk(self, run: _Run, generation: int, answer: Answer) -> None:
         self._in_flight = None
         task = run.plan.task
-        if answer.error is not None:
-            if run.status == "running":
-                self._fail(run, str(answer.error))
-            self._next(task.yield_ms)
-            return
-        result: ChunkResult = answer.result
-        assert run.sizer is not None
-        run.sizer.observe(result.scanned, result.duration_ms)
-        now = self._clock()
-        chunk_s, run.last_chunk_at = now - run.last_chunk_at, now
-        if result.scanned:
-            run.checkpoint = result.last
-            run.processed += result.processed
-        if run.status == "running":
+        try:
+            if answer.error is not None:
+                if run.status == "running" and generation == run.generation:
+                    self._fail(run, str(answer.error))
+                else:  # refused because a pause or cancel was saved first: nothing committed
+                    log.debug("task %s: chunk not run: %s", task.ident, answer.error)
+                return
+            result: ChunkResult = answer.result
+            assert run.sizer is not None
+            run.sizer.observe(result.scanned, result.duration_ms)
+            now = self._clock()
+            chunk_s, run.last_chunk_at = now - run.last_chunk_at, now
+            if result.scanned:  # committed, whatever happened to the task meanwhile
+                run.checkpoint = result.last
+                run.processed += result.processed
+            if run.status != "running" or generation != run.generation:
+                return
             run.waiting = ("yielding to foreground writes" if result.yielded_to
                            else "WAL checkpoint" if result.checkpoint else None)
             self._event(run, chunk_rows=result.processed, chunk_s=chunk_s)
             if result.exhausted:
                 self._verify(run)
-        else:
-            self._event(run, chunk_rows=result.processed, chunk_s=chunk_s)
-        self._next(task.yield_ms)
+        finally:
+            self._next(task.yield_ms)
 
     def _next(self, yield_ms: float) -> None:
         if not any(r.status == "running" and r.active for r in self._runs.values()):
             return
         if yield_ms <= 0:
-            self.bus.tell(self.name, self.name, NextChunk())
+            with contextlib.suppress(EngineStopped):
+                self.bus.tell(self.name, self.name, NextChunk())
             return
         timer = threading.Timer(yield_ms / 1000, self._send_next)
         timer.daemon = True
@@ -291,6 +310,10 @@ class BackfillActor(BaseActor):
         plan, task = run.plan, run.plan.task
         try:
             key, left = first_unfinished(self._reader, plan, run.checkpoint, run.bound)
+            before = key_before(self._reader, plan, key) if left else None
+        except EngineError as exc:
+            self._fail(run, str(exc))
+            return
         except apsw.Error as exc:
             self._fail(run, f"task {task.ident}: the verification query failed: {exc}")
             return
@@ -303,7 +326,7 @@ class BackfillActor(BaseActor):
                             f"{key!r}); the change does not make them ineligible")
             return
         run.passes += 1
-        run.checkpoint = key_before(self._reader, plan, key)
+        run.checkpoint = before
         log.info("task %s: %s rows still eligible; pass %d starts at key %r", task.ident,
                  left, run.passes, key)
         self._save(run, checkpoint=run.checkpoint)
@@ -325,6 +348,7 @@ class BackfillActor(BaseActor):
                 raise TaskConflict(f"task {ident} is {run.status}; only a running task can be "
                                 "paused", task=run.name)
             run.status, run.waiting = "paused", "paused"
+            run.generation += 1
             self._save(run, status="paused", waiting="paused")
             self._event(run)
         elif action == "resume":
@@ -332,6 +356,7 @@ class BackfillActor(BaseActor):
                 return run.view()
             if run.status == "paused" and run.active:
                 run.status, run.waiting = "running", None
+                run.last_chunk_at = self._clock()  # the pause is not chunk time
                 self._save(run, status="running", waiting=None, run_id=self.run_id)
                 self._event(run)
             else:
@@ -341,7 +366,7 @@ class BackfillActor(BaseActor):
             if run.status == "cancelled":
                 return run.view()
             self._finish(run, "cancelled")
-        run.after_save.append(lambda: self.bus.reply(envelope, run.view()))
+        run.replies.append(envelope)
         return DEFERRED
 
     # --- state --------------------------------------------------------------------------
@@ -352,6 +377,7 @@ class BackfillActor(BaseActor):
 
     def _finish(self, run: _Run, status: str, *, error: str | None = None) -> None:
         run.status, run.error, run.waiting, run.active = status, error, None, False
+        run.generation += 1
         self._save(run, status=status, ended_at=self._wall(), error=error, waiting=None,
                    attempts=run.attempts, run_id=self.run_id)
         self._event(run, terminal=True)
@@ -374,9 +400,9 @@ class BackfillActor(BaseActor):
             self.supervisor.report(self.name, "writer.task_state", answer.error)
             run.error = f"saving the task state failed: {answer.error}"
         if run.saving == 0:
-            callbacks, run.after_save = run.after_save, []
-            for callback in callbacks:
-                callback()
+            replies, run.replies = run.replies, []
+            for envelope in replies:
+                self.bus.reply(envelope, run.view())
         self._settle()
 
     def _settle(self) -> None:

@@ -69,6 +69,8 @@ class ProgressActor(BaseActor):
     def _on_event(self, event: ProgressEvent) -> None:
         now = self._clock()
         job = self._jobs.get((event.scope, event.name))
+        if job is not None and job.ended and event.state != "running":
+            return  # the run has ended and its final state is saved
         if job is None or job.ended or event.processed < job.meter.rows:
             # A new run: its rate starts from nothing.
             previous = job
@@ -102,6 +104,7 @@ class ProgressActor(BaseActor):
         job.in_flight = False
         if answer.error is None:
             job.persisted += 1
+            job.last_error = None  # the latest save worked; the count keeps the history
             return
         job.failures += 1
         job.last_error = str(answer.error)

@@ -58,6 +58,7 @@ class WriterActor(BaseActor):
         self._tasks = tasks
         self._chunk: Envelope | None = None
         self._chunk_yielded_to = 0
+        self._flushed_since_chunk = False
         self._pending: list[Envelope] = []
         self._pending_rows = 0
         self._idle_timer: threading.Timer | None = None
@@ -100,7 +101,8 @@ class WriterActor(BaseActor):
             self._pending.append(envelope)
             rows = len(message.rows) if isinstance(message, (InsertRows, UpsertRows)) else 1
             self._pending_rows += rows
-            self._chunk_yielded_to += self._chunk is not None
+            if self._chunk is not None and isinstance(message, FOREGROUND_WRITES):
+                self._chunk_yielded_to += 1
             # Commit once nothing else is queued: writes that arrived while the
             # last transaction ran are already waiting, and join this one.
             if (self.bus.depth(self.name) == 0 or len(self._pending) >= MAX_GROUP_MESSAGES
@@ -114,6 +116,7 @@ class WriterActor(BaseActor):
             # Whatever is queued behind the chunk goes first; `handle` runs the
             # chunk once a message leaves nothing pending.
             self._chunk, self._chunk_yielded_to = envelope, 0
+            self._flushed_since_chunk = False
             return DEFERRED
         match message:
             case Checkpoint(mode=mode):
@@ -132,6 +135,7 @@ class WriterActor(BaseActor):
         if not self._pending or self.core is None:
             return
         group, self._pending, self._pending_rows = self._pending, [], 0
+        self._flushed_since_chunk = True
         try:
             outcomes: list[Any] = self.core.commit_group([e.message for e in group])
         except Exception as exc:  # a bug; every sender still gets an answer
@@ -150,7 +154,7 @@ class WriterActor(BaseActor):
 
     def _run_chunk(self) -> None:
         assert self.core is not None and self._chunk is not None
-        if self.bus.depth(self.name) > 0 and self._chunk_yielded_to == 0:
+        if self.bus.depth(self.name) > 0 and not self._flushed_since_chunk:
             return  # queued messages first; they end in a flush that runs the chunk
         envelope, self._chunk = self._chunk, None
         assert isinstance(envelope.message, RunChunk)

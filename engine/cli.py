@@ -221,7 +221,7 @@ def cmd_task_control(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    from engine.dbstatus import running_engine_url
+    from engine.dbstatus import running_engine
     from engine.errors import UnknownTask
 
     config = load_config(args.config)
@@ -229,11 +229,23 @@ def cmd_task_control(args: argparse.Namespace) -> int:
     if args.name not in names:
         raise UnknownTask(f"unknown task {args.name!r} in {args.config} (declared: "
                           f"{', '.join(names) or 'none'})", task=args.name)
-    url = running_engine_url(config)
-    if url is None:
+    found = running_engine(config)
+    if found is None:
         raise NoEngine(f"no running engine with a status endpoint found for "
                        f"{config.database.path}; start one with `{PROG} run {args.config}` "
                        "(task control needs status.enabled: true)")
+    url, run_id = found
+    try:
+        # The address may be stale, and the port taken by something else since.
+        with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+            answering = json.load(response).get("run_id")
+    except (OSError, ValueError) as exc:
+        raise NoEngine(f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
+                       "last run may have ended without cleaning up") from None
+    if answering != run_id:
+        raise NoEngine(f"the engine at {url} is not the one running on "
+                       f"{config.database.path}; the last run may have ended without "
+                       "cleaning up")
     request = urllib.request.Request(f"{url}/tasks/{args.name}/{args.action}", data=b"",
                                      method="POST")
     try:

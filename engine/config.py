@@ -679,6 +679,9 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
     elif table.primary_key != (key,) and not table.column(key).unique:
         raise _TaskProblem("key", f"column {key!r} is not unique; chunks are cut along a "
                            "primary key or unique column")
+    elif table.primary_key != (key,) and not table.column(key).not_null:
+        raise _TaskProblem("key", f"column {key!r} may be NULL, and a row with a NULL key is "
+                           "in no key range; declare it not_null")
     changes = [k for k, present in (("set", bool(task.updates)), ("call", task.call is not None),
                                     ("sql", task.sql is not None)) if present]
     if len(changes) != 1:
@@ -708,6 +711,9 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
     if key in task.writes:
         raise _TaskProblem("writes", f"column {key!r} is the key chunks are cut along; a task "
                            "cannot change it")
+    if task.sql is not None and table.column(key).type not in ("integer", "real", "any"):
+        raise _TaskProblem("key", f"an 'sql' task needs a numeric key ({key!r} is "
+                           f"{table.column(key).type}): its first chunk binds :lo to -infinity")
     if task.sql is not None:
         missing = [p for p in (":lo", ":hi") if not re.search(re.escape(p) + r"\b", task.sql)]
         if missing:
@@ -725,6 +731,9 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
         if task.provides is not None and task.provides in (other.provides, other.name):
             raise _TaskProblem("provides", f"{task.provides!r} is already provided by task "
                                f"{other.name!r}")
+        if other.provides == task.name:
+            raise _TaskProblem("", f"task {other.name!r} already provides {task.name!r}; a "
+                               "task's name is also what it provides")
     return dataclasses.replace(task, key=key)
 
 

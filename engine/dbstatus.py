@@ -60,16 +60,18 @@ def read_status(config: Config) -> dict[str, Any]:
     }
 
 
-def running_engine_url(config: Config) -> str | None:
-    """The status URL the engine running on this database recorded, if any."""
+def running_engine(config: Config) -> tuple[str, str] | None:
+    """(status URL, run id) the engine running on this database recorded, if any."""
     if not config.database.path.exists():
         return None
     conn = open_reader(config.database)
     try:
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
                               (META_TABLE,)).fetchone()
-        row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'status_url'"
-                           ).fetchone() if exists else None
+        meta = dict(conn.execute(f"SELECT key, value FROM {META_TABLE} "
+                                 "WHERE key IN ('status_url', 'run_id')")) if exists else {}
     finally:
         conn.close()
-    return str(row[0]) if row else None
+    if "status_url" not in meta:
+        return None
+    return str(meta["status_url"]), str(meta.get("run_id", ""))

@@ -333,6 +333,7 @@ class Engine:
         path = str(self.config.database.path)
         out: dict[str, Any] = {
             "state": self._state,
+            "run_id": self.run_id,
             "database": {"path": path, "size_bytes": file_size(path),
                          "wal_bytes": file_size(path + "-wal")},
         }
@@ -407,9 +408,10 @@ class Engine:
                 reasons.append(f"task {ident} (provides {task['provides']}) is "
                                f"{task['status']}: {task['processed']:,} of "
                                f"{task['total'] if task['total'] is not None else '?'} rows")
-            if task["progress_save_failures"]:
-                reasons.append(f"task {ident}: {task['progress_save_failures']} progress "
-                               f"saves failed: {task['last_progress_save_error']}")
+            if task["last_progress_save_error"]:
+                reasons.append(f"task {ident}: saving progress failed "
+                               f"({task['progress_save_failures']} times so far): "
+                               f"{task['last_progress_save_error']}")
         return not reasons, reasons
 
     # --- plumbing -----------------------------------------------------------------------

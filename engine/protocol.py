@@ -120,8 +120,7 @@ class SetMeta(Message):
 
 
 #: Messages the Writer may commit together in one transaction.
-FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows,
-                                                SetMeta)
+FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows)
 
 
 # --- background work --------------------------------------------------------------------
@@ -168,7 +167,7 @@ class SaveProgress(Message):
 #: Messages that are background work: one at a time, after queued foreground writes.
 BACKGROUND_WORK: tuple[type[Message], ...] = (RunChunk,)
 #: Small bookkeeping writes; they join group commits like foreground writes.
-BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress)
+BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta)
 
 
 # --- Backfill ---------------------------------------------------------------------------

@@ -24,9 +24,11 @@ from engine.protocol import SqlValue
 from engine.schema import TASKS_TABLE
 from engine.sql import quote
 
-#: Below every key of every type in SQLite's ordering (NULL aside), so the
-#: first chunk's range needs no special case: `key > -inf`.
+#: What an `sql` task's first chunk binds to `:lo`: below every number. Its
+#: key must be numeric (checked with the config), since a TEXT column would
+#: compare it as the text '-Inf'. Engine-built SQL has no lower bound instead.
 BEFORE_FIRST = float("-inf")
+_LO = "\x00lo\x00"
 #: Columns of `_sw_tasks` the Backfill actor may set with `SaveTask`.
 TASK_FIELDS = frozenset({
     "tbl", "change", "status", "rows_processed", "rows_total", "checkpoint", "bound",
@@ -54,23 +56,29 @@ class TaskPlan:
         self.table = table
         t, k = quote(table.name), quote(task.key)
         self.where = f"({task.where})" if task.where else "1"
-        in_range = f"{k} > :lo AND {k} <= :hi"
+        # Each ranged statement comes in two forms: index 0 for keys after
+        # :lo, index 1 for the first range, which has no lower bound.
+        in_range = f"{_LO}{k} <= :hi"
         self.bound_sql = f"SELECT max({k}) FROM {t}"
-        self.count_sql = f"SELECT count(*) FROM {t} WHERE {in_range} AND {self.where}"
-        self.first_eligible_sql = (f"SELECT min({k}), count(*) FROM {t} "
-                                   f"WHERE {in_range} AND {self.where}")
+        self.count_sql = self._pair(f"SELECT count(*) FROM {t} WHERE {in_range} AND {self.where}")
+        self.first_eligible_sql = self._pair(f"SELECT min({k}), count(*) FROM {t} "
+                                             f"WHERE {in_range} AND {self.where}")
+        # A NULL key is outside every range: such a row would never be changed.
+        self.null_keys_sql = f"SELECT count(*) FROM {t} WHERE {k} IS NULL AND {self.where}"
         self.key_before_sql = f"SELECT max({k}) FROM {t} WHERE {k} < :key"
-        self.range_sql = (f"SELECT count(*), max(k) FROM (SELECT {k} AS k FROM {t} "
-                          f"WHERE {in_range} ORDER BY {k} LIMIT :rows)")
-        self.update_sql = self.select_sql = self.write_sql = self.user_sql = ""
+        self.range_sql = self._pair(f"SELECT count(*), max(k) FROM (SELECT {k} AS k FROM {t} "
+                                    f"WHERE {in_range} ORDER BY {k} LIMIT :rows)")
+        self.update_sql = self.select_sql = ("", "")
+        self.write_sql = self.user_sql = ""
         if task.change == "set":
             assignments = ", ".join(f"{quote(c)} = ({e})" for c, e in task.updates)
-            self.update_sql = f"UPDATE {t} SET {assignments} WHERE {in_range} AND {self.where}"
+            self.update_sql = self._pair(f"UPDATE {t} SET {assignments} "
+                                         f"WHERE {in_range} AND {self.where}")
         elif task.change == "call":
             reads = [c for c in task.reads if c != task.key]
             self.reads = (task.key, *reads)
-            self.select_sql = (f"SELECT {', '.join(map(quote, self.reads))} FROM {t} "
-                               f"WHERE {in_range} AND {self.where} ORDER BY {k}")
+            self.select_sql = self._pair(f"SELECT {', '.join(map(quote, self.reads))} FROM {t} "
+                                         f"WHERE {in_range} AND {self.where} ORDER BY {k}")
             sets = ", ".join(f"{quote(c)} = ?" for c in task.writes)
             self.write_sql = f"UPDATE {t} SET {sets} WHERE {k} = ?"
         else:
@@ -82,10 +90,14 @@ class TaskPlan:
             "WHERE name = :name AND version = :version AND run_id = :run_id "
             "AND status = 'running'")
 
+    def _pair(self, template: str) -> tuple[str, str]:
+        after = template.replace(_LO, f"{quote(self.task.key or '')} > :lo AND ")
+        return after, template.replace(_LO, "")
+
     def statements(self) -> dict[str, str]:
         """Every statement the task runs, by what it is for (to compile them up front)."""
-        out = {"where": self.count_sql, "key range": self.range_sql}
-        for what, sql in (("set", self.update_sql), ("call", self.select_sql),
+        out = {"where": self.count_sql[0], "key range": self.range_sql[0]}
+        for what, sql in (("set", self.update_sql[0]), ("call", self.select_sql[0]),
                           ("sql", self.user_sql)):
             if sql:
                 out[what] = sql
@@ -131,20 +143,21 @@ def run_chunk(conn: apsw.Connection, plan: TaskPlan, *, run_id: str, after: SqlV
               now: float | None = None) -> ChunkOutcome:
     """Change one key range and advance the checkpoint, inside the caller's transaction."""
     task = plan.task
-    lo = BEFORE_FIRST if after is None else after
-    scanned, last = _one(conn, plan.range_sql, {"lo": lo, "hi": bound, "rows": rows})
+    first = after is None
+    scanned, last = _one(conn, plan.range_sql[first], {"lo": after, "hi": bound, "rows": rows})
     if not scanned:
         return ChunkOutcome(last=after, scanned=0, processed=0, exhausted=True)
-    span = {"lo": lo, "hi": last}
-    if plan.update_sql:
-        conn.execute(plan.update_sql, span)
+    span = {"lo": after, "hi": last}
+    if plan.update_sql[0]:
+        conn.execute(plan.update_sql[first], span)
         processed = conn.changes()
-    elif plan.select_sql:
+    elif plan.select_sql[0]:
         assert fn is not None
-        processed = _apply_callable(conn, plan, fn, span)
+        processed = _apply_callable(conn, plan, fn, span, first)
     else:
-        (processed,) = _one(conn, plan.count_sql, span)
-        conn.execute(plan.user_sql, span).fetchall()
+        (processed,) = _one(conn, plan.count_sql[first], span)
+        conn.execute(plan.user_sql, {"lo": BEFORE_FIRST if first else after, "hi": last}
+                     ).fetchall()
     conn.execute(plan.checkpoint_sql, {
         "last": last, "processed": processed, "now": time.time() if now is None else now,
         "name": task.name, "version": task.version, "run_id": run_id})
@@ -156,10 +169,10 @@ def run_chunk(conn: apsw.Connection, plan: TaskPlan, *, run_id: str, after: SqlV
 
 
 def _apply_callable(conn: apsw.Connection, plan: TaskPlan, fn: Callable[..., Any],
-                    span: Mapping[str, SqlValue]) -> int:
+                    span: Mapping[str, SqlValue], first: bool) -> int:
     task = plan.task
     found = [dict(zip(plan.reads, row, strict=True))
-             for row in conn.execute(plan.select_sql, span)]
+             for row in conn.execute(plan.select_sql[first], span)]
     if not found:
         return 0
     keys = f"keys {found[0][plan.reads[0]]!r}..{found[-1][plan.reads[0]]!r}"
@@ -201,8 +214,7 @@ def count_eligible(conn: apsw.Connection, plan: TaskPlan, after: SqlValue,
     """Rows in (`after`, `bound`] the task still has to change."""
     if bound is None:
         return 0
-    lo = BEFORE_FIRST if after is None else after
-    count: int = _one(conn, plan.count_sql, {"lo": lo, "hi": bound})[0]
+    count: int = _one(conn, plan.count_sql[after is None], {"lo": after, "hi": bound})[0]
     return count
 
 
@@ -212,12 +224,17 @@ def first_unfinished(conn: apsw.Connection, plan: TaskPlan, checkpoint: SqlValue
 
     With a `where`, every row up to the bound is checked, not just those the
     walk has not reached: a row the walk passed may still qualify. Without
-    one, what is left is the rows past the checkpoint.
+    one, what is left is the rows past the checkpoint. Raises `TaskError`
+    for eligible rows whose key is NULL, which no key range reaches.
     """
+    (null_keys,) = _one(conn, plan.null_keys_sql, {})
+    if null_keys:
+        raise TaskError(f"task {plan.task.ident}: {null_keys:,} eligible rows have a NULL "
+                        f"{plan.task.key!r}, which no key range reaches", task=plan.task.name)
     if bound is None:
         return None, 0
-    lo = checkpoint if plan.task.where is None and checkpoint is not None else BEFORE_FIRST
-    key, count = _one(conn, plan.first_eligible_sql, {"lo": lo, "hi": bound})
+    after = checkpoint if plan.task.where is None else None
+    key, count = _one(conn, plan.first_eligible_sql[after is None], {"lo": after, "hi": bound})
     return key, count
 
 

@@ -223,7 +223,7 @@ class WriterCore:
             raise TaskError(f"task {ident} is not declared", task=message.task)
         started = time.perf_counter()
         try:
-            fn = self._callable(plan) if plan.select_sql else None
+            fn = self._callable(plan) if plan.select_sql[0] else None
             with transaction(self.conn), self._guard(message):
                 outcome = run_chunk(self.conn, plan, run_id=message.run_id,
                                     after=message.after, bound=message.bound,

@@ -26,7 +26,9 @@ tables:
 """
 
 
-TASKS = "database: {path: x.db}\n" + GOOD_TABLE + "tasks:\n  t:\n"
+TASKS = ("database: {path: x.db}\n" + GOOD_TABLE
+         + "      code: {type: text, unique: true}\n"
+         + "      slug: {type: text, unique: true, not_null: true}\n" + "tasks:\n  t:\n")
 
 
 def test_the_demo_config_is_valid() -> None:
@@ -193,7 +195,9 @@ BROKEN = [
     pytest.param("database: {path: x.db}\ntables:\n  sites:\n    columns:\n"
                  "      id: {type: integer, primary_key: true}\n      rowid: integer\n", 6,
                  "tables.sites.columns.rowid", "name for the rowid", id="column-named-rowid"),
-    *[pytest.param(TASKS + body, line, key_path, words, id=f"task-{name}")
+    # Lines below count from a header of 8 lines; TASKS is longer.
+    *[pytest.param(TASKS + body, line + TASKS.count("\n") - 8, key_path, words,
+                   id=f"task-{name}")
       for name, body, line, key_path, words in (
         ("unknown-table", "    table: site\n    set: {name: upper(name)}\n", 9, "tasks.t.table",
          "table 'site' is not declared (did you mean 'sites'?)"),
@@ -208,6 +212,10 @@ BROKEN = [
          "is the key chunks are cut along"),
         ("key-not-unique", "    table: sites\n    key: name\n    set: {name: upper(name)}\n",
          10, "tasks.t.key", "column 'name' is not unique"),
+        ("key-may-be-null", "    table: sites\n    key: code\n    set: {name: upper(name)}\n",
+         10, "tasks.t.key", "column 'code' may be NULL"),
+        ("sql-with-a-text-key", "    table: sites\n    key: slug\n    sql: x :lo :hi\n", 10,
+         "tasks.t.key", "an 'sql' task needs a numeric key"),
         ("bad-callable", "    table: sites\n    call: not a path\n    writes: [name]\n", 10,
          "tasks.t.call", "expected 'module:function'"),
         ("callable-without-writes", "    table: sites\n    call: mod:fn\n", 10, "tasks.t.call",
@@ -220,7 +228,7 @@ BROKEN = [
          "tasks.t.wher", "did you mean 'where'"),
       )],
     pytest.param(TASKS + "    table: sites\n    set: {name: upper(name)}\n    provides: p\n"
-                 "  u:\n    table: sites\n    set: {name: lower(name)}\n    provides: p\n", 15,
+                 "  u:\n    table: sites\n    set: {name: lower(name)}\n    provides: p\n", 17,
                  "tasks.u.provides", "'p' is already provided by task 't'",
                  id="task-provides-twice"),
     pytest.param("database: {path: x.db}\nprogress: {persist_interval_s: 0.1}\n", 2,

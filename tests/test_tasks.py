@@ -574,3 +574,31 @@ def test_healthz_is_503_while_a_required_task_runs_and_metrics_show_it(
             assert json.load(response)["status"] == "cancelled"
         with urllib.request.urlopen(f"{engine.status_url}/healthz", timeout=10) as response:
             assert json.load(response) == {"ok": True, "reasons": []}
+
+
+def test_a_text_key_is_walked_from_its_smallest_value(tmp_path: Path) -> None:
+    config = parse_config(f"""\
+database: {{path: {tmp_path / 'k.db'}}}
+tables:
+  tags:
+    columns:
+      code: {{type: text, primary_key: true}}
+      label: text
+tasks:
+  upper_labels:
+    table: tags
+    set: {{label: "upper(label)"}}
+    where: "label <> upper(label)"
+    min_rows: 2
+    max_rows: 2
+""", file="k.yaml")
+    # Keys that sort below the text '-Inf', where a numeric sentinel would land.
+    codes = ["", " a", "#1", "+5", "-1", "-Inf", "A", "b", "zz"]
+    with Engine(config, start_tasks=False) as engine:
+        engine.write_many("tags", [(code, f"label {i}") for i, code in enumerate(codes)])
+        engine.tasks.start()
+        [view] = engine.tasks.wait(timeout=60)
+        with engine.read(requires=["upper_labels"]) as conn:
+            labels = [row[0] for row in conn.execute("SELECT label FROM tags ORDER BY code")]
+    assert (view.status, view.processed) == ("done", 9)
+    assert labels == [f"LABEL {i}" for i in range(9)]
