@@ -21,6 +21,7 @@ from engine.config import Config, TaskConfig, parse_config
 from engine.errors import ConfigError, NotReady, TaskConflict, UnknownTask
 from engine.facade import Engine
 from engine.msglog import iter_records
+from engine.protocol import ProgressEvent, WriterStatus
 
 from .conftest import read_only, sqlwarden, table_digest, wait_until
 
@@ -602,3 +603,18 @@ tasks:
             labels = [row[0] for row in conn.execute("SELECT label FROM tags ORDER BY code")]
     assert (view.status, view.processed) == ("done", 9)
     assert labels == [f"LABEL {i}" for i in range(9)]
+
+
+def test_a_progress_save_that_fails_is_counted_and_shown_not_swallowed(small: Config) -> None:
+    with Engine(small) as engine:
+        # Progress for a task with no row in _sw_tasks: the save changes nothing.
+        engine.tell("progress", ProgressEvent(scope="task", name="ghost", version=1,
+                                              processed=0, total=10, state="running"))
+        assert engine.wait_for_sent("writer", 3, timeout=30)  # two meta writes, then the save
+        engine.ask("writer", WriterStatus())  # a barrier: the save has been answered
+        [ghost] = [p for p in engine.tasks.progress() if p.name == "ghost"]
+        status = engine.status()
+    assert (ghost.persisted, ghost.persist_failures) == (0, 1)
+    assert "no _sw_tasks row for ghost@1; progress not saved" in (ghost.last_persist_error or "")
+    [failure] = status["failures"]["recent"]
+    assert (failure["actor"], failure["message_kind"]) == ("progress", "writer.task_progress")
