@@ -33,7 +33,6 @@ from engine.errors import (
     EngineStopped,
     NotReady,
     TaskError,
-    UnknownTask,
     WriteError,
 )
 from engine.msglog import MessageLog, NullMessageLog
@@ -534,10 +533,6 @@ class Tasks:
         self._engine = engine
         self._waiting: dict[tuple[str, ...], pykka.Future[Any]] = {}
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self._engine.config.tasks)
-
     def start(self) -> None:
         """Recover task rows left by earlier runs and start what should run."""
         self._engine.tell("backfill", StartTasks())
@@ -546,12 +541,6 @@ class Tasks:
         """Every task, as the Backfill actor sees it now."""
         views: tuple[TaskView, ...] = self._engine.ask("backfill", TasksStatus())
         return views
-
-    def get(self, name: str) -> TaskView:
-        for view in self.list():
-            if view.name == name:
-                return view
-        raise UnknownTask(f"unknown task {name!r}", task=name)
 
     def progress(self) -> tuple[ProgressView, ...]:
         """Live progress (rate, ETA, waiting reason) of every job."""

@@ -164,8 +164,6 @@ class SaveProgress(Message):
     terminal: bool = False
 
 
-#: Messages that are background work: one at a time, after queued foreground writes.
-BACKGROUND_WORK: tuple[type[Message], ...] = (RunChunk,)
 #: Small bookkeeping writes; they join group commits like foreground writes.
 BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta)
 
