@@ -222,7 +222,7 @@ def cmd_task_control(args: argparse.Namespace) -> int:
     import urllib.request
 
     from engine.dbstatus import running_engine
-    from engine.errors import UnknownTask
+    from engine.errors import TaskConflict, UnknownTask
 
     config = load_config(args.config)
     names = [t.name for t in config.tasks]
@@ -256,9 +256,9 @@ def cmd_task_control(args: argparse.Namespace) -> int:
             message = json.load(exc).get("error", exc.reason)
         except ValueError:
             message = exc.reason
-        error = EngineError(f"task {args.name}: {message}")
-        error.user_error = exc.code in (400, 404, 409)
-        raise error from None
+        if exc.code in (400, 404, 409):  # the request was at fault
+            raise TaskConflict(f"task {args.name}: {message}", task=args.name) from None
+        raise EngineError(f"task {args.name}: {message}") from None
     except OSError as exc:
         raise NoEngine(f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
                        "last run may have ended without cleaning up") from None

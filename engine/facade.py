@@ -577,17 +577,8 @@ class Tasks:
             views: tuple[TaskView, ...] = future.get(timeout=timeout)
         except pykka.Timeout:
             raise TimeoutError(f"tasks not settled within {timeout}s") from None
-        finally:
-            if self._waiting.get(names) is future and _done(future):
-                del self._waiting[names]
+        except BaseException:
+            del self._waiting[names]  # answered, with an error
+            raise
+        del self._waiting[names]
         return views
-
-
-def _done(future: pykka.Future[Any]) -> bool:
-    try:
-        future.get(timeout=0)
-    except pykka.Timeout:
-        return False
-    except Exception:
-        return True
-    return True

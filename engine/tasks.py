@@ -261,6 +261,11 @@ def read_task_rows(conn: apsw.Connection) -> dict[tuple[str, int], dict[str, Any
     return {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in cursor}
 
 
+#: Rate, ETA and waiting reason, as the Progress actor saves them.
+SAVE_PROGRESS_SQL = (f"UPDATE {TASKS_TABLE} SET rate_rows_s = ?, eta_s = ?, waiting = ?, "
+                     "last_update_at = ? WHERE name = ? AND version = ?")
+
+
 def save_task_sql(fields: Sequence[str]) -> str:
     """Upsert of a `_sw_tasks` row setting `fields` (checked against `TASK_FIELDS`)."""
     unknown = set(fields) - TASK_FIELDS

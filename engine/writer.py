@@ -35,10 +35,10 @@ from engine.protocol import (
     WriteResult,
     WriterState,
 )
-from engine.schema import META_TABLE, TASKS_TABLE
+from engine.schema import META_TABLE
 from engine.sql import insert_sql, rows_per_statement, upsert_sql
 from engine.sqlite import file_size, savepoint, transaction, variable_limit
-from engine.tasks import TaskPlan, load_callable, run_chunk, save_task_sql
+from engine.tasks import SAVE_PROGRESS_SQL, TaskPlan, load_callable, run_chunk, save_task_sql
 
 CHECKPOINT_MODES = {
     "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
@@ -193,8 +193,7 @@ class WriterCore:
                 return WriteResult(changes=self.conn.changes())
             case SaveProgress():
                 self.conn.execute(
-                    f"UPDATE {TASKS_TABLE} SET rate_rows_s = ?, eta_s = ?, waiting = ?, "
-                    "last_update_at = ? WHERE name = ? AND version = ?",
+                    SAVE_PROGRESS_SQL,
                     (message.rate_rows_s, message.eta_s, message.waiting, message.at,
                      message.task, message.version))
                 if self.conn.changes() != 1:
