@@ -18,10 +18,14 @@ from engine.protocol import (
     BOOKKEEPING_WRITES,
     FOREGROUND_WRITES,
     Checkpoint,
+    DeferFts,
     IdleCheck,
     InsertRows,
+    InspectFts,
     Message,
+    RestoreFts,
     RunChunk,
+    UpdateFtsDeferral,
     UpsertRows,
     WriterStatus,
 )
@@ -123,6 +127,14 @@ class WriterActor(BaseActor):
                 return self.core.checkpoint(mode)
             case WriterStatus():
                 return self.core.state()
+            case DeferFts():
+                return self._after(self.core.fts_defer(message))
+            case RestoreFts():
+                return self._after(self.core.fts_restore(message))
+            case UpdateFtsDeferral():
+                return self._after(self.core.fts_update(message))
+            case InspectFts():
+                return self.core.fts_inspect()
             case IdleCheck():
                 self._idle_timer = None
                 if self.core.idle_check():
@@ -130,6 +142,16 @@ class WriterActor(BaseActor):
                 return None
             case _:
                 raise UnexpectedMessage(self.name, message)
+
+    def _after(self, result: Any) -> Any:
+        """Checkpoint if the WAL grew past its threshold, then answer with `result`."""
+        assert self.core is not None
+        try:
+            self.core.after_commit()
+        except Exception as exc:  # reported, not raised; the write is committed
+            self.supervisor.report(self.name, "writer.checkpoint", exc)
+        self._arm_idle_timer()
+        return result
 
     def _flush(self) -> None:
         if not self._pending or self.core is None:

@@ -37,7 +37,8 @@ SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 FK_ACTIONS = ("no action", "restrict", "set null", "set default", "cascade")
 PAYLOAD_MODES = ("summary", "full")
 SOURCE_KINDS = ("generator",)
-TOP_LEVEL_KEYS = ("database", "tables", "tasks", "sources", "progress", "message_log", "status")
+TOP_LEVEL_KEYS = ("database", "tables", "tasks", "sources", "progress", "fts_deferral",
+                  "message_log", "status")
 TASK_KEYS = ("version", "table", "key", "set", "call", "reads", "writes", "sql", "where",
              "target_ms", "min_rows", "max_rows", "yield_ms", "provides")
 #: Tables FTS5 creates beside an external-content FTS table.
@@ -236,6 +237,25 @@ class ProgressConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FtsDeferralConfig:
+    """When FTS maintenance triggers are dropped during a catch-up, and how they come back."""
+
+    enabled: bool = True
+    #: A catch-up of at least this many rows defers; smaller ones keep the triggers live.
+    threshold_rows: int = 5000
+    #: Past this age a deferral is restored even while sources are still catching up.
+    max_age_s: float = 3600.0
+    #: Restore by full rebuild when the rows changed since the deferral are more than
+    #: this share of the table; otherwise index just those rows.
+    rebuild_share: float = 0.5
+    #: FTS5's in-memory term buffer while restoring (its default is 1 MB).
+    restore_buffer_mb: int = 16
+    #: A failed restore is retried after this long, doubling up to `retry_max_s`.
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole validated configuration."""
 
@@ -244,6 +264,7 @@ class Config:
     sources: tuple[SourceConfig, ...] = ()
     tasks: tuple[TaskConfig, ...] = ()
     progress: ProgressConfig = field(default_factory=ProgressConfig)
+    fts_deferral: FtsDeferralConfig = field(default_factory=FtsDeferralConfig)
     message_log: MessageLogConfig = field(default_factory=MessageLogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     #: The file this came from, for messages.
@@ -301,12 +322,14 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     sources = _sources(sections["sources"], tables) if "sources" in sections else ()
     tasks = _tasks(sections["tasks"], tables) if "tasks" in sections else ()
     progress = _progress(sections["progress"]) if "progress" in sections else ProgressConfig()
+    fts_deferral = (_fts_deferral(sections["fts_deferral"]) if "fts_deferral" in sections
+                    else FtsDeferralConfig())
     message_log = (_message_log(sections["message_log"], base, check_paths)
                    if "message_log" in sections else MessageLogConfig())
     status = _status(sections["status"]) if "status" in sections else StatusConfig()
     config = Config(database=database, tables=tables, sources=sources, tasks=tasks,
-                    progress=progress, message_log=message_log, status=status, source_file=file,
-                    secrets=doc.secrets)
+                    progress=progress, fts_deferral=fts_deferral, message_log=message_log,
+                    status=status, source_file=file, secrets=doc.secrets)
     if check_paths and message_log.enabled and message_log.path is None:
         where = sections.get("message_log", sections["database"])
         _check_writable_path(where, config.message_log_path)
@@ -605,6 +628,28 @@ def _progress(at: _At) -> ProgressConfig:
     return ProgressConfig(persist_interval_s=_opt(
         keys, "persist_interval_s", lambda a: a.number(1.0, 3600.0),
         ProgressConfig().persist_interval_s))
+
+
+def _fts_deferral(at: _At) -> FtsDeferralConfig:
+    keys = at.mapping(("enabled", "threshold_rows", "max_age_s", "rebuild_share",
+                       "restore_buffer_mb", "retry_initial_s", "retry_max_s"))
+    d = FtsDeferralConfig()
+    config = FtsDeferralConfig(
+        enabled=_opt(keys, "enabled", _At.boolean, d.enabled),
+        threshold_rows=_opt(keys, "threshold_rows", lambda a: a.integer(1), d.threshold_rows),
+        max_age_s=_opt(keys, "max_age_s", lambda a: a.number(1.0), d.max_age_s),
+        rebuild_share=_opt(keys, "rebuild_share", lambda a: a.number(0.0, 1.0), d.rebuild_share),
+        restore_buffer_mb=_opt(keys, "restore_buffer_mb", lambda a: a.integer(1, 1024),
+                               d.restore_buffer_mb),
+        retry_initial_s=_opt(keys, "retry_initial_s", lambda a: a.number(0.1, 3600.0),
+                             d.retry_initial_s),
+        retry_max_s=_opt(keys, "retry_max_s", lambda a: a.number(0.1, 86400.0), d.retry_max_s),
+    )
+    if config.retry_max_s < config.retry_initial_s:
+        raise keys.get("retry_max_s", keys["retry_initial_s"]).error(
+            f"retry_max_s ({config.retry_max_s}) is less than retry_initial_s "
+            f"({config.retry_initial_s})")
+    return config
 
 
 def _tasks(at: _At, tables: tuple[TableConfig, ...]) -> tuple[TaskConfig, ...]:

@@ -131,16 +131,22 @@ class TaskConflict(TaskError):
     user_error = True
 
 
+class FtsError(EngineError):
+    """An FTS deferral or restore that cannot be done, or an unknown FTS table."""
+
+
 class NotReady(EngineError):
-    """A read requires a task that is not done yet; answering would give partial data."""
+    """A read requires a task that is not done yet, or an FTS index that is stale;
+    answering would give partial data."""
 
     retryable = True
 
     def __init__(self, name: str, processed: int, total: int | None, *,
-                 status: str = "pending") -> None:
+                 status: str = "pending", detail: str | None = None) -> None:
         self.name = name
         self.processed = processed
         self.total = total
         self.status = status
         of = f" of {total:,}" if total is not None else ""
-        super().__init__(f"{name} is not ready: {status}, {processed:,}{of} rows done")
+        super().__init__(f"{name} is not ready: {status}, "
+                         f"{detail if detail is not None else f'{processed:,}{of} rows done'}")

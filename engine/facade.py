@@ -23,29 +23,39 @@ import apsw
 import pykka
 
 from actors.backfill import BackfillActor
+from actors.fts import FtsControllerActor
 from actors.progress import ProgressActor
 from actors.writer import WriterActor
+from engine import fts as fts_sql
 from engine.bus import Bus
 from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
 from engine.errors import (
     BadRowError,
     EngineError,
     EngineStopped,
+    FtsError,
     NotReady,
     TaskError,
     WriteError,
 )
 from engine.msglog import MessageLog, NullMessageLog
 from engine.protocol import (
+    BeginCatchUp,
     Checkpoint,
     CheckpointResult,
     ControlTask,
+    EndCatchUp,
     Execute,
     ExecuteBatch,
+    FtsLease,
+    FtsStatus,
+    FtsTick,
+    FtsView,
     InsertRows,
     Message,
     ProgressSnapshot,
     ProgressView,
+    RestoreFtsNow,
     Row,
     SetMeta,
     StartTasks,
@@ -99,6 +109,7 @@ class Engine:
                               for name in (plan.task.name, plan.task.provides) if name}
         self.run_id = uuid.uuid4().hex[:12]
         self.tasks = Tasks(self)
+        self.fts = Fts(self)
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
         self._state = "new"
@@ -158,6 +169,7 @@ class Engine:
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
+            self._start_actor(FtsControllerActor, config=self.config, clock=self._clock)
             self._start_actor(BackfillActor, config=self.config, plans=self._plans,
                               run_id=self.run_id, clock=self._clock)
             self._readers = ReaderPool(self.config.database)
@@ -167,6 +179,9 @@ class Engine:
             self._ask("writer", SetMeta(key="run_id", value=self.run_id))
             # Where `sqlwarden task pause` finds this engine.
             self._ask("writer", SetMeta(key="status_url", value=self.status_url))
+            # Boot recovery: a deferral left by an earlier run is restored before
+            # start returns (a failure is kept in status and retried, never raised).
+            self._ask("fts", FtsTick())
         except BaseException:
             self._shutdown()
             raise
@@ -297,14 +312,20 @@ class Engine:
              requires: Iterable[str] = ()) -> Iterator[apsw.Connection]:
         """Borrow a read-only connection for the `with` block.
 
-        `requires` names tasks (or what they `provides`) the read depends on:
-        while one of them is not done, `NotReady(name, processed, total)` is
-        raised instead of answering from partial data.
+        `requires` names tasks (or what they `provides`) the read depends on,
+        and `fts:<table>` for search results that must be fresh: while a task
+        is not done, or that FTS table (or the table it indexes) has its
+        triggers deferred, `NotReady` is raised instead of answering from
+        partial data.
         """
         if self._readers is None or self._state != "running":
             raise EngineStopped("engine")
-        needed = [self._requirement(name) for name in requires]
+        requires = list(requires)
+        fresh = [name for name in requires if name.startswith("fts:")]
+        needed = [self._requirement(name) for name in requires if name not in fresh]
         with self._readers.lend(timeout) as conn:
+            if fresh:
+                _check_fresh(conn, fresh)
             if needed:
                 rows = read_task_rows(conn)
                 for name, task in needed:
@@ -316,6 +337,7 @@ class Engine:
             yield conn
 
     def _requirement(self, name: str) -> tuple[str, TaskConfig]:
+        # `fts:` requirements are checked against the database, see `_check_fresh`.
         task = self._requirements.get(name)
         if task is None:
             known = ", ".join(sorted(self._requirements)) or "none"
@@ -348,6 +370,8 @@ class Engine:
             out["writer"]["queue_depth"] = self.queue_depth("writer")
         if self._state == "running" and self._plans:
             out["tasks"] = self._task_status()
+        if self._state == "running":
+            out["fts"] = self._fts_status()
         if self._readers is not None:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
@@ -385,6 +409,15 @@ class Engine:
             out.append(entry)
         return out
 
+    def _fts_status(self) -> dict[str, Any]:
+        try:
+            view: FtsView = self._ask("fts", FtsStatus(), timeout=STATUS_TIMEOUT_S)
+        except pykka.Timeout:
+            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
+        except EngineError as exc:
+            return {"error": str(exc)}
+        return fts_view_dict(view)
+
     def _control_for_http(self, name: str, action: str) -> dict[str, Any]:
         return dataclasses.asdict(self.tasks.control(name, action))
 
@@ -395,9 +428,12 @@ class Engine:
         if self._state != "running":
             reasons.append(f"engine is {self._state}")
             return False, reasons
+        fts = self._fts_status()
+        if fts.get("state") == "restore_failed":
+            reasons.append(f"FTS index of {', '.join(fts['tables'])} is stale: {fts['error']}")
         tasks = self._task_status() if self._plans else []
         if isinstance(tasks, dict):
-            return False, [f"tasks: {tasks['error']}"]
+            return False, [*reasons, f"tasks: {tasks['error']}"]
         for task in tasks:
             ident = f"{task['name']}@{task['version']}"
             if task["status"] == "failed":
@@ -500,6 +536,35 @@ def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],
     return cols, tuple(out)
 
 
+def _check_fresh(conn: apsw.Connection, names: list[str]) -> None:
+    """Raise `NotReady` if a named FTS table (or the table it indexes) is deferred."""
+    indexes = fts_sql.find_indexes(conn)
+    deferral = fts_sql.read_deferral(conn)
+    known = {i.name.lower() for i in indexes} | {i.source.lower() for i in indexes if i.source}
+    if deferral is not None:
+        known |= {t.fts.lower() for t in deferral.tables} | {t.source.lower()
+                                                              for t in deferral.tables}
+    for name in names:
+        table = name.removeprefix("fts:")
+        if table.lower() not in known:
+            listed = ", ".join(sorted(i.name for i in indexes)) or "none"
+            raise FtsError(f"{name}: no FTS table is called {table!r} or indexes it "
+                           f"(FTS tables: {listed})")
+        if deferral is not None and deferral.covers(table):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deferral.started_at))
+            status = "restore_failed" if deferral.last_error else "deferred"
+            raise NotReady(name, 0, None, status=status,
+                           detail=f"the FTS index has not been updated since {since}")
+
+
+def fts_view_dict(view: FtsView) -> dict[str, Any]:
+    """An `FtsView` as plain JSON-able data, for status output."""
+    out = dataclasses.asdict(view)
+    out["sources"] = dict(view.sources)
+    out["not_deferrable"] = dict(view.not_deferrable)
+    return out
+
+
 def _redact(redactor: Redactor, value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _redact(redactor, v, k) for k, v in value.items()}
@@ -582,3 +647,40 @@ class Tasks:
             raise
         del self._waiting[names]
         return views
+
+
+class Fts:
+    """`engine.fts`: FTS deferral around bulk catch-ups, and its state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def begin_catch_up(self, source: str, backlog_rows: int) -> FtsLease:
+        """Say `source` is about to write `backlog_rows` rows; FTS upkeep is deferred if
+        that reaches the threshold. Always pair with `end_catch_up` in a `finally`."""
+        lease: FtsLease = self._engine.ask("fts", BeginCatchUp(source=source,
+                                                               backlog_rows=backlog_rows))
+        return lease
+
+    def end_catch_up(self, source: str) -> FtsView:
+        """`source` is done; when it was the last one, the triggers are restored first."""
+        view: FtsView = self._engine.ask("fts", EndCatchUp(source=source))
+        return view
+
+    @contextmanager
+    def catch_up(self, source: str, backlog_rows: int) -> Iterator[FtsLease]:
+        """`begin_catch_up` for the `with` block, `end_catch_up` however it ends."""
+        lease = self.begin_catch_up(source, backlog_rows)
+        try:
+            yield lease
+        finally:
+            self.end_catch_up(source)
+
+    def status(self) -> FtsView:
+        view: FtsView = self._engine.ask("fts", FtsStatus())
+        return view
+
+    def restore(self) -> FtsView:
+        """Restore now, even while sources are catching up; returns once it has ended."""
+        view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
+        return view

@@ -164,6 +164,41 @@ class SaveProgress(Message):
     terminal: bool = False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferFts(Message):
+    """Drop the FTS maintenance triggers and persist the deferral record, in one transaction."""
+
+    kind: ClassVar[str] = "writer.fts_defer"
+    sources: tuple[tuple[str, int], ...]
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreFts(Message):
+    """Recreate the deferred triggers, bring the indexes up to date and clear the record."""
+
+    kind: ClassVar[str] = "writer.fts_restore"
+    rebuild_share: float
+    buffer_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateFtsDeferral(Message):
+    """Change the persisted record's sources, or note a failed restore in it."""
+
+    kind: ClassVar[str] = "writer.fts_update"
+    sources: tuple[tuple[str, int], ...]
+    last_error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InspectFts(Message):
+    """Read the FTS tables, their triggers and the deferral record (`FtsInspection`)."""
+
+    kind: ClassVar[str] = "writer.fts_inspect"
+
+
 #: Small bookkeeping writes; they join group commits like foreground writes.
 BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta)
 
@@ -207,6 +242,52 @@ class WaitTasks(Message):
 
     kind: ClassVar[str] = "backfill.wait"
     tasks: tuple[str, ...] = ()
+
+
+# --- FtsController ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BeginCatchUp(Message):
+    """A source is about to write `backlog_rows` rows; defer FTS upkeep if that is many.
+
+    Answered with an `FtsLease`. The sender calls `EndCatchUp` when done, in a
+    `finally`, whether or not the lease says deferred.
+    """
+
+    kind: ClassVar[str] = "fts.begin"
+    source: str
+    backlog_rows: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndCatchUp(Message):
+    """A source has finished; the last one to finish restores. Answered with an `FtsView`."""
+
+    kind: ClassVar[str] = "fts.end"
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreFtsNow(Message):
+    """Restore now, whatever sources are still catching up (boot, CLI, maximum age)."""
+
+    kind: ClassVar[str] = "fts.restore"
+    reason: str = "requested"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsTick(Message):
+    """Sent by the controller's timer: check the deferral's age and retry a failed restore."""
+
+    kind: ClassVar[str] = "fts.tick"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsStatus(Message):
+    """Ask the controller for an `FtsView`."""
+
+    kind: ClassVar[str] = "fts.status"
 
 
 # --- Progress ---------------------------------------------------------------------------
@@ -315,6 +396,81 @@ class TaskView:
     provides: str | None
     #: False when this engine has not run the task (done or cancelled before it started).
     ran_here: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsTableView:
+    """One FTS table as the Writer found it."""
+
+    name: str
+    kind: str
+    source: str | None
+    triggers: tuple[str, ...]
+    problem: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsDeferralView:
+    """The persisted deferral record: which sources, since when, which tables."""
+
+    sources: tuple[tuple[str, int], ...]
+    started_at: float
+    tables: tuple[str, ...]
+    hwm: tuple[tuple[str, int | None], ...]
+    last_error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsInspection:
+    """What `InspectFts` found."""
+
+    tables: tuple[FtsTableView, ...]
+    deferral: FtsDeferralView | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsRestored:
+    """One table's restore: `rebuild` or `incremental`, rows changed since the deferral."""
+
+    fts: str
+    mode: str
+    changed_rows: int
+    table_rows: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsRestoreResult:
+    tables: tuple[FtsRestored, ...]
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsLease:
+    """The answer to `BeginCatchUp`: whether FTS upkeep is deferred for this source, and why."""
+
+    source: str
+    deferred: bool
+    reason: str
+    tables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsView:
+    """The controller's state: `live`, `deferred`, `restoring` or `restore_failed`."""
+
+    state: str
+    sources: tuple[tuple[str, int], ...]
+    #: Unix time the deferral began (None while live).
+    since: float | None
+    tables: tuple[str, ...]
+    error: str | None
+    attempts: int
+    #: Seconds until the next restore attempt, after a failure.
+    retry_in_s: float | None
+    last_restore: FtsRestoreResult | None
+    #: FTS tables whose triggers cannot be deferred, with the reason.
+    not_deferrable: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,8 @@ changed.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +23,15 @@ from engine.errors import SchemaError
 from engine.sql import column_list, literal, quote
 from engine.sqlite import transaction
 
+log = logging.getLogger(__name__)
+
 #: Version of the engine's own tables (`_sw_*`); stored in `_sw_meta`.
 ENGINE_SCHEMA_VERSION = 2
 META_TABLE = "_sw_meta"
 _META_DDL = (f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
              "(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+#: `_sw_meta` key of the FTS deferral record (see `engine.fts`).
+FTS_DEFERRAL_KEY = "fts_deferral"
 TASKS_TABLE = "_sw_tasks"
 TASK_STATUSES = ("pending", "running", "paused", "done", "failed", "cancelled")
 #: One row per task version (`name@version`). `checkpoint` is the last key a
@@ -163,10 +169,11 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         _check_engine_version(conn, actions)
         conn.execute(_TASKS_DDL)
         objects = _objects(conn)
+        deferred = _deferred_fts(conn)
         statements: list[tuple[str, str]] = []
         # Check every table before changing any, so an error changes nothing.
         for table in config.tables:
-            statements.extend(_plan_table(conn, objects, table))
+            statements.extend(_plan_table(conn, objects, table, deferred))
         for sql, action in statements:
             try:
                 conn.execute(sql)
@@ -192,8 +199,15 @@ def _check_engine_version(conn: apsw.Connection, actions: list[str]) -> None:
         actions.append(f"engine schema version {ENGINE_SCHEMA_VERSION}")
 
 
+def _deferred_fts(conn: apsw.Connection) -> set[str]:
+    """FTS tables whose triggers the FtsController has dropped on purpose."""
+    row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?",
+                       (FTS_DEFERRAL_KEY,)).fetchone()
+    return {t["fts"].lower() for t in json.loads(row[0])["tables"]} if row else set()
+
+
 def _plan_table(conn: apsw.Connection, objects: dict[str, tuple[str, str, str | None]],
-                table: TableConfig) -> list[tuple[str, str]]:
+                table: TableConfig, deferred_fts: set[str]) -> list[tuple[str, str]]:
     plan: list[tuple[str, str]] = []
     existing = objects.get(table.name.lower())
     if existing is None:
@@ -205,7 +219,11 @@ def _plan_table(conn: apsw.Connection, objects: dict[str, tuple[str, str, str | 
         plan.extend(_plan_columns(conn, table))
     for index in table.indexes:
         plan.extend(_plan_index(objects, table, index.name))
-    if table.fts is not None:
+    if table.fts is not None and table.fts.name.lower() in deferred_fts:
+        # Its triggers are dropped until the FtsController restores them from
+        # its snapshot; recreating them here would index the catch-up twice.
+        log.info("FTS table %s is deferred; it is checked again once restored", table.fts.name)
+    elif table.fts is not None:
         plan.extend(_plan_fts(objects, table, table.fts))
     return plan
 

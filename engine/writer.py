@@ -11,6 +11,7 @@ twice that.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,19 +19,35 @@ from itertools import chain
 
 import apsw
 
+from engine import fts
 from engine.config import Config, TableConfig
-from engine.errors import BadRowError, EngineError, TaskError, UnexpectedMessage, WriteError
+from engine.errors import (
+    BadRowError,
+    EngineError,
+    FtsError,
+    TaskError,
+    UnexpectedMessage,
+    WriteError,
+)
 from engine.protocol import (
     CheckpointResult,
     ChunkResult,
+    DeferFts,
     Execute,
     ExecuteBatch,
+    FtsDeferralView,
+    FtsInspection,
+    FtsRestored,
+    FtsRestoreResult,
+    FtsTableView,
     InsertRows,
     Message,
+    RestoreFts,
     RunChunk,
     SaveProgress,
     SaveTask,
     SetMeta,
+    UpdateFtsDeferral,
     UpsertRows,
     WriteResult,
     WriterState,
@@ -299,6 +316,66 @@ class WriterCore:
                 changes += self.conn.changes()
         return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
 
+    # --- FTS deferral -------------------------------------------------------------------
+
+    def fts_defer(self, message: DeferFts) -> FtsDeferralView | None:
+        """Drop FTS triggers and persist the record in one transaction (None: nothing to defer)."""
+        try:
+            with transaction(self.conn):
+                deferral = fts.defer(self.conn, message.sources, message.started_at)
+        except Exception as exc:
+            raise _fts_error("deferring FTS triggers", exc) from exc
+        if deferral is None:
+            return None
+        self._wrote_ddl()
+        return deferral_view(deferral)
+
+    def fts_restore(self, message: RestoreFts) -> FtsRestoreResult:
+        """Recreate the triggers, catch the indexes up and clear the record: one transaction."""
+        started = time.perf_counter()
+        try:
+            with transaction(self.conn):
+                deferral = fts.read_deferral(self.conn)
+                restored = () if deferral is None else fts.restore(
+                    self.conn, deferral, rebuild_share=message.rebuild_share,
+                    buffer_bytes=message.buffer_bytes)
+        except Exception as exc:
+            raise _fts_error("restoring FTS triggers", exc) from exc
+        if deferral is not None:
+            self._wrote_ddl()
+        return FtsRestoreResult(
+            tables=tuple(FtsRestored(fts=r.fts, mode=r.mode, changed_rows=r.changed_rows,
+                                     table_rows=r.table_rows) for r in restored),
+            duration_ms=(time.perf_counter() - started) * 1000)
+
+    def fts_update(self, message: UpdateFtsDeferral) -> FtsDeferralView | None:
+        """Rewrite the record's sources and last error; None when there is no record."""
+        with transaction(self.conn):
+            deferral = fts.read_deferral(self.conn)
+            if deferral is None:
+                return None
+            deferral = dataclasses.replace(deferral, sources=message.sources,
+                                           last_error=message.last_error,
+                                           attempts=message.attempts)
+            fts.write_deferral(self.conn, deferral)
+        self._wrote_ddl()
+        return deferral_view(deferral)
+
+    def fts_inspect(self) -> FtsInspection:
+        with transaction(self.conn):
+            indexes = fts.find_indexes(self.conn)
+            deferral = fts.read_deferral(self.conn)
+        return FtsInspection(
+            tables=tuple(FtsTableView(name=i.name, kind=i.kind, source=i.source,
+                                      triggers=tuple(t.name for t in i.triggers),
+                                      problem=i.problem) for i in indexes),
+            deferral=deferral_view(deferral) if deferral is not None else None)
+
+    def _wrote_ddl(self) -> None:
+        self.transactions += 1
+        self.messages += 1
+        self.last_write_at = self._clock()
+
     # --- WAL ----------------------------------------------------------------------------
 
     def after_commit(self) -> str | None:
@@ -367,6 +444,20 @@ class WriterCore:
             forced_checkpoints=self.forced_checkpoints, busy_checkpoints=self.busy_checkpoints,
             page_size=self.page_size, variable_limit=self.variable_limit,
         )
+
+
+def deferral_view(deferral: fts.Deferral) -> FtsDeferralView:
+    return FtsDeferralView(sources=deferral.sources, started_at=deferral.started_at,
+                           tables=tuple(t.fts for t in deferral.tables),
+                           hwm=tuple((t.fts, t.hwm) for t in deferral.tables),
+                           last_error=deferral.last_error, attempts=deferral.attempts)
+
+
+def _fts_error(what: str, exc: Exception) -> FtsError:
+    """Name the failure; it rolled back, so triggers and record still agree."""
+    if isinstance(exc, FtsError):
+        return exc
+    return FtsError(f"{what} failed and was rolled back: {exc}")
 
 
 def _ended_transaction(message: Message) -> WriteError:
