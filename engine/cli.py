@@ -8,6 +8,7 @@ see tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -94,6 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument("config", metavar="CONFIG", help="the YAML config file")
         control.add_argument("name", metavar="NAME", help="the task's name")
         control.set_defaults(func=cmd_task_control, action=action)
+
+    fts = commands.add_parser(
+        "fts", help="show or restore the deferral of FTS upkeep",
+        description="While a large catch-up runs, the engine drops the triggers that keep FTS "
+                    "indexes up to date and restores them afterwards. Show that state, or "
+                    "restore now.")
+    fts_actions = fts.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    fts_actions.required = True
+    fts_status = fts_actions.add_parser(
+        "status", help="FTS tables, their triggers, and any deferral",
+        description="Read CONFIG's database (read-only): every FTS5 table, the triggers that "
+                    "maintain it, and the deferral record if one exists (since when, for "
+                    "which sources). If an engine is running, its live state is shown too "
+                    "(a failed restore and when it is retried).")
+    fts_status.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    fts_status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    fts_status.set_defaults(func=cmd_fts_status)
+    fts_restore = fts_actions.add_parser(
+        "restore", help="recreate deferred FTS triggers and bring the index up to date",
+        description="Restore deferred FTS triggers now, even while sources are catching up. "
+                    "Asks the running engine when there is one (through its status endpoint); "
+                    "otherwise starts the engine on CONFIG just long enough to restore. Exits "
+                    "1 when the restore fails.")
+    fts_restore.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    fts_restore.set_defaults(func=cmd_fts_restore)
     return parser
 
 
@@ -165,6 +191,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status["tasks"]:
         print("tasks")
         _print_tasks(status["tasks"])
+    deferral = status["fts_deferral"]
+    if deferral is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deferral["since"]))
+        print(f"FTS upkeep of {', '.join(deferral['tables'])} deferred since {since}; "
+              f"the index is stale (see `{PROG} fts status`)")
     return 0
 
 
@@ -217,11 +248,42 @@ class NoEngine(EngineError):
     """No running engine answers for this database."""
 
 
-def cmd_task_control(args: argparse.Namespace) -> int:
-    import urllib.error
+def _find_engine(config: Config) -> tuple[str | None, str]:
+    """The status URL of the engine running on `config`'s database, or None and why not."""
     import urllib.request
 
     from engine.dbstatus import running_engine
+
+    found = running_engine(config)
+    if found is None:
+        return None, (f"no running engine with a status endpoint found for "
+                      f"{config.database.path}; start one with `{PROG} run CONFIG`")
+    url, run_id = found
+    try:
+        # The address may be stale, and the port taken by something else since.
+        with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+            answering = json.load(response).get("run_id")
+    except (OSError, ValueError) as exc:
+        return None, (f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
+                      "last run may have ended without cleaning up")
+    if answering != run_id:
+        return None, (f"the engine at {url} is not the one running on "
+                      f"{config.database.path}; the last run may have ended without "
+                      "cleaning up")
+    return url, ""
+
+
+def _post_json(url: str) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def cmd_task_control(args: argparse.Namespace) -> int:
+    import urllib.error
+
     from engine.errors import TaskConflict, UnknownTask
 
     config = load_config(args.config)
@@ -229,28 +291,11 @@ def cmd_task_control(args: argparse.Namespace) -> int:
     if args.name not in names:
         raise UnknownTask(f"unknown task {args.name!r} in {args.config} (declared: "
                           f"{', '.join(names) or 'none'})", task=args.name)
-    found = running_engine(config)
-    if found is None:
-        raise NoEngine(f"no running engine with a status endpoint found for "
-                       f"{config.database.path}; start one with `{PROG} run {args.config}` "
-                       "(task control needs status.enabled: true)")
-    url, run_id = found
+    url, why = _find_engine(config)
+    if url is None:
+        raise NoEngine(f"{why} (task control needs status.enabled: true)")
     try:
-        # The address may be stale, and the port taken by something else since.
-        with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
-            answering = json.load(response).get("run_id")
-    except (OSError, ValueError) as exc:
-        raise NoEngine(f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
-                       "last run may have ended without cleaning up") from None
-    if answering != run_id:
-        raise NoEngine(f"the engine at {url} is not the one running on "
-                       f"{config.database.path}; the last run may have ended without "
-                       "cleaning up")
-    request = urllib.request.Request(f"{url}/tasks/{args.name}/{args.action}", data=b"",
-                                     method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            view = json.load(response)
+        view = _post_json(f"{url}/tasks/{args.name}/{args.action}")
     except urllib.error.HTTPError as exc:
         try:
             message = json.load(exc).get("error", exc.reason)
@@ -264,6 +309,90 @@ def cmd_task_control(args: argparse.Namespace) -> int:
                        "last run may have ended without cleaning up") from None
     print(f"task {view['name']}@{view['version']}: {view['status']}, "
           f"{view['processed']:,} rows done")
+    return 0
+
+
+def cmd_fts_status(args: argparse.Namespace) -> int:
+    import dataclasses
+    import urllib.request
+
+    from engine.dbstatus import read_fts
+
+    config = load_config(args.config)
+    tables, deferral = read_fts(config)
+    live = None
+    url, _ = _find_engine(config)
+    if url is not None:
+        with contextlib.suppress(OSError, ValueError), \
+                urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+            live = json.load(response).get("fts")
+    if args.json:
+        print(json.dumps({"tables": [dataclasses.asdict(t) for t in tables],
+                          "deferral": dataclasses.asdict(deferral) if deferral else None,
+                          "engine": live}, indent=2))
+        return 0
+    if not tables:
+        print(f"{config.database.path}: no FTS5 tables")
+    for t in tables:
+        kind = {"external": f"external content of {t.source}", "own": "holds its own text",
+                "contentless": "contentless"}[t.kind]
+        state = "DEFERRED" if t.deferred else "live" if t.triggers else "no triggers"
+        print(f"  {t.name}  ({kind})  {state}")
+        if t.triggers:
+            print(f"    triggers: {', '.join(t.triggers)}")
+        if t.deferred:
+            print(f"    saved triggers: {', '.join(t.extra['saved_triggers'])}; rows up to "
+                  f"rowid {t.extra['hwm']} were indexed when deferred")
+        if t.problem:
+            print(f"    not deferrable: {t.problem}")
+    if deferral is None:
+        print("deferral: none; every FTS index is up to date")
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deferral.started_at))
+        sources = ", ".join(f"{s}" for s, _ in deferral.sources) or "none (restored at boot)"
+        print(f"deferral: since {since} ({_duration(time.time() - deferral.started_at)} ago), "
+              f"for: {sources}")
+        if deferral.last_error:
+            print(f"  last restore failed ({deferral.attempts} attempts): {deferral.last_error}")
+    if live is not None and "state" in live:
+        line = f"engine: {live['state']}"
+        if live.get("retry_in_s") is not None:
+            line += f", next restore attempt in {_duration(live['retry_in_s'])}"
+        if live.get("error"):
+            line += f": {live['error']}"
+        print(line)
+    return 0
+
+
+def cmd_fts_restore(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from engine.config import StatusConfig
+    from engine.facade import Engine, fts_view_dict
+
+    config = load_config(args.config)
+    url, _ = _find_engine(config)
+    if url is not None:
+        print(f"asking the engine at {url}")
+        view = _post_json(f"{url}/fts/restore")
+    else:
+        # Starting the engine restores a persisted deferral (boot recovery).
+        quiet = dataclasses.replace(config, status=StatusConfig(enabled=False))
+        with Engine(quiet, start_tasks=False) as engine:
+            view = fts_view_dict(engine.fts.restore())
+    last = view.get("last_restore")
+    if view["state"] == "restore_failed":
+        print(f"FTS restore failed: {view['error']}")
+        return 1
+    if view["state"] != "live":
+        print(f"FTS upkeep is {view['state']}")
+        return 1
+    if last and last["tables"]:
+        for table in last["tables"]:
+            print(f"{table['fts']}: restored by {table['mode']} ({table['changed_rows']:,} of "
+                  f"{table['table_rows']:,} rows changed) in {last['duration_ms'] / 1000:.2f}s")
+    else:
+        print("nothing was deferred; every FTS index is up to date")
     return 0
 
 
@@ -291,6 +420,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 bar.close()
             total_rows += report.rows
             state = "caught up" if report.caught_up else "stopped early"
+            if report.fts_lease is not None and report.fts_lease.deferred:
+                print(f"{source.name}: FTS upkeep of {', '.join(report.fts_lease.tables)} was "
+                      f"deferred during the catch-up ({report.fts_lease.reason})")
+            if report.fts_after is not None:
+                _print_fts_after(report.fts_after)
             print(f"{source.name}: {report.rows:,} rows in {report.seconds:.1f}s, {state}")
         tasks_failed = False
         if config.tasks and not stop.is_set():
@@ -302,6 +436,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_summary(config, engine.status(), total_rows, time.monotonic() - started)
         failed = engine.state == "failed"
     return 1 if failed or (args.once and tasks_failed) else 0
+
+
+def _print_fts_after(view: Any) -> None:
+    """What the end of a catch-up did to FTS upkeep: restored, still deferred, or failed."""
+    if view.state == "restore_failed":
+        print(f"FTS: restoring failed, retrying: {view.error}")
+    elif view.state in ("deferred", "restoring"):
+        print(f"FTS: still deferred for {', '.join(s for s, _ in view.sources)}")
+    elif view.last_restore is not None and view.last_restore.tables:
+        for table in view.last_restore.tables:
+            print(f"FTS: {table.fts} restored by {table.mode} "
+                  f"({table.changed_rows:,} of {table.table_rows:,} rows changed) in "
+                  f"{view.last_restore.duration_ms / 1000:.2f}s")
 
 
 def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool:

@@ -6,9 +6,11 @@ engine on the same database.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine.config import Config
+from engine.fts import Deferral, FtsTableState, read_deferral, table_states
 from engine.schema import META_TABLE
 from engine.sql import quote
 from engine.sqlite import file_size, open_reader
@@ -34,6 +36,7 @@ def read_status(config: Config) -> dict[str, Any]:
             else:
                 tables[table.name] = {"rows": None, "missing": True}
         rows = read_task_rows(conn)
+        deferral = read_deferral(conn)
     finally:
         conn.close()
     tasks = []
@@ -57,6 +60,9 @@ def read_status(config: Config) -> dict[str, Any]:
         },
         "tables": tables,
         "tasks": tasks,
+        "fts_deferral": None if deferral is None else {
+            "tables": [t.fts for t in deferral.tables], "since": deferral.started_at,
+            "sources": [s for s, _ in deferral.sources], "last_error": deferral.last_error},
     }
 
 
@@ -75,3 +81,14 @@ def running_engine(config: Config) -> tuple[str, str] | None:
     if "status_url" not in meta:
         return None
     return str(meta["status_url"]), str(meta.get("run_id", ""))
+
+
+def read_fts(config: Config) -> tuple[tuple[FtsTableState, ...], Deferral | None]:
+    """FTS tables, the triggers present, and the deferral record, read-only."""
+    if not Path(config.database.path).exists():
+        return (), None
+    conn = open_reader(config.database)
+    try:
+        return table_states(conn)
+    finally:
+        conn.close()

@@ -13,6 +13,7 @@ up only when every table holds exactly the rows the source has.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from typing import Any, Literal, Protocol
 import apsw
 
 from engine.config import GENERATOR_COLUMNS, GeneratorSourceConfig
-from engine.protocol import Row
+from engine.protocol import FtsLease, FtsView, Row
 from engine.sql import quote
 
 _MASK = (1 << 64) - 1
@@ -115,6 +116,9 @@ class Writes(Protocol):
 
     def read(self, timeout: float | None = None) -> AbstractContextManager[apsw.Connection]: ...
 
+    @property
+    def fts(self) -> Any: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IngestReport:
@@ -124,6 +128,9 @@ class IngestReport:
     observation_rows: int
     seconds: float
     caught_up: bool
+    #: The FtsController's answers: whether upkeep was deferred, and its state after.
+    fts_lease: FtsLease | None = None
+    fts_after: FtsView | None = None
 
     @property
     def rows(self) -> int:
@@ -170,8 +177,24 @@ def ingest(engine: Writes, source: GeneratorSourceConfig, *,
 
     Up to `in_flight` batches are queued at the Writer at once, so it can
     commit them as a group. Stops between batches when `stop` is set; every
-    batch is one transaction, so what is committed is whole.
+    batch is one transaction, so what is committed is whole. The catch-up
+    is announced to the FtsController, which defers FTS upkeep for a large
+    backlog and restores it when the catch-up ends, however it ends.
     """
+    started = time.monotonic()
+    backlog = remaining(engine, source)
+    lease = engine.fts.begin_catch_up(source.name, backlog) if backlog else None
+    try:
+        report = _ingest(engine, source, on_rows=on_rows, stop=stop, in_flight=in_flight)
+    finally:
+        after = engine.fts.end_catch_up(source.name) if lease is not None else None
+    return dataclasses.replace(report, seconds=time.monotonic() - started, fts_lease=lease,
+                               fts_after=after)
+
+
+def _ingest(engine: Writes, source: GeneratorSourceConfig, *,
+            on_rows: Callable[[int], None] | None, stop: threading.Event | None,
+            in_flight: int) -> IngestReport:
     gen = DemoGenerator(source)
     started = time.monotonic()
     reg_done, obs_done = cursor(engine, source)

@@ -165,7 +165,8 @@ class Engine:
             if self.config.status.enabled:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
-                    health=self.health, control=self._control_for_http)
+                    health=self.health, control=self._control_for_http,
+                    fts_restore=lambda: fts_view_dict(self.fts.restore()))
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)

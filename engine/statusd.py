@@ -4,6 +4,7 @@
 - `GET /status`: the engine's status as JSON.
 - `GET /metrics`: the same status as Prometheus metrics, read at scrape time.
 - `POST /tasks/NAME/ACTION`: pause, resume or cancel a task; answers the task as JSON.
+- `POST /fts/restore`: restore deferred FTS triggers now; answers the FTS state as JSON.
 
 Errors are answered as JSON `{"error": ...}` and never printed.
 """
@@ -28,7 +29,8 @@ STOP_POLL_S = 0.1
 ACTIONS = ("pause", "resume", "cancel")
 TASK_STATES = ("pending", "running", "paused", "done", "failed", "cancelled")
 PATHS = ("GET /healthz", "GET /status", "GET /metrics",
-         f"POST /tasks/NAME/{'|'.join(ACTIONS)}")
+         f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore")
+FTS_STATES = ("live", "deferred", "restoring", "restore_failed")
 #: Writer counters exported as `sqlwarden_writer_<key>_total`, with their help text.
 WRITER_COUNTERS = {
     "messages": "Messages the writer handled.",
@@ -55,10 +57,12 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, *, status: Callable[[], dict[str, Any]],
                  health: Callable[[], tuple[bool, list[str]]],
-                 control: Callable[[str, str], dict[str, Any]] | None = None) -> None:
+                 control: Callable[[str, str], dict[str, Any]] | None = None,
+                 fts_restore: Callable[[], dict[str, Any]] | None = None) -> None:
         self._status = status
         self._health = health
         self._control = control
+        self._fts_restore = fts_restore
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(StatusCollector(status))
         try:
@@ -106,6 +110,13 @@ class StatusServer:
         match path.split("/"):
             case ["", "tasks", name, action] if name and action in ACTIONS:
                 return self._control_task(unquote(name), action)
+            case ["", "fts", "restore"]:
+                if self._fts_restore is None:
+                    return _json(503, {"error": "FTS control is not available"})
+                try:
+                    return _json(200, self._fts_restore())
+                except EngineStopped as exc:
+                    return _json(503, {"error": str(exc)})
             case ["", "tasks", *_]:
                 return _json(400, {"error": f"expected POST /tasks/NAME/ACTION with ACTION "
                                             f"one of {', '.join(ACTIONS)}; got {path}"})
@@ -207,6 +218,9 @@ class StatusCollector:
         tasks = status.get("tasks")
         if isinstance(tasks, list):
             yield from _task_metrics(tasks)
+        fts = _section(status, "fts")
+        if "state" in fts:
+            yield from _fts_metrics(fts)
 
 
 def _section(status: dict[str, Any], key: str) -> dict[str, Any]:
@@ -244,3 +258,17 @@ def _task_metrics(tasks: list[dict[str, Any]]) -> Iterator[Metric]:
     for family in (*gauges.values(), state, save_failures):
         if family.samples:
             yield family
+
+
+def _fts_metrics(fts: dict[str, Any]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(f"{PREFIX}fts_state", "1 for the state FTS upkeep is in.",
+                              labels=["state"])
+    for candidate in FTS_STATES:
+        state.add_metric([candidate], float(fts["state"] == candidate))
+    yield state
+    yield GaugeMetricFamily(f"{PREFIX}fts_deferred_tables",
+                            "FTS tables whose triggers are deferred (their index is stale).",
+                            value=len(fts.get("tables") or ()))
+    yield GaugeMetricFamily(f"{PREFIX}fts_restore_attempts_failed",
+                            "Failed restore attempts since the last success.",
+                            value=fts.get("attempts") or 0)

@@ -467,6 +467,360 @@ def print_backfill(result: dict[str, Any]) -> None:
           f"(target <= {FG_P99_TARGET_MS:g}: {'met' if p99 <= FG_P99_TARGET_MS else 'NOT met'})")
 
 
+# --- fts ----------------------------------------------------------------------------------
+
+FTS_YAML = """
+database:
+  path: {path}
+tables:
+  docs:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      title: {{type: text, not_null: true}}
+      body: text
+    fts:
+      columns: [title, body]
+fts_deferral:
+  enabled: {deferral}
+message_log: {{enabled: false}}
+status: {{enabled: false}}
+"""
+FTS_TABLE = "docs"
+FTS_INDEX = "docs_fts"
+FTS_TRIGGERS = ("docs_fts_ai", "docs_fts_ad", "docs_fts_au")
+FTS_COLUMNS = ("id", "title", "body")
+#: The name every catch-up is announced under.
+FTS_SOURCE = "bench"
+#: Write batches sent and not yet answered, at most.
+FTS_IN_FLIGHT = 4
+VOCABULARY_SIZE = 20_000
+TITLE_WORDS = 8
+BODY_WORDS = 40
+#: Rows drawn per `random.choices` call; part of what makes the text (keep it fixed).
+DRAW_ROWS = 1_000
+SYLLABLES = tuple(c + v for c in "bdfghjklmnprstvz" for v in ("a", "e", "i", "o", "u", "ai",
+                                                               "ou"))
+VOCABULARY_SEED = 1
+LARGE_SEED = 2
+BASE_SEED = 3
+SMALL_SEED = 4
+LARGE_SPEEDUP_TARGET = 3.5
+SMALL_RATIO_TARGET = 1.1
+
+
+def fts_fail(message: str) -> SystemExit:
+    """Ends the bench with exit status 1 and `message` (raise what this returns)."""
+    return SystemExit(f"bench fts: FAILED: {message}")
+
+
+class Corpus:
+    """Deterministic made-up text: a vocabulary built from syllables, words drawn Zipf-like
+    (the word of rank r with weight 1/r), 8 to a title and 40 to a body."""
+
+    def __init__(self, seed: int = VOCABULARY_SEED, size: int = VOCABULARY_SIZE) -> None:
+        rng = random.Random(seed)
+        words: dict[str, None] = {}
+        while len(words) < size:
+            words.setdefault("".join(rng.choices(SYLLABLES, k=rng.randint(2, 4))), None)
+        #: By rank: words[0] is the most common.
+        self.words = list(words)
+        self.cum_weights = list(itertools.accumulate(1 / rank for rank in range(1, size + 1)))
+
+    def rows(self, seed: int, first_id: int, count: int) -> Iterator[tuple[int, str, str]]:
+        """`count` rows (id, title, body) with ids from `first_id`; the same for the same seed."""
+        rng = random.Random(seed)
+        per_row = TITLE_WORDS + BODY_WORDS
+        for start in range(0, count, DRAW_ROWS):
+            n = min(DRAW_ROWS, count - start)
+            drawn = rng.choices(self.words, cum_weights=self.cum_weights, k=n * per_row)
+            for i in range(n):
+                words = drawn[i * per_row:(i + 1) * per_row]
+                yield (first_id + start + i, " ".join(words[:TITLE_WORDS]),
+                       " ".join(words[TITLE_WORDS:]))
+
+
+def fts_config(path: Path, *, deferral: bool) -> Config:
+    path = path.resolve()
+    return parse_config(FTS_YAML.format(path=path, deferral=str(deferral).lower()),
+                        base_dir=path.parent)
+
+
+def send_rows(engine: Engine, rows: Iterable[tuple[int, str, str]], batch: int) -> int:
+    """`write_many(wait=False)` per batch, at most `FTS_IN_FLIGHT` unanswered; returns once
+    every batch is committed. Returns the rows sent."""
+    in_flight: deque[pykka.Future[Any]] = deque()
+    sent = 0
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, batch)):
+        if len(in_flight) >= FTS_IN_FLIGHT:
+            in_flight.popleft().get()
+        in_flight.append(engine.write_many(FTS_TABLE, chunk, columns=FTS_COLUMNS, wait=False))
+        sent += len(chunk)
+    while in_flight:
+        in_flight.popleft().get()
+    return sent
+
+
+#: A match expression, and a rowid that must be among its hits (or None).
+FtsQuery = tuple[str, int | None]
+#: Per query: the expression, how many rowids it matched, sha256 over them in order.
+Fingerprint = tuple[tuple[str, int, str], ...]
+
+
+def fts_queries(corpus: Corpus, rows: Sequence[tuple[int, str, str]]) -> list[FtsQuery]:
+    """21 queries: single words from the most common to the rarest, column filters,
+    boolean and NEAR combinations, a prefix, and 2-word phrases taken from rows
+    this catch-up wrote (which must find those rows)."""
+    w = corpus.words
+    queries: list[FtsQuery] = [(f'"{w[rank]}"', None)
+                               for rank in (0, 1, 4, 19, 99, 999, 4_999, 9_999, 19_998)]
+    queries += [(f'title:"{w[2]}"', None), (f'"{w[0]}" AND "{w[49]}"', None),
+                (f'"{w[3]}" NOT "{w[1]}"', None), (f'NEAR("{w[5]}" "{w[6]}", 3)', None),
+                (f'{w[500][:3]}*', None)]
+    for row in (rows[0], rows[len(rows) // 2], rows[-1]):
+        title, body = row[1].split(), row[2].split()
+        queries.append((f'"{body[10]} {body[11]}"', row[0]))
+        queries.append((f'"{title[0]} {title[1]}"', row[0]))
+    queries.append((f'title:"{rows[-1][1].split()[-1]}" AND body:"{rows[-1][2].split()[-1]}"',
+                    rows[-1][0]))
+    return queries
+
+
+def check_fts(path: Path, queries: list[FtsQuery], table_rows: int) -> Fingerprint:
+    """After the engine stopped: the triggers are back, the content has every row, the
+    queries find the rows they must, and FTS5's integrity-check (with rank 1, which
+    compares the index with the content table) passes. Returns the queries' results."""
+    conn = apsw.Connection(str(path))
+    try:
+        triggers = {name for name, in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+            (FTS_TABLE,))}
+        if triggers != set(FTS_TRIGGERS):
+            raise fts_fail(f"{path.name}: triggers on {FTS_TABLE} are {sorted(triggers)}, "
+                           f"expected {list(FTS_TRIGGERS)}")
+        (count,), = conn.execute(f"SELECT count(*) FROM {FTS_TABLE}")
+        if count != table_rows:
+            raise fts_fail(f"{path.name}: {FTS_TABLE} holds {count:,} rows, expected "
+                           f"{table_rows:,}")
+        out = []
+        for expr, must_find in queries:
+            hits = [rowid for rowid, in conn.execute(
+                f"SELECT rowid FROM {FTS_INDEX} WHERE {FTS_INDEX} MATCH ? ORDER BY rowid",
+                (expr,))]
+            if must_find is not None and must_find not in hits:
+                raise fts_fail(f"{path.name}: {expr} does not find row {must_find}")
+            digest = hashlib.sha256(",".join(map(str, hits)).encode()).hexdigest()
+            out.append((expr, len(hits), digest))
+        try:
+            conn.execute(f"INSERT INTO {FTS_INDEX} ({FTS_INDEX}, rank) "
+                         "VALUES ('integrity-check', 1)")
+        except apsw.Error as exc:
+            raise fts_fail(f"{path.name}: integrity-check: {exc}") from exc
+    finally:
+        conn.close()
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FtsRun:
+    """One catch-up: how long it took, what the controller did, and what the index answers."""
+
+    case: str  # large or small
+    variant: str  # live or deferred
+    seconds: float
+    rows: int
+    table_rows: int
+    lease: str
+    #: The restore's modes and size (deferred only).
+    restore: dict[str, Any] | None
+    fingerprint: Fingerprint
+    check_s: float
+
+    def as_json(self, *, best: bool) -> dict[str, Any]:
+        return {"case": self.case, "variant": self.variant, "best": best,
+                "seconds": round(self.seconds, 3), "rows": self.rows,
+                "rows_s": round(self.rows / self.seconds, 1), "table_rows": self.table_rows,
+                "lease": self.lease, "restore": self.restore, "check_s": round(self.check_s, 1)}
+
+
+def run_fts(case: str, variant: str, path: Path, rows: Sequence[tuple[int, str, str]],
+            batch: int, queries: list[FtsQuery], table_rows: int) -> FtsRun:
+    """Send `rows` inside `engine.fts.catch_up`, timed from the catch-up's start until it
+    has ended (for `deferred` that includes dropping and restoring the triggers).
+    `live` has deferral disabled: the same calls, with the triggers live throughout."""
+    deferral = variant == "deferred"
+    with Engine(fts_config(path, deferral=deferral)) as engine:
+        started = time.perf_counter()
+        with engine.fts.catch_up(FTS_SOURCE, len(rows)) as lease:
+            send_rows(engine, rows, batch)
+        seconds = time.perf_counter() - started
+        view = engine.fts.status()
+        engine.checkpoint("truncate")
+    if lease.deferred != deferral:
+        raise fts_fail(f"{case} {variant}: the lease says deferred={lease.deferred} "
+                       f"({lease.reason})")
+    if view.state != "live":
+        raise fts_fail(f"{case} {variant}: FTS state {view.state} after the catch-up "
+                       f"({view.error})")
+    restore = None
+    if deferral:
+        result = view.last_restore
+        if result is None:
+            raise fts_fail(f"{case} deferred: no restore was recorded")
+        restore = {"duration_ms": round(result.duration_ms, 1),
+                   "tables": [{"fts": t.fts, "mode": t.mode, "changed_rows": t.changed_rows,
+                               "table_rows": t.table_rows} for t in result.tables]}
+    started = time.perf_counter()
+    fingerprint = check_fts(path, queries, table_rows)
+    return FtsRun(case=case, variant=variant, seconds=seconds, rows=len(rows),
+                  table_rows=table_rows, lease=lease.reason, restore=restore,
+                  fingerprint=fingerprint, check_s=time.perf_counter() - started)
+
+
+def build_fts_base(path: Path, corpus: Corpus, rows: int, batch: int) -> dict[str, Any]:
+    """The database the small catch-up lands in: `rows` rows written under one deferral
+    (so indexed by one rebuild and optimize), then checkpointed and closed."""
+    remove_database(path)
+    started = time.perf_counter()
+    with Engine(fts_config(path, deferral=True)) as engine:
+        with engine.fts.catch_up("base", rows) as lease:
+            send_rows(engine, corpus.rows(BASE_SEED, 1, rows), batch)
+        view = engine.fts.status()
+        engine.checkpoint("truncate")
+    if not lease.deferred or view.state != "live" or view.last_restore is None:
+        raise fts_fail(f"building the base: deferred={lease.deferred} ({lease.reason}), "
+                       f"state {view.state} ({view.error})")
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise fts_fail(f"building the base left {wal.stat().st_size:,} bytes in {wal.name}")
+    return {"rows": rows, "seconds": round(time.perf_counter() - started, 1),
+            "mb": round(path.stat().st_size / 1024 / 1024, 1),
+            "restore_mode": [t.mode for t in view.last_restore.tables]}
+
+
+def best_fts(runs: list[FtsRun], case: str, variant: str) -> FtsRun:
+    return min((r for r in runs if r.case == case and r.variant == variant),
+               key=lambda r: r.seconds)
+
+
+def compare_fts(runs: list[FtsRun], case: str) -> None:
+    """Every run of `case` must have answered every query with the same rowids."""
+    mine = [r for r in runs if r.case == case]
+    reference = mine[0]
+    for run in mine[1:]:
+        for ref, got in zip(reference.fingerprint, run.fingerprint, strict=True):
+            if ref != got:
+                raise fts_fail(f"{case}: {ref[0]} matched {ref[1]:,} rows ({reference.variant}) "
+                               f"against {got[1]:,} ({run.variant}), or different ones")
+
+
+def bench_fts(args: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            workdir = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="sqlwarden-bench-")))
+        else:
+            workdir = args.workdir.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        return _bench_fts(args, workdir)
+    raise AssertionError("unreachable")  # for mypy: ExitStack may swallow an exception
+
+
+def _bench_fts(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    corpus = Corpus()
+    variants = ("live", "deferred")
+    runs: list[FtsRun] = []
+    run_path = workdir / "fts-run.db"
+
+    def each(case: str, run: Callable[[str], FtsRun]) -> None:
+        for repeat in range(args.repeat):
+            # Alternate the order so neither variant always runs on a warm cache.
+            for variant in variants if repeat % 2 == 0 else variants[::-1]:
+                try:
+                    runs.append(run(variant))
+                finally:
+                    remove_database(run_path)
+                print(f"  {case} {variant}: {runs[-1].seconds:.2f} s", file=sys.stderr)
+
+    # (a) a large catch-up into an empty table.
+    large = list(corpus.rows(LARGE_SEED, 1, args.large_rows))
+    large_queries = fts_queries(corpus, large)
+    each("large", lambda variant: run_fts("large", variant, run_path, large, args.batch,
+                                          large_queries, args.large_rows))
+    compare_fts(runs, "large")
+    del large
+
+    # (b) a small catch-up into a table that already holds many rows, on copies of one base.
+    base = workdir / "fts-base.db"
+    base_info = build_fts_base(base, corpus, args.base_rows, args.batch)
+    small = list(corpus.rows(SMALL_SEED, args.base_rows + 1, args.small_rows))
+    small_queries = fts_queries(corpus, small)
+
+    def small_run(variant: str) -> FtsRun:
+        remove_database(run_path)
+        shutil.copyfile(base, run_path)
+        return run_fts("small", variant, run_path, small, args.batch, small_queries,
+                       args.base_rows + args.small_rows)
+
+    try:
+        each("small", small_run)
+    finally:
+        if args.workdir is None:
+            remove_database(base)
+    compare_fts(runs, "small")
+
+    best = {(case, variant): best_fts(runs, case, variant)
+            for case in ("large", "small") for variant in variants}
+    large_live, large_deferred = best["large", "live"], best["large", "deferred"]
+    small_live, small_deferred = best["small", "live"], best["small", "deferred"]
+    return {
+        "bench": "fts",
+        "large_live_s": round(large_live.seconds, 3),
+        "large_deferred_s": round(large_deferred.seconds, 3),
+        "large_speedup": round(large_live.seconds / large_deferred.seconds, 3),
+        "small_live_s": round(small_live.seconds, 3),
+        "small_deferred_s": round(small_deferred.seconds, 3),
+        "small_ratio": round(small_deferred.seconds / small_live.seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "params": {"large_rows": args.large_rows, "base_rows": args.base_rows,
+                   "small_rows": args.small_rows, "batch_rows": args.batch,
+                   "in_flight": FTS_IN_FLIGHT, "repeat": args.repeat,
+                   "vocabulary": VOCABULARY_SIZE, "title_words": TITLE_WORDS,
+                   "body_words": BODY_WORDS, "queries": len(large_queries), "base": base_info},
+        "restore": {"large": large_deferred.restore, "small": small_deferred.restore},
+        "runs": [run.as_json(best=run in best.values()) for run in runs],
+        "sqlite_version": apsw.sqlite_lib_version(),
+    }
+
+
+def print_fts(result: dict[str, Any]) -> None:
+    params = result["params"]
+    print(f"bench fts: (a) {params['large_rows']:,} rows into an empty table, (b) "
+          f"{params['small_rows']:,} rows into one holding {params['base_rows']:,}; batches of "
+          f"{params['batch_rows']:,}, {params['in_flight']} in flight; best of {params['repeat']}")
+    best = {(run["case"], run["variant"]): run for run in result["runs"] if run["best"]}
+    print(f"{'case':<9} {'variant':<9} {'seconds':>9} {'rows/s':>10}  restore")
+    for case, label in (("large", "(a) large"), ("small", "(b) small")):
+        for variant in ("live", "deferred"):
+            run = best[case, variant]
+            restore = ""
+            if run["restore"] is not None:
+                restore = ", ".join(
+                    f"{t['mode']} ({t['changed_rows']:,} of {t['table_rows']:,} rows)"
+                    for t in run["restore"]["tables"])
+                restore += f" in {run['restore']['duration_ms'] / 1000:.2f} s"
+            print(f"{label:<9} {variant:<9} {run['seconds']:>9.2f} {run['rows_s']:>10,.0f}  "
+                  f"{restore}")
+    speedup, ratio = result["large_speedup"], result["small_ratio"]
+    print(f"large speedup {speedup:.3f} (target >= {LARGE_SPEEDUP_TARGET}: "
+          f"{'met' if speedup >= LARGE_SPEEDUP_TARGET else 'NOT met'})   small ratio "
+          f"{ratio:.3f} (target <= {SMALL_RATIO_TARGET}: "
+          f"{'met' if ratio <= SMALL_RATIO_TARGET else 'NOT met'})   peak RSS "
+          f"{result['peak_rss_mb']:.0f} MB")
+    print(f"checks: {params['queries']} queries gave the same rowids live and deferred, "
+          "integrity-check passed on every run")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
