@@ -562,6 +562,7 @@ def fts_view_dict(view: FtsView) -> dict[str, Any]:
     """An `FtsView` as plain JSON-able data, for status output."""
     out = dataclasses.asdict(view)
     out["sources"] = dict(view.sources)
+    out["tables"] = list(view.tables)
     out["not_deferrable"] = dict(view.not_deferrable)
     return out
 

@@ -408,8 +408,29 @@ def _restore_table(conn: apsw.Connection, table: DeferredTable, rebuild_share: f
     _drop_capture(conn, table.fts)
     for _, sql in table.triggers:
         conn.execute(sql)
+    _check_compiles(conn, table.source, {t.event for t in triggers})
     return RestoredTable(fts=table.fts, mode="incremental" if incremental else "rebuild",
                          changed_rows=changed, table_rows=total)
+
+
+def _check_compiles(conn: apsw.Connection, source: str, events: set[str]) -> None:
+    """Prepare a statement that fires each recreated trigger.
+
+    SQLite resolves the column names in a trigger's body only when a statement
+    that fires it is prepared, so a snapshot that no longer fits its table (a
+    column renamed since, say) would be recreated without complaint and then
+    break every later write. EXPLAIN compiles the triggers without running them.
+    """
+    src = quote(source)
+    if "insert" in events:
+        conn.execute(f"EXPLAIN INSERT INTO {src} DEFAULT VALUES").fetchall()
+    if "delete" in events:
+        conn.execute(f"EXPLAIN DELETE FROM {src}").fetchall()
+    if "update" in events:
+        cols = [name for name, in conn.execute(
+            "SELECT name FROM pragma_table_info(?)", (source,))]
+        assignments = ", ".join(f"{quote(c)} = {quote(c)}" for c in cols)
+        conn.execute(f"EXPLAIN UPDATE {src} SET {assignments}").fetchall()
 
 
 def _trigger(table: DeferredTable, name: str, sql: str) -> Trigger:

@@ -218,8 +218,9 @@ class StatusCollector:
         tasks = status.get("tasks")
         if isinstance(tasks, list):
             yield from _task_metrics(tasks)
-        fts = _section(status, "fts")
-        if "state" in fts:
+        # Its "error" key is the last restore failure, not a missing answer.
+        fts = status.get("fts")
+        if isinstance(fts, dict) and "state" in fts:
             yield from _fts_metrics(fts)
 
 

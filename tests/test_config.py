@@ -233,6 +233,15 @@ BROKEN = [
                  id="task-provides-twice"),
     pytest.param("database: {path: x.db}\nprogress: {persist_interval_s: 0.1}\n", 2,
                  "progress.persist_interval_s", "at least 1.0", id="progress-too-often"),
+    pytest.param("database: {path: x.db}\nfts_deferral: {rebuild_share: 1.5}\n", 2,
+                 "fts_deferral.rebuild_share", "at most 1.0", id="fts-share-above-one"),
+    pytest.param("database: {path: x.db}\nfts_deferral: {threshold_rows: -1}\n", 2,
+                 "fts_deferral.threshold_rows", "at least 1", id="fts-negative-threshold"),
+    pytest.param("database: {path: x.db}\nfts_deferral: {retry_initial_s: 60, "
+                 "retry_max_s: 10}\n", 2, "fts_deferral.retry_max_s", "less than",
+                 id="fts-retry-cap-below-start"),
+    pytest.param("database: {path: x.db}\nfts_deferral: {max_age: 10}\n", 2,
+                 "fts_deferral.max_age", "max_age_s", id="fts-misspelt-key"),
 ]
 
 

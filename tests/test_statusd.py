@@ -248,4 +248,5 @@ def test_an_unknown_path_is_404_with_the_paths_there_are(url: str, method: str) 
     code, _, text = fetch(f"{url}/nothing", method=method, body=b"" if method == "POST" else None)
     assert code == 404
     assert json.loads(text)["paths"] == ["GET /healthz", "GET /status", "GET /metrics",
-                                         "POST /tasks/NAME/pause|resume|cancel"]
+                                         "POST /tasks/NAME/pause|resume|cancel",
+                                         "POST /fts/restore"]
