@@ -6,6 +6,7 @@ import dataclasses
 import threading
 from pathlib import Path
 
+import apsw
 import pytest
 
 from engine.config import GeneratorSourceConfig, load_config
@@ -81,10 +82,18 @@ def test_the_embedded_default_ingests_at_least_200k_rows(
     rows = count_rows(db, "registry") + count_rows(db, "observations")
     assert rows >= 200_000
     assert f"demo: {rows:,} rows" in done.stdout
+    # The catch-up deferred FTS upkeep and restored it, and says so.
+    assert "demo: FTS upkeep of registry_fts was deferred during the catch-up" in done.stdout
+    assert "FTS: registry_fts restored by rebuild (20,000 of 20,000 rows changed)" in done.stdout
     conn = read_only(db)
     assert conn.execute("SELECT count(*) FROM registry_fts WHERE registry_fts MATCH 'pump'") \
         .fetchone()[0] > 0
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                        "AND name LIKE 'registry_fts_a_'").fetchone()[0] == 3
     conn.close()
+    check = apsw.Connection(str(db))  # FTS5's own check that the index matches the rows
+    check.execute("INSERT INTO registry_fts(registry_fts, rank) VALUES ('integrity-check', 1)")
+    check.close()
 
 
 def test_a_hole_left_by_a_failed_batch_is_found_and_filled(tmp_path: Path) -> None:
