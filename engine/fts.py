@@ -347,13 +347,14 @@ def _install_capture(conn: apsw.Connection, fts: str, source: str, hwm: int) -> 
     note_new = (f"INSERT INTO {prev} (_sw_rowid, _sw_indexed) SELECT new.rowid, 0 "
                 f"WHERE new.rowid <= {hwm} "
                 f"AND NOT EXISTS (SELECT 1 FROM {prev} WHERE _sw_rowid = new.rowid);")
+    # WHEN keeps the bulk of a catch-up (new rows above the mark) from running them.
     conn.execute(f"CREATE TRIGGER {quote(names['delete'])} AFTER DELETE ON {src} "
-                 f"BEGIN {keep_old} END")
+                 f"WHEN old.rowid <= {hwm} BEGIN {keep_old} END")
     conn.execute(f"CREATE TRIGGER {quote(names['update'])} AFTER UPDATE ON {src} "
-                 f"BEGIN {keep_old} {note_new} END")
+                 f"WHEN old.rowid <= {hwm} OR new.rowid <= {hwm} BEGIN {keep_old} {note_new} END")
     # A row inserted at or below the mark (an explicit id) was never indexed.
     conn.execute(f"CREATE TRIGGER {quote(names['insert'])} AFTER INSERT ON {src} "
-                 f"BEGIN {note_new} END")
+                 f"WHEN new.rowid <= {hwm} BEGIN {note_new} END")
 
 
 def _drop_capture(conn: apsw.Connection, fts: str) -> None:
