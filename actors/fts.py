@@ -169,10 +169,11 @@ class FtsControllerActor(BaseActor):
 
     def _begin(self, source: str, backlog: int, envelope: Envelope) -> Any:
         if self._record is not None:
+            others = [name for name in self._record_sources() if name != source]
             self._sources[source] = self._sources.get(source, 0) + 1
             lease = FtsLease(source=source, deferred=True, tables=self._record.tables,
-                             reason=f"joined the deferral begun by "
-                                    f"{', '.join(self._record_sources()) or 'an earlier run'}")
+                             reason=f"joined the deferral of {', '.join(others)}" if others
+                             else "joined the deferral in place")
             self._persist_sources(envelope, lease)
             return DEFERRED
         if not self.settings.enabled:

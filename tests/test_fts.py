@@ -284,7 +284,7 @@ def test_two_overlapping_sources_keep_the_triggers_dropped_until_both_end(
         assert engine.fts.begin_catch_up("a", 50_000).deferred
         # A second source joins whatever its own backlog: the triggers are down anyway.
         joined = engine.fts.begin_catch_up("b", 10)
-        assert joined.deferred and "joined" in joined.reason
+        assert joined.deferred and joined.reason == "joined the deferral of a"
         insert(engine, [doc(i) for i in range(1, 1001)])
         after_a = engine.fts.end_catch_up("a")
         assert (after_a.state, after_a.sources) == ("deferred", (("b", 1),))
