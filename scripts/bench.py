@@ -5,6 +5,8 @@
                            [--target-ms X] [--yield-ms Y]
     scripts/bench fts [--large-rows N] [--base-rows N] [--small-rows N] [--batch N]
                       [--repeat N] [--json PATH] [--workdir DIR]
+    scripts/bench fts-share [--total N] [--shares S,S,...] [--batch N] [--repeat N]
+                            [--json PATH] [--workdir DIR]
 
 `ingest`: N rows through `Engine.write_many` (one call per batch, waiting for
 each) against raw apsw `executemany` in transactions of the same size, on the
@@ -40,6 +42,22 @@ and FTS5's integrity-check must pass; otherwise the bench exits 1. JSON
 keys: large_live_s, large_deferred_s, large_speedup, small_live_s,
 small_deferred_s, small_ratio (a contract; targets: large_speedup >= 3.5,
 small_ratio <= 1.1), plus peak_rss_mb, params, the restores and the runs.
+
+`fts-share`: the evidence for `fts_deferral.rebuild_share`, the share of a
+table's rows changed during a deferral above which the restore rebuilds the
+whole index instead of indexing only the changed rows. For each share s (by
+default 0.2, 0.33, 0.5, 0.67, 0.8, 0.95) a base of (1 - s) * N rows (N =
+--total, 250,000 by default) is built as for `fts` (b), then s * N new rows
+are caught up into fresh copies of it the same way, once with
+`rebuild_share: 0.0` (forcing a rebuild, which includes merging the index
+into one segment) and once with `1.0` (forcing incremental). Only the
+restore is timed: `last_restore.duration_ms` from `engine.fts.status()`,
+whose mode must be the forced one. The same checks as `fts` run after each
+restore, and both modes must answer the queries alike. JSON keys: points
+(share, base_rows, new_rows, rebuild_s, incremental_s, plus faster and
+ratio = rebuild_s / incremental_s), crossover_share (the smallest measured
+share where rebuild_s <= 1.05 * incremental_s, or null), plus
+rebuild_share_default, peak_rss_mb, params and the runs.
 """
 
 from __future__ import annotations
@@ -67,7 +85,7 @@ from typing import Any
 import apsw
 import pykka
 
-from engine.config import Config, TaskConfig, parse_config
+from engine.config import Config, FtsDeferralConfig, TaskConfig, parse_config
 from engine.facade import Engine
 
 TABLE_YAML = """
@@ -503,7 +521,7 @@ tables:
     fts:
       columns: [title, body]
 fts_deferral:
-  enabled: {deferral}
+  enabled: {deferral}{deferral_options}
 message_log: {{enabled: false}}
 status: {{enabled: false}}
 """
@@ -561,10 +579,13 @@ class Corpus:
                        " ".join(words[TITLE_WORDS:]))
 
 
-def fts_config(path: Path, *, deferral: bool) -> Config:
+def fts_config(path: Path, *, deferral: bool, rebuild_share: float | None = None) -> Config:
+    """The `docs` table with its FTS index; `rebuild_share`, when given, is set in
+    `fts_deferral` (otherwise the engine's default applies)."""
     path = path.resolve()
-    return parse_config(FTS_YAML.format(path=path, deferral=str(deferral).lower()),
-                        base_dir=path.parent)
+    options = "" if rebuild_share is None else f"\n  rebuild_share: {rebuild_share!r}"
+    return parse_config(FTS_YAML.format(path=path, deferral=str(deferral).lower(),
+                                        deferral_options=options), base_dir=path.parent)
 
 
 def send_rows(engine: Engine, rows: Iterable[tuple[int, str, str]], batch: int) -> int:
@@ -666,12 +687,15 @@ class FtsRun:
 
 
 def run_fts(case: str, variant: str, path: Path, rows: Sequence[tuple[int, str, str]],
-            batch: int, queries: list[FtsQuery], table_rows: int) -> FtsRun:
+            batch: int, queries: list[FtsQuery], table_rows: int, *,
+            rebuild_share: float | None = None) -> FtsRun:
     """Send `rows` inside `engine.fts.catch_up`, timed from the catch-up's start until it
     has ended (for `deferred` that includes dropping and restoring the triggers).
-    `live` has deferral disabled: the same calls, with the triggers live throughout."""
-    deferral = variant == "deferred"
-    with Engine(fts_config(path, deferral=deferral)) as engine:
+    `live` has deferral disabled: the same calls, with the triggers live throughout.
+    Any other variant defers too (`fts-share` names its variants by restore mode), with
+    `rebuild_share` set in the config when given."""
+    deferral = variant != "live"
+    with Engine(fts_config(path, deferral=deferral, rebuild_share=rebuild_share)) as engine:
         started = time.perf_counter()
         with engine.fts.catch_up(FTS_SOURCE, len(rows)) as lease:
             send_rows(engine, rows, batch)
@@ -737,11 +761,17 @@ def compare_fts(runs: list[FtsRun], case: str) -> None:
 
 
 def bench_fts(args: argparse.Namespace) -> dict[str, Any]:
+    return in_workdir(args, _bench_fts)
+
+
+def in_workdir(args: argparse.Namespace,
+               bench: Callable[[argparse.Namespace, Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run `bench` in `--workdir` (kept) or else in a temporary directory (removed)."""
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        return _bench_fts(args, args.workdir.resolve())
+        return bench(args, args.workdir.resolve())
     with tempfile.TemporaryDirectory(prefix="sqlwarden-bench-") as tmp:
-        return _bench_fts(args, Path(tmp))
+        return bench(args, Path(tmp))
 
 
 def _bench_fts(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -839,6 +869,154 @@ def print_fts(result: dict[str, Any]) -> None:
           "integrity-check passed on every run")
 
 
+# --- fts-share ----------------------------------------------------------------------------
+
+#: The shares of the table changed during the deferral, measured by default.
+FTS_SHARES = (0.2, 1 / 3, 0.5, 2 / 3, 0.8, 0.95)
+#: Rows in the table after each catch-up, by default (base rows + new rows).
+FTS_SHARE_TOTAL = 250_000
+#: The variants: each forces its restore mode through `fts_deferral.rebuild_share`.
+FTS_SHARE_MODES = {"rebuild": 0.0, "incremental": 1.0}
+#: The crossover is the first share at which rebuild_s <= incremental_s * this.
+CROSSOVER_TOLERANCE = 1.05
+FTS_DEFERRAL_DEFAULTS = FtsDeferralConfig()
+
+
+def share_points(total: int, shares: Sequence[float]) -> list[tuple[int, int]]:
+    """(base rows, new rows) per share: `total` rows after the catch-up, `share` of them new."""
+    points = []
+    for share in shares:
+        new_rows = round(total * share)
+        points.append((total - new_rows, new_rows))
+    return points
+
+
+def bench_fts_share(args: argparse.Namespace) -> dict[str, Any]:
+    return in_workdir(args, _bench_fts_share)
+
+
+def _bench_fts_share(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    bench_started = time.perf_counter()
+    corpus = Corpus()
+    modes = tuple(FTS_SHARE_MODES)
+    base, run_path = workdir / "fts-share-base.db", workdir / "fts-share-run.db"
+    runs: list[FtsRun] = []
+    best: list[FtsRun] = []
+    points: list[dict[str, Any]] = []
+    for index, (base_rows, new_rows) in enumerate(share_points(args.total, args.shares)):
+        table_rows = base_rows + new_rows
+        share = round(new_rows / table_rows, 3)
+        case = f"share {share:.2f}"
+        base_info = build_fts_base(base, corpus, base_rows, args.batch)
+        new = list(corpus.rows(SMALL_SEED, base_rows + 1, new_rows))
+        queries = fts_queries(corpus, new)
+        fastest: dict[str, FtsRun] = {}
+        try:
+            for repeat in range(args.repeat):
+                # Alternate the order so neither mode always runs on a warm cache.
+                for mode in modes if (index + repeat) % 2 == 0 else modes[::-1]:
+                    remove_database(run_path)
+                    shutil.copyfile(base, run_path)
+                    try:
+                        run = run_fts(case, mode, run_path, new, args.batch, queries, table_rows,
+                                      rebuild_share=FTS_SHARE_MODES[mode])
+                    finally:
+                        remove_database(run_path)
+                    seconds = check_share_run(run, mode, new_rows, table_rows)
+                    runs.append(run)
+                    if mode not in fastest or seconds < share_restore_s(fastest[mode]):
+                        fastest[mode] = run
+                    print(f"  {case} ({base_rows:,} + {new_rows:,} rows) {mode}: restore "
+                          f"{seconds:.2f} s", file=sys.stderr)
+        finally:
+            if args.workdir is None:
+                remove_database(base)
+        compare_fts(runs, case)
+        new.clear()
+        best += fastest.values()
+        rebuild_s = share_restore_s(fastest["rebuild"])
+        incremental_s = share_restore_s(fastest["incremental"])
+        points.append({"share": share, "base_rows": base_rows, "new_rows": new_rows,
+                       "rebuild_s": round(rebuild_s, 3),
+                       "incremental_s": round(incremental_s, 3),
+                       "faster": "rebuild" if rebuild_s < incremental_s else "incremental",
+                       "ratio": round(rebuild_s / incremental_s, 3),
+                       "base_build_s": base_info["seconds"]})
+    crossover = next((p["share"] for p in sorted(points, key=lambda p: p["share"])
+                      if p["rebuild_s"] <= p["incremental_s"] * CROSSOVER_TOLERANCE), None)
+    return {
+        "bench": "fts-share",
+        "points": points,
+        "crossover_share": crossover,
+        "rebuild_share_default": FTS_DEFERRAL_DEFAULTS.rebuild_share,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "wall_s": round(time.perf_counter() - bench_started, 1),
+        "params": {"total_rows": args.total, "shares": list(args.shares),
+                   "batch_rows": args.batch, "in_flight": FTS_IN_FLIGHT, "repeat": args.repeat,
+                   "modes": FTS_SHARE_MODES, "crossover_tolerance": CROSSOVER_TOLERANCE,
+                   "restore_buffer_mb": FTS_DEFERRAL_DEFAULTS.restore_buffer_mb,
+                   "vocabulary": VOCABULARY_SIZE, "title_words": TITLE_WORDS,
+                   "body_words": BODY_WORDS},
+        "runs": [run.as_json(best=any(run is b for b in best)) for run in runs],
+        "sqlite_version": apsw.sqlite_lib_version(),
+    }
+
+
+def share_restore_s(run: FtsRun) -> float:
+    """The restore's own time (`last_restore.duration_ms`), in seconds."""
+    if run.restore is None:
+        raise fts_fail(f"{run.case} {run.variant}: no restore was recorded")
+    return float(run.restore["duration_ms"]) / 1000
+
+
+def check_share_run(run: FtsRun, mode: str, new_rows: int, table_rows: int) -> float:
+    """The restore ran in the forced `mode` over the expected rows; returns its seconds."""
+    seconds = share_restore_s(run)
+    assert run.restore is not None
+    tables = run.restore["tables"]
+    if len(tables) != 1 or tables[0]["mode"] != mode:
+        raise fts_fail(f"{run.case}: forcing {mode} restored "
+                       f"{[t['mode'] for t in tables]}")
+    if (tables[0]["changed_rows"], tables[0]["table_rows"]) != (new_rows, table_rows):
+        raise fts_fail(f"{run.case} {mode}: the restore saw {tables[0]['changed_rows']:,} "
+                       f"changed of {tables[0]['table_rows']:,} rows, expected {new_rows:,} "
+                       f"of {table_rows:,}")
+    return seconds
+
+
+def print_fts_share(result: dict[str, Any]) -> None:
+    params = result["params"]
+    print(f"bench fts-share: the restore after catching up new rows under FTS deferral, "
+          f"{params['total_rows']:,} rows in the table afterwards; rebuild forced with "
+          f"rebuild_share 0.0, incremental with 1.0; restore time only, best of "
+          f"{params['repeat']}")
+    print(f"{'share':>5} {'base rows':>10} {'new rows':>10} {'rebuild s':>10} "
+          f"{'incr s':>8}  {'faster':<11} {'rebuild/incr':>12}")
+    for p in result["points"]:
+        print(f"{p['share']:>5.2f} {p['base_rows']:>10,} {p['new_rows']:>10,} "
+              f"{p['rebuild_s']:>10.2f} {p['incremental_s']:>8.2f}  {p['faster']:<11} "
+              f"{p['ratio']:>12.2f}")
+    crossover = result["crossover_share"]
+    tolerance = round((CROSSOVER_TOLERANCE - 1) * 100)
+    print(f"crossover share (rebuild within {tolerance}% of incremental): "
+          f"{'none measured' if crossover is None else f'{crossover:.2f}'}   default "
+          f"rebuild_share {result['rebuild_share_default']}   peak RSS "
+          f"{result['peak_rss_mb']:.0f} MB   wall {result['wall_s']:.0f} s")
+    print("checks: every restore ran in its forced mode, both modes gave the same rowids, "
+          "integrity-check passed on every run")
+
+
+def parse_shares(text: str) -> tuple[float, ...]:
+    """`--shares`: comma-separated shares, each above 0 and below 1."""
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not shares or not all(0 < share < 1 for share in shares):
+        raise argparse.ArgumentTypeError(f"each share must be above 0 and below 1: {text!r}")
+    return shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -877,6 +1055,25 @@ def main(argv: list[str] | None = None) -> int:
     fts.add_argument("--workdir", type=Path, default=None,
                      help="where the databases go, kept there (default: a temporary "
                      "directory, removed afterwards)")
+    share = names.add_parser("fts-share", help="FTS restore by rebuild against incremental "
+                             "at several shares of the table changed: the evidence for "
+                             "fts_deferral.rebuild_share")
+    share.add_argument("--total", type=int, default=FTS_SHARE_TOTAL,
+                       help="rows in the table after each catch-up, base plus new "
+                       "(default: %(default)s)")
+    share.add_argument("--shares", type=parse_shares, default=FTS_SHARES,
+                       help="comma-separated shares of the table that are new rows "
+                       "(default: 0.2,0.33,0.5,0.67,0.8,0.95)")
+    share.add_argument("--batch", type=int, default=2_000,
+                       help="rows per write_many (default: %(default)s)")
+    share.add_argument("--repeat", type=int, default=1,
+                       help="runs per mode and share; the fastest restore counts "
+                       "(default: %(default)s)")
+    share.add_argument("--json", type=Path, default=Path("var/bench/fts-share.json"),
+                       help="where to write the JSON result (default: %(default)s)")
+    share.add_argument("--workdir", type=Path, default=None,
+                       help="where the databases go, the last base kept there (default: a "
+                       "temporary directory, removed afterwards)")
     args = parser.parse_args(argv)
     if args.name == "ingest":
         if args.rows < 1 or args.batch < 1 or args.repeat < 1:
@@ -889,6 +1086,16 @@ def main(argv: list[str] | None = None) -> int:
                          "be positive")
         result = bench_fts(args)
         print_fts(result)
+    elif args.name == "fts-share":
+        if min(args.total, args.batch, args.repeat) < 1:
+            parser.error("--total, --batch and --repeat must be positive")
+        threshold = FTS_DEFERRAL_DEFAULTS.threshold_rows
+        if any(base < 1 or new < threshold
+               for base, new in share_points(args.total, args.shares)):
+            parser.error(f"--total too small for --shares: every point needs a base row and "
+                         f"at least {threshold:,} new rows (fts_deferral.threshold_rows)")
+        result = bench_fts_share(args)
+        print_fts_share(result)
     else:
         if args.parents < 1 or args.children < 1 or args.repeat < 1:
             parser.error("--parents, --children and --repeat must be positive")
