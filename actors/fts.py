@@ -80,7 +80,8 @@ class FtsControllerActor(BaseActor):
         if self._timer is not None:
             self._timer.cancel()
         for envelope in [*self._waiters, *self._queue]:
-            self.bus.fail(envelope, EngineStopped(self.name))
+            with contextlib.suppress(Exception):  # answer every one, whatever one does
+                self.bus.fail(envelope, EngineStopped(self.name))
         self._waiters.clear()
         self._queue.clear()
 
@@ -126,7 +127,8 @@ class FtsControllerActor(BaseActor):
                 self.bus.reply(envelope, result)
 
     def _ask_writer(self, message: Message, then: Callable[[Answer], None]) -> None:
-        self._busy = True
+        """Send `message` to the Writer; `then` runs with its answer. Raises if it cannot
+        be sent (the Writer has stopped), leaving the controller free."""
 
         def done(answer: Answer) -> None:
             self._busy = False
@@ -136,6 +138,7 @@ class FtsControllerActor(BaseActor):
                 self._drain()
 
         self.request("writer", message, done)
+        self._busy = True
 
     # --- boot ---------------------------------------------------------------------------
 
@@ -242,11 +245,7 @@ class FtsControllerActor(BaseActor):
 
     def _restore(self, reason: str, envelope: Envelope | None) -> Any:
         assert self._record is not None
-        if envelope is not None:
-            self._waiters.append(envelope)
-        self._state = "restoring"
         tables = ", ".join(self._record.tables)
-        log.info("restoring FTS triggers of %s (%s)", tables, reason)
 
         def restored(answer: Answer) -> None:
             if answer.error is not None:
@@ -278,6 +277,11 @@ class FtsControllerActor(BaseActor):
         self._ask_writer(RestoreFts(rebuild_share=self.settings.rebuild_share,
                                     buffer_bytes=self.settings.restore_buffer_mb * 1024 * 1024),
                          restored)
+        # Only once sent: a restore that could not be asked for changes no state.
+        log.info("restoring FTS triggers of %s (%s)", tables, reason)
+        self._state = "restoring"
+        if envelope is not None:
+            self._waiters.append(envelope)
         return DEFERRED
 
     def _note_failure(self) -> None:
@@ -299,7 +303,8 @@ class FtsControllerActor(BaseActor):
     # --- time ---------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        self._timer = None
+        # Whoever sent this tick (the timer, or start), the next one is armed below.
+        self._disarm()
         now = self._clock()
         if self._state == "deferred" and now - self._deferred_at >= self.settings.max_age_s:
             self._sources.clear()

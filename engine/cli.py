@@ -349,7 +349,7 @@ def cmd_fts_status(args: argparse.Namespace) -> int:
         print("deferral: none; every FTS index is up to date")
     else:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deferral.started_at))
-        sources = ", ".join(f"{s}" for s, _ in deferral.sources) or "none (restored at boot)"
+        sources = ", ".join(f"{s}" for s, _ in deferral.sources) or "no source (left behind)"
         print(f"deferral: since {since} ({_duration(time.time() - deferral.started_at)} ago), "
               f"for: {sources}")
         if deferral.last_error:
@@ -369,8 +369,10 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
 
     from engine.config import StatusConfig
     from engine.facade import Engine, fts_view_dict
+    from engine.sqlite import open_reader
 
     config = load_config(args.config)
+    open_reader(config.database).close()  # refuses, changing nothing, if there is no database
     url, _ = _find_engine(config)
     if url is not None:
         print(f"asking the engine at {url}")

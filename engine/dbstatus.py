@@ -6,7 +6,6 @@ engine on the same database.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from engine.config import Config
@@ -85,9 +84,7 @@ def running_engine(config: Config) -> tuple[str, str] | None:
 
 def read_fts(config: Config) -> tuple[tuple[FtsTableState, ...], Deferral | None]:
     """FTS tables, the triggers present, and the deferral record, read-only."""
-    if not Path(config.database.path).exists():
-        return (), None
-    conn = open_reader(config.database)
+    conn = open_reader(config.database)  # refuses a database that does not exist
     try:
         return table_states(conn)
     finally:

@@ -17,10 +17,11 @@ each (the FtsController actor decides when):
   'delete' needs the old text and the content row no longer has it.
 - `restore` recreates the triggers from the snapshot and brings the index up
   to date, either by a full rebuild (then 'optimize', without which later
-  trigger inserts are several times slower) or by replaying the snapshot's
-  own trigger bodies on just the rows changed since the deferral. Replaying
-  the bodies (through INSTEAD OF triggers on temporary views) works for any
-  trigger shape a database already has, with no parsing of what they do.
+  trigger inserts are several times slower) or on just the rows changed since
+  the deferral. Both replay the snapshot's own trigger bodies (through INSTEAD
+  OF triggers on temporary views), which works for any trigger shape a
+  database already has (rows skipped by WHEN, computed text) with no parsing
+  of what they do.
 
 Both `defer` and `restore` are one transaction with the record, so the record
 and the triggers present never disagree, whatever point a crash hits.
@@ -67,10 +68,11 @@ class Trigger:
 
     @property
     def body(self) -> str:
-        """Everything after `ON <table>`: FOR EACH ROW, WHEN and the BEGIN..END block."""
-        match = _TRIGGER_HEAD.match(self.sql)
-        assert match is not None
-        return self.sql[match.end():]
+        """Everything after `ON <table>` (comments removed): FOR EACH ROW, WHEN and the
+        BEGIN..END block. Empty when the header could not be read."""
+        text = strip_comments(self.sql)
+        match = _TRIGGER_HEAD.match(text)
+        return text[match.end():] if match else ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,11 +102,13 @@ def find_indexes(conn: apsw.Connection) -> tuple[FtsIndex, ...]:
         "SELECT name, sql FROM sqlite_master WHERE type = 'table' "
         "AND sql LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name")
         if _module(sql) == "fts5"]
+    # Creation order (rowid): SQLite fires the newest trigger first, so the
+    # snapshot must recreate them in the order they were made.
     triggers = [Trigger(name=name, table=tbl, event=_event(sql), sql=sql)
                 for name, tbl, sql in conn.execute(
                     "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
-                    "ORDER BY name")
-                if not name.lower().startswith(CAPTURE_PREFIX) and _TRIGGER_HEAD.match(sql)]
+                    "ORDER BY rowid")
+                if not name.lower().startswith(CAPTURE_PREFIX)]
     return tuple(_index(conn, name, sql, triggers) for name, sql in fts_tables)
 
 
@@ -115,6 +119,12 @@ def _index(conn: apsw.Connection, name: str, sql: str, triggers: list[Trigger]) 
     mine: list[Trigger] = []
     problem = None
     for trigger in triggers:
+        if not trigger.event:
+            # A header this module cannot read: never leave it live beside a
+            # deferral, nor drop what it cannot recreate faithfully.
+            if name.lower() in _written_tables(strip_comments(trigger.sql)) and problem is None:
+                problem = f"trigger {trigger.name} could not be read"
+            continue
         written = _written_tables(trigger.body)
         if name.lower() not in written:
             continue
@@ -193,8 +203,17 @@ def _unquote(text: str) -> str:
 
 
 def _event(sql: str) -> str:
-    match = _TRIGGER_HEAD.match(sql)
+    match = _TRIGGER_HEAD.match(strip_comments(sql))
     return match.group("event").split()[0].lower() if match else ""
+
+
+_COMMENTS = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\])"""
+                       r"|--[^\n]*|/\*.*?(?:\*/|$)", re.DOTALL)
+
+
+def strip_comments(sql: str) -> str:
+    """`sql` with its comments replaced by a space; literals and quoted names kept."""
+    return _COMMENTS.sub(lambda m: m.group(1) or " ", sql)
 
 
 def _written_tables(body: str) -> set[str]:
@@ -435,7 +454,7 @@ def _check_compiles(conn: apsw.Connection, source: str, events: set[str]) -> Non
 
 
 def _trigger(table: DeferredTable, name: str, sql: str) -> Trigger:
-    if not _TRIGGER_HEAD.match(sql):
+    if not _event(sql):
         raise FtsError(f"the saved definition of trigger {name} is not a CREATE TRIGGER "
                        "statement")
     return Trigger(name=name, table=table.source, event=_event(sql), sql=sql)
@@ -443,8 +462,12 @@ def _trigger(table: DeferredTable, name: str, sql: str) -> Trigger:
 
 def _catch_up(conn: apsw.Connection, table: DeferredTable, triggers: list[Trigger]) -> None:
     """Take out what the index holds for changed rows, then index their current text."""
-    prev = quote(_names(table.fts)["prev"])
-    cols = column_list(_source_columns(conn, table.source))
+    names = _names(table.fts)
+    prev = quote(names["prev"])
+    # The columns captured when deferred: one added since is not in the old values.
+    cols = column_list([name for name, in conn.execute(
+        "SELECT name FROM pragma_table_info(?) WHERE name NOT IN ('_sw_rowid', '_sw_indexed') "
+        "ORDER BY cid", (names["prev"],))])
     old_view = f"SELECT _sw_rowid AS rowid, {cols} FROM main.{prev} WHERE _sw_indexed"
     _replay(conn, [t for t in triggers if t.event == "delete"], "DELETE", old_view)
     new_view = (f"SELECT rowid AS rowid, * FROM main.{quote(table.source)} "
@@ -455,18 +478,17 @@ def _catch_up(conn: apsw.Connection, table: DeferredTable, triggers: list[Trigge
 
 def _rebuild(conn: apsw.Connection, table: DeferredTable, triggers: list[Trigger]) -> None:
     fts = quote(table.fts)
-    if table.kind == "external":
-        conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('rebuild')")
+    # Empty the index, then index every source row through the insert triggers'
+    # own bodies. FTS5's 'rebuild' would index every content row as it is, which
+    # is not what triggers that skip rows (WHEN) or compute the text would have
+    # done; for a table holding its own text it would re-read the stale copy.
+    if table.kind == "own":
+        conn.execute(f"DELETE FROM {fts}")
     else:
-        # 'rebuild' would re-read the table's own stale copy: start empty and
-        # index every source row through the insert triggers' own bodies.
-        if table.kind == "contentless":
-            conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')")
-        else:
-            conn.execute(f"DELETE FROM {fts}")
-        rowid = "rowid AS rowid, " if table.has_rowid else ""
-        view = f"SELECT {rowid}* FROM main.{quote(table.source)}"
-        _replay(conn, [t for t in triggers if t.event == "insert"], "INSERT", view)
+        conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('delete-all')")
+    rowid = "rowid AS rowid, " if table.has_rowid else ""
+    view = f"SELECT {rowid}* FROM main.{quote(table.source)}"
+    _replay(conn, [t for t in triggers if t.event == "insert"], "INSERT", view)
     # Merge the segments into one: trigger inserts after a rebuild are much slower without.
     conn.execute(f"INSERT INTO {fts} ({fts}) VALUES ('optimize')")
 
