@@ -153,8 +153,7 @@ class FtsControllerActor(BaseActor):
             return
         found: FtsInspection = answer.result
         self._not_deferrable = tuple((t.name, t.problem) for t in found.tables
-                                     if t.problem is not None and not (
-                                         found.deferral and t.name in found.deferral.tables))
+                                     if t.problem is not None)
         for name, problem in self._not_deferrable:
             log.info("FTS table %s will not be deferred: %s", name, problem)
         if found.deferral is not None:
@@ -223,14 +222,20 @@ class FtsControllerActor(BaseActor):
         return DEFERRED
 
     def _persist_sources(self, envelope: Envelope, reply: Any) -> None:
+        self._save_record(lambda: self.bus.reply(envelope,
+                                                 reply if reply is not None else self.view()))
+
+    def _save_record(self, then: Callable[[], None] | None = None) -> None:
+        """Write the sources, last error and attempts into the persisted record."""
         def saved(answer: Answer) -> None:
             if answer.error is not None:
-                # The record's source list is informational: at boot every
-                # source is gone whatever it says. Report, do not fail the caller.
+                # The record's sources and error are informational (at boot every
+                # source is gone whatever it says): report, do not fail the caller.
                 self.supervisor.report(self.name, UpdateFtsDeferral.kind, answer.error)
             elif answer.result is not None:
                 self._record = answer.result
-            self.bus.reply(envelope, reply if reply is not None else self.view())
+            if then is not None:
+                then()
 
         self._ask_writer(UpdateFtsDeferral(sources=self._sorted_sources(), last_error=self._error,
                                            attempts=self._attempts), saved)
@@ -258,7 +263,8 @@ class FtsControllerActor(BaseActor):
                              f"{self._attempts}; retrying in {delay:g}s)", answer.error,
                              RestoreFts.kind)
                 self._arm(delay)
-                self._note_failure()
+                # Kept in the record too, so `sqlwarden fts status` shows it offline.
+                self._save_record()
             else:
                 result: FtsRestoreResult = answer.result
                 self._record, self._sources = None, {}
@@ -283,17 +289,6 @@ class FtsControllerActor(BaseActor):
         if envelope is not None:
             self._waiters.append(envelope)
         return DEFERRED
-
-    def _note_failure(self) -> None:
-        """Keep the last error in the record, so `sqlwarden fts status` shows it offline."""
-        def saved(answer: Answer) -> None:
-            if answer.error is not None:
-                self.supervisor.report(self.name, UpdateFtsDeferral.kind, answer.error)
-            elif answer.result is not None:
-                self._record = answer.result
-
-        self._ask_writer(UpdateFtsDeferral(sources=self._sorted_sources(), last_error=self._error,
-                                           attempts=self._attempts), saved)
 
     def _failed(self, what: str, error: BaseException, kind: str) -> None:
         self._error = f"{what}: {error}"

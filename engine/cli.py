@@ -341,8 +341,8 @@ def cmd_fts_status(args: argparse.Namespace) -> int:
         if t.triggers:
             print(f"    triggers: {', '.join(t.triggers)}")
         if t.deferred:
-            print(f"    saved triggers: {', '.join(t.extra['saved_triggers'])}; rows up to "
-                  f"rowid {t.extra['hwm']} were indexed when deferred")
+            print(f"    saved triggers: {', '.join(t.saved_triggers)}; rows up to "
+                  f"rowid {t.hwm} were indexed when deferred")
         if t.problem:
             print(f"    not deferrable: {t.problem}")
     if deferral is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import Config
-from engine.fts import Deferral, FtsTableState, read_deferral, table_states
+from engine.fts import Deferral, read_deferral, table_states
+from engine.protocol import FtsTableView
 from engine.schema import META_TABLE
 from engine.sql import quote
 from engine.sqlite import file_size, open_reader
@@ -82,7 +83,7 @@ def running_engine(config: Config) -> tuple[str, str] | None:
     return str(meta["status_url"]), str(meta.get("run_id", ""))
 
 
-def read_fts(config: Config) -> tuple[tuple[FtsTableState, ...], Deferral | None]:
+def read_fts(config: Config) -> tuple[tuple[FtsTableView, ...], Deferral | None]:
     """FTS tables, the triggers present, and the deferral record, read-only."""
     conn = open_reader(config.database)  # refuses a database that does not exist
     try:

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import apsw
 
 from engine.errors import FtsError
+from engine.protocol import FtsRestored, FtsTableView
 from engine.schema import FTS_DEFERRAL_KEY, META_TABLE
 from engine.sql import column_list, quote
 
@@ -422,18 +423,8 @@ def _drop_capture(conn: apsw.Connection, fts: str) -> None:
 # --- restoring --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RestoredTable:
-    fts: str
-    #: `rebuild` or `incremental`.
-    mode: str
-    #: Rows inserted, changed or deleted since the deferral, and the table's rows now.
-    changed_rows: int
-    table_rows: int
-
-
 def restore(conn: apsw.Connection, deferral: Deferral, *, rebuild_share: float,
-            buffer_bytes: int = 16 * FTS5_DEFAULT_HASHSIZE) -> tuple[RestoredTable, ...]:
+            buffer_bytes: int = 16 * FTS5_DEFAULT_HASHSIZE) -> tuple[FtsRestored, ...]:
     """Recreate the snapshot's triggers, bring each index up to date and clear the
     record (call in a transaction; on an error nothing has changed once it rolls back)."""
     out = []
@@ -444,7 +435,7 @@ def restore(conn: apsw.Connection, deferral: Deferral, *, rebuild_share: float,
 
 
 def _restore_table(conn: apsw.Connection, table: DeferredTable, rebuild_share: float,
-                   buffer_bytes: int) -> RestoredTable:
+                   buffer_bytes: int) -> FtsRestored:
     src = quote(table.source)
     total = _scalar(conn, f"SELECT count(*) FROM {src}")
     names = _names(table.fts)
@@ -465,7 +456,7 @@ def _restore_table(conn: apsw.Connection, table: DeferredTable, rebuild_share: f
     for _, sql in table.triggers:
         conn.execute(sql)
     _check_compiles(conn, table.source, {t.event for t in triggers})
-    return RestoredTable(fts=table.fts, mode="incremental" if incremental else "rebuild",
+    return FtsRestored(fts=table.fts, mode="incremental" if incremental else "rebuild",
                          changed_rows=changed, table_rows=total)
 
 
@@ -571,31 +562,18 @@ def _set_buffer(conn: apsw.Connection, fts: str, size: int) -> int:
 # --- status -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FtsTableState:
-    """One FTS table as `sqlwarden fts status` shows it."""
-
-    name: str
-    kind: str
-    source: str | None
-    triggers: tuple[str, ...]
-    deferred: bool
-    problem: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def table_states(conn: apsw.Connection) -> tuple[tuple[FtsTableState, ...], Deferral | None]:
+def table_states(conn: apsw.Connection) -> tuple[tuple[FtsTableView, ...], Deferral | None]:
     """Every FTS table with the triggers present now, and the deferral record."""
     deferral = read_deferral(conn)
     deferred = {t.fts.lower(): t for t in deferral.tables} if deferral else {}
     out = []
     for index in find_indexes(conn):
         held = deferred.get(index.name.lower())
-        out.append(FtsTableState(
+        out.append(FtsTableView(
             name=index.name, kind=index.kind,
             source=index.source or (held.source if held else None),
-            triggers=tuple(t.name for t in index.triggers), deferred=held is not None,
-            problem=None if held else index.problem,
-            extra={"hwm": held.hwm, "saved_triggers": [n for n, _ in held.triggers]}
-            if held else {}))
+            triggers=tuple(t.name for t in index.triggers),
+            problem=None if held else index.problem, deferred=held is not None,
+            saved_triggers=tuple(n for n, _ in held.triggers) if held else (),
+            hwm=held.hwm if held else None))
     return tuple(out), deferral

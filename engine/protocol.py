@@ -400,13 +400,18 @@ class TaskView:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FtsTableView:
-    """One FTS table as the Writer found it."""
+    """One FTS table: its kind, the triggers present now and, while deferred, the
+    saved ones and the rowid up to which the index was up to date."""
 
     name: str
     kind: str
     source: str | None
     triggers: tuple[str, ...]
+    #: Why its triggers cannot be deferred (None while they are).
     problem: str | None
+    deferred: bool = False
+    saved_triggers: tuple[str, ...] = ()
+    hwm: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,9 +37,7 @@ from engine.protocol import (
     ExecuteBatch,
     FtsDeferralView,
     FtsInspection,
-    FtsRestored,
     FtsRestoreResult,
-    FtsTableView,
     InsertRows,
     Message,
     RestoreFts,
@@ -344,8 +342,7 @@ class WriterCore:
         if deferral is not None:
             self._wrote_ddl()
         return FtsRestoreResult(
-            tables=tuple(FtsRestored(fts=r.fts, mode=r.mode, changed_rows=r.changed_rows,
-                                     table_rows=r.table_rows) for r in restored),
+            tables=restored,
             duration_ms=(time.perf_counter() - started) * 1000)
 
     def fts_update(self, message: UpdateFtsDeferral) -> FtsDeferralView | None:
@@ -363,13 +360,9 @@ class WriterCore:
 
     def fts_inspect(self) -> FtsInspection:
         with transaction(self.conn):
-            indexes = fts.find_indexes(self.conn)
-            deferral = fts.read_deferral(self.conn)
-        return FtsInspection(
-            tables=tuple(FtsTableView(name=i.name, kind=i.kind, source=i.source,
-                                      triggers=tuple(t.name for t in i.triggers),
-                                      problem=i.problem) for i in indexes),
-            deferral=deferral_view(deferral) if deferral is not None else None)
+            tables, deferral = fts.table_states(self.conn)
+        return FtsInspection(tables=tables,
+                             deferral=deferral_view(deferral) if deferral is not None else None)
 
     def _wrote_ddl(self) -> None:
         self.transactions += 1
