@@ -13,7 +13,6 @@ up only when every table holds exactly the rows the source has.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections import deque
@@ -185,18 +184,20 @@ def ingest(engine: Writes, source: GeneratorSourceConfig, *,
     backlog = remaining(engine, source)
     lease = engine.fts.begin_catch_up(source.name, backlog) if backlog else None
     try:
-        report = _ingest(engine, source, on_rows=on_rows, stop=stop, in_flight=in_flight)
+        written = _ingest(engine, source, on_rows=on_rows, stop=stop, in_flight=in_flight)
     finally:
         after = engine.fts.end_catch_up(source.name) if lease is not None else None
-    return dataclasses.replace(report, seconds=time.monotonic() - started, fts_lease=lease,
-                               fts_after=after)
+    return IngestReport(registry_rows=written["registry"],
+                        observation_rows=written["observations"],
+                        seconds=time.monotonic() - started, caught_up=complete(engine, source),
+                        fts_lease=lease, fts_after=after)
 
 
 def _ingest(engine: Writes, source: GeneratorSourceConfig, *,
             on_rows: Callable[[int], None] | None, stop: threading.Event | None,
-            in_flight: int) -> IngestReport:
+            in_flight: int) -> dict[str, int]:
+    """Rows written per table, once every batch sent is committed."""
     gen = DemoGenerator(source)
-    started = time.monotonic()
     reg_done, obs_done = cursor(engine, source)
     written = {"registry": 0, "observations": 0}
     pending: deque[tuple[Any, str, int]] = deque()
@@ -236,9 +237,7 @@ def _ingest(engine: Writes, source: GeneratorSourceConfig, *,
                 registry_up_to(source.registry_rows)
     finally:
         settle(0)
-    return IngestReport(registry_rows=written["registry"],
-                        observation_rows=written["observations"],
-                        seconds=time.monotonic() - started, caught_up=complete(engine, source))
+    return written
 
 
 def _batches(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:
