@@ -8,7 +8,6 @@ see tracebacks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from engine import __version__
 from engine.config import Config, load_config
@@ -248,29 +247,38 @@ class NoEngine(EngineError):
     """No running engine answers for this database."""
 
 
-def _find_engine(config: Config) -> tuple[str | None, str]:
-    """The status URL of the engine running on `config`'s database, or None and why not."""
+class _Found(NamedTuple):
+    """The engine running on a database: its status URL and the status it answered;
+    or no URL and why not."""
+
+    url: str | None
+    status: dict[str, Any]
+    why: str = ""
+
+
+def _find_engine(config: Config) -> _Found:
+    """Find the engine running on `config`'s database through the address it recorded."""
     import urllib.request
 
     from engine.dbstatus import running_engine
 
     found = running_engine(config)
     if found is None:
-        return None, (f"no running engine with a status endpoint found for "
-                      f"{config.database.path}; start one with `{PROG} run CONFIG`")
+        return _Found(None, {}, f"no running engine with a status endpoint found for "
+                                f"{config.database.path}; start one with `{PROG} run CONFIG`")
     url, run_id = found
     try:
         # The address may be stale, and the port taken by something else since.
         with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
-            answering = json.load(response).get("run_id")
+            status = json.load(response)
     except (OSError, ValueError) as exc:
-        return None, (f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the "
-                      "last run may have ended without cleaning up")
-    if answering != run_id:
-        return None, (f"the engine at {url} is not the one running on "
-                      f"{config.database.path}; the last run may have ended without "
-                      "cleaning up")
-    return url, ""
+        return _Found(None, {}, f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); "
+                                "the last run may have ended without cleaning up")
+    if not isinstance(status, dict) or status.get("run_id") != run_id:
+        return _Found(None, {}, f"the engine at {url} is not the one running on "
+                                f"{config.database.path}; the last run may have ended "
+                                "without cleaning up")
+    return _Found(url, status)
 
 
 def _post_json(url: str) -> Any:
@@ -291,7 +299,7 @@ def cmd_task_control(args: argparse.Namespace) -> int:
     if args.name not in names:
         raise UnknownTask(f"unknown task {args.name!r} in {args.config} (declared: "
                           f"{', '.join(names) or 'none'})", task=args.name)
-    url, why = _find_engine(config)
+    url, _, why = _find_engine(config)
     if url is None:
         raise NoEngine(f"{why} (task control needs status.enabled: true)")
     try:
@@ -314,18 +322,12 @@ def cmd_task_control(args: argparse.Namespace) -> int:
 
 def cmd_fts_status(args: argparse.Namespace) -> int:
     import dataclasses
-    import urllib.request
 
     from engine.dbstatus import read_fts
 
     config = load_config(args.config)
     tables, deferral = read_fts(config)
-    live = None
-    url, _ = _find_engine(config)
-    if url is not None:
-        with contextlib.suppress(OSError, ValueError), \
-                urllib.request.urlopen(f"{url}/status", timeout=10) as response:
-            live = json.load(response).get("fts")
+    live = _find_engine(config).status.get("fts")
     if args.json:
         print(json.dumps({"tables": [dataclasses.asdict(t) for t in tables],
                           "deferral": dataclasses.asdict(deferral) if deferral else None,
@@ -373,7 +375,7 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     open_reader(config.database).close()  # refuses, changing nothing, if there is no database
-    url, _ = _find_engine(config)
+    url = _find_engine(config).url
     if url is not None:
         print(f"asking the engine at {url}")
         view = _post_json(f"{url}/fts/restore")
