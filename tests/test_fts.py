@@ -557,11 +557,14 @@ def test_the_cli_shows_and_restores_a_deferral_left_behind(tmp_path: Path) -> No
 
 def test_the_endpoint_restores_and_exports_the_state(tmp_path: Path) -> None:
     docs_config(tmp_path)
-    config = parse_config((tmp_path / "docs.yaml").read_text()
-                          + "status:\n  enabled: true\n  port: 0\n",
-                          file="docs.yaml", base_dir=tmp_path)
+    text = (tmp_path / "docs.yaml").read_text() + "status:\n  enabled: true\n  port: 0\n"
+    (tmp_path / "web.yaml").write_text(text)
+    config = parse_config(text, file="web.yaml", base_dir=tmp_path)
     with Engine(config) as engine:
         engine.fts.begin_catch_up("web", 50_000)
+        # The CLI finds this engine and shows its live state beside the database's.
+        shown = run_sqlwarden("fts", "status", str(tmp_path / "web.yaml"))
+        assert "for: web" in shown.stdout and "engine: deferred" in shown.stdout
         with urllib.request.urlopen(f"{engine.status_url}/metrics") as response:
             metrics = response.read().decode()
         assert 'sqlwarden_fts_state{state="deferred"} 1.0' in metrics
