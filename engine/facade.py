@@ -110,6 +110,7 @@ class Engine:
         self.run_id = uuid.uuid4().hex[:12]
         self.tasks = Tasks(self)
         self.fts = Fts(self)
+        self._fts_known: set[str] = set()
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
         self._state = "new"
@@ -326,7 +327,7 @@ class Engine:
         needed = [self._requirement(name) for name in requires if name not in fresh]
         with self._readers.lend(timeout) as conn:
             if fresh:
-                _check_fresh(conn, fresh)
+                _check_fresh(conn, fresh, self._fts_known)
             if needed:
                 rows = read_task_rows(conn)
                 for name, task in needed:
@@ -537,25 +538,28 @@ def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],
     return cols, tuple(out)
 
 
-def _check_fresh(conn: apsw.Connection, names: list[str]) -> None:
-    """Raise `NotReady` if a named FTS table (or the table it indexes) is deferred."""
-    indexes = fts_sql.find_indexes(conn)
+def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> None:
+    """Raise `NotReady` if a named FTS table (or the table it indexes) is deferred.
+
+    `known` keeps the FTS tables (and the tables they index) seen so far, so the
+    schema is read again only for a name not seen yet.
+    """
     deferral = fts_sql.read_deferral(conn)
-    known = {i.name.lower() for i in indexes} | {i.source.lower() for i in indexes if i.source}
-    if deferral is not None:
-        known |= {t.fts.lower() for t in deferral.tables} | {t.source.lower()
-                                                              for t in deferral.tables}
     for name in names:
         table = name.removeprefix("fts:")
-        if table.lower() not in known:
-            listed = ", ".join(sorted(i.name for i in indexes)) or "none"
-            raise FtsError(f"{name}: no FTS table is called {table!r} or indexes it "
-                           f"(FTS tables: {listed})")
         if deferral is not None and deferral.covers(table):
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(deferral.started_at))
             status = "restore_failed" if deferral.last_error else "deferred"
             raise NotReady(name, 0, None, status=status,
                            detail=f"the FTS index has not been updated since {since}")
+        if table.lower() not in known:
+            indexes = fts_sql.find_indexes(conn)
+            known.update(i.name.lower() for i in indexes)
+            known.update(i.source.lower() for i in indexes if i.source)
+            if table.lower() not in known:
+                listed = ", ".join(sorted(i.name for i in indexes)) or "none"
+                raise FtsError(f"{name}: no FTS table is called {table!r} or indexes it "
+                               f"(FTS tables: {listed})")
 
 
 def fts_view_dict(view: FtsView) -> dict[str, Any]:
