@@ -331,7 +331,13 @@ def read_deferral(conn: apsw.Connection) -> Deferral | None:
         return None
     row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?",
                        (FTS_DEFERRAL_KEY,)).fetchone()
-    return Deferral.from_json(row[0]) if row is not None else None
+    if row is None:
+        return None
+    try:
+        return Deferral.from_json(row[0])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FtsError(f"the FTS deferral record in {META_TABLE} (key {FTS_DEFERRAL_KEY!r}) "
+                       f"cannot be read: {exc}") from None
 
 
 def write_deferral(conn: apsw.Connection, deferral: Deferral | None) -> None:

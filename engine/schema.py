@@ -203,7 +203,13 @@ def _deferred_fts(conn: apsw.Connection) -> set[str]:
     """FTS tables whose triggers the FtsController has dropped on purpose."""
     row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?",
                        (FTS_DEFERRAL_KEY,)).fetchone()
-    return {t["fts"].lower() for t in json.loads(row[0])["tables"]} if row else set()
+    if row is None:
+        return set()
+    try:
+        return {t["fts"].lower() for t in json.loads(row[0])["tables"]}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SchemaError(f"the FTS deferral record in {META_TABLE} (key "
+                          f"{FTS_DEFERRAL_KEY!r}) cannot be read: {exc}") from None
 
 
 def _plan_table(conn: apsw.Connection, objects: dict[str, tuple[str, str, str | None]],

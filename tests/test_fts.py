@@ -574,3 +574,18 @@ def test_the_endpoint_restores_and_exports_the_state(tmp_path: Path) -> None:
         with urllib.request.urlopen(request) as response:
             body = json.load(response)
         assert body["state"] == "live" and body["last_restore"]["tables"][0]["fts"] == "docs_fts"
+
+
+def test_a_damaged_deferral_record_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = docs_config(tmp_path)
+    with Engine(config):
+        pass
+    conn = apsw.Connection(str(config.database.path))
+    conn.execute("INSERT INTO _sw_meta (key, value) VALUES ('fts_deferral', '{broken')")
+    conn.close()
+    yaml_path = str(tmp_path / "docs.yaml")
+    for done in (run_sqlwarden("run", yaml_path, "--once", "--no-progress"),
+                 run_sqlwarden("fts", "status", yaml_path)):
+        assert done.returncode in (1, 2)
+        [line] = done.stderr.strip().splitlines()
+        assert "the FTS deferral record in _sw_meta (key 'fts_deferral') cannot be read" in line
