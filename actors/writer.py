@@ -25,6 +25,7 @@ from engine.protocol import (
     Message,
     RestoreFts,
     RunChunk,
+    SyncBatch,
     UpdateFtsDeferral,
     UpsertRows,
     WriterStatus,
@@ -103,7 +104,9 @@ class WriterActor(BaseActor):
         assert self.core is not None
         if isinstance(message, _GROUPED):
             self._pending.append(envelope)
-            rows = len(message.rows) if isinstance(message, (InsertRows, UpsertRows)) else 1
+            rows = (len(message.rows) if isinstance(message, (InsertRows, UpsertRows))
+                    else sum(len(t.rows) for t in message.tables)
+                    if isinstance(message, SyncBatch) else 1)
             self._pending_rows += rows
             if self._chunk is not None and isinstance(message, FOREGROUND_WRITES):
                 self._chunk_yielded_to += 1

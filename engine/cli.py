@@ -8,6 +8,7 @@ see tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -119,6 +120,36 @@ def build_parser() -> argparse.ArgumentParser:
                     "1 when the restore fails.")
     fts_restore.add_argument("config", metavar="CONFIG", help="the YAML config file")
     fts_restore.set_defaults(func=cmd_fts_restore)
+
+    sync = commands.add_parser(
+        "sync", help="run a source now, or show the history of source runs",
+        description="Sources (ndjson directories, HTTP APIs, the demo generator) are caught "
+                    "up by `run` and on their schedule. Run one now, or list past runs.")
+    sync_actions = sync.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    sync_actions.required = True
+    now = sync_actions.add_parser(
+        "now", help="run one source now and wait for it",
+        description="Run SOURCE now and print what it did. Asks the running engine when "
+                    "there is one (through its status endpoint; a run already under way is "
+                    "joined, never started twice); otherwise starts the engine on CONFIG for "
+                    "this run only. Exits 1 when the run fails.")
+    now.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    now.add_argument("source", metavar="SOURCE", help="the source's name")
+    now.add_argument("--full", action="store_true",
+                     help="an HTTP source refetches everything instead of what changed since "
+                          "the newest stored row (other kinds read what is new either way)")
+    now.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+    now.set_defaults(func=cmd_sync_now)
+    hist = sync_actions.add_parser(
+        "history", help="past source runs, newest first, and the latest rejects",
+        description="Read CONFIG's database (read-only): the runs in _sw_sync_runs (mode, "
+                    "status, rows, rejects, error) and the latest records in _sw_rejects.")
+    hist.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    hist.add_argument("--source", metavar="SOURCE", help="only this source")
+    hist.add_argument("--limit", type=int, default=20, metavar="N",
+                      help="show at most N runs (default 20)")
+    hist.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    hist.set_defaults(func=cmd_sync_history)
     return parser
 
 
@@ -401,13 +432,13 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.demo import ingest, remaining
     from engine.facade import Engine, stop_on_signals
 
     config = load_config(args.config)
     stop = threading.Event()
     started = time.monotonic()
     total_rows = 0
+    sync_failed = False
     # Tasks start once the sources are caught up, so they see the data.
     with stop_on_signals(stop), Engine(config, start_tasks=False) as engine:
         print(f"{PROG} {__version__}: database {config.database.path}")
@@ -416,20 +447,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         for source in config.sources:
             if stop.is_set():
                 break
-            todo = remaining(engine, source)
-            bar = _progress(f"{source.name}", todo, disabled=args.no_progress)
-            try:
-                report = ingest(engine, source, on_rows=bar.update, stop=stop)
-            finally:
-                bar.close()
-            total_rows += report.rows
-            state = "caught up" if report.caught_up else "stopped early"
-            if report.fts_lease is not None and report.fts_lease.deferred:
-                print(f"{source.name}: FTS upkeep of {', '.join(report.fts_lease.tables)} was "
-                      f"deferred during the catch-up ({report.fts_lease.reason})")
-            if report.fts_after is not None:
-                _print_fts_after(report.fts_after)
-            print(f"{source.name}: {report.rows:,} rows in {report.seconds:.1f}s, {state}")
+            run = _sync_with_bar(engine, source.name, "auto", stop, no_progress=args.no_progress)
+            if run is None:
+                break
+            total_rows += run.rows
+            sync_failed = sync_failed or run.status == "failed"
+            _print_run(run)
         tasks_failed = False
         if config.tasks and not stop.is_set():
             tasks_failed = _run_tasks(engine, stop, no_progress=args.no_progress)
@@ -439,7 +462,143 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"stopping: {reason}")
         _print_summary(config, engine.status(), total_rows, time.monotonic() - started)
         failed = engine.state == "failed"
-    return 1 if failed or (args.once and tasks_failed) else 0
+    return 1 if failed or (args.once and (tasks_failed or sync_failed)) else 0
+
+
+def _sync_with_bar(engine: Any, name: str, mode: str, stop: threading.Event, *,
+                   no_progress: bool) -> Any:
+    """Run one source with a progress bar; None when stopped first."""
+    handle = engine.sync.run_later(name, mode=mode)
+    bar = _progress(name, 0, disabled=no_progress)
+    try:
+        while not stop.is_set():
+            try:
+                return handle.result(timeout=0.25)
+            except TimeoutError:
+                pass
+            for progress in engine.tasks.progress():
+                if progress.scope == "sync" and progress.name == name:
+                    if progress.total and bar.total != progress.total:
+                        bar.total = progress.total
+                        bar.refresh()
+                    bar.update(progress.processed - bar.n)
+    finally:
+        bar.close()
+    return None
+
+
+def _print_run(run: Any) -> None:
+    """What a source run did, in a few lines."""
+    lease = run.fts_lease
+    if lease is not None and lease.deferred:
+        print(f"{run.source}: FTS upkeep of {', '.join(lease.tables)} was deferred during the "
+              f"catch-up ({lease.reason})")
+    if run.fts_after is not None:
+        _print_fts_after(run.fts_after)
+    seconds = (run.ended_at or run.started_at) - run.started_at
+    line = (f"{run.source}: {run.rows:,} rows in {seconds:.1f}s, "
+            f"{'caught up' if run.status == 'ok' else run.status} ({run.mode} run {run.id})")
+    if run.rejects:
+        line += f", {run.rejects:,} records rejected (see `{PROG} sync history`)"
+    print(line)
+    # The deferral is said above; the note keeps it for the history.
+    notes = [n for n in (run.note or "").split("; ") if n and not n.startswith("FTS upkeep")]
+    if notes:
+        print(f"{run.source}: {'; '.join(notes)}")
+    if run.error:
+        print(f"{run.source}: error: {run.error}")
+
+
+def cmd_sync_now(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+
+    from engine.errors import SyncBusy, UnknownSource
+
+    config = load_config(args.config)
+    names = [s.name for s in config.sources]
+    if args.source not in names:
+        raise UnknownSource(f"unknown source {args.source!r} in {args.config} (declared: "
+                            f"{', '.join(names) or 'none'})", source=args.source)
+    mode = "full" if args.full else "auto"
+    found = _find_engine(config)
+    if found.url is not None:
+        query = urllib.parse.urlencode({"mode": mode})
+        try:
+            run = _post_json(f"{found.url}/sync/{args.source}?{query}")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.load(exc).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            if exc.code in (400, 404, 409):
+                raise SyncBusy(f"source {args.source}: {message}", source=args.source) from None
+            raise EngineError(f"source {args.source}: {message}") from None
+        print(f"asked the running engine at {found.url}")
+        _print_run(_RunText(**{k: run.get(k) for k in _RunText.__dataclass_fields__}))
+        return 1 if run["status"] == "failed" else 0
+    from engine.facade import Engine, stop_on_signals
+
+    config.database.path.parent.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    with stop_on_signals(stop), Engine(config, start_tasks=False) as engine:
+        run = _sync_with_bar(engine, args.source, mode, stop, no_progress=args.no_progress)
+    if run is None:
+        print(f"{args.source}: stopped before the run ended; the next run resumes")
+        return 130
+    _print_run(run)
+    return 1 if run.status == "failed" else 0
+
+
+@dataclasses.dataclass
+class _RunText:
+    """A run as the status endpoint returns it, enough for `_print_run`."""
+
+    id: int
+    source: str
+    mode: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    rows: int
+    rejects: int
+    error: str | None
+    note: str | None
+    fts_lease: Any = None
+    fts_after: Any = None
+
+
+def cmd_sync_history(args: argparse.Namespace) -> int:
+    from engine.dbstatus import read_sync
+
+    config = load_config(args.config)
+    if args.source is not None and args.source not in [s.name for s in config.sources]:
+        from engine.errors import UnknownSource
+
+        raise UnknownSource(f"unknown source {args.source!r} in {args.config} (declared: "
+                            f"{', '.join(s.name for s in config.sources) or 'none'})",
+                            source=args.source)
+    runs, rejects = read_sync(config, args.source, args.limit)
+    if args.json:
+        print(json.dumps({"runs": [dataclasses.asdict(r) for r in runs],
+                          "rejects": [dict(r) for r in rejects]}, indent=2))
+        return 0
+    if not runs:
+        print("no source runs recorded yet")
+    else:
+        print(f"{'run':>5}  {'source':<12} {'mode':<11} {'status':<8} {'started':<19} "
+              f"{'took':>7} {'rows':>10} {'rejects':>8}  error / note")
+    for run in runs:
+        took = _duration(run.ended_at - run.started_at) if run.ended_at else "-"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at))
+        text = run.error or run.note or ""
+        print(f"{run.id:>5}  {run.source:<12} {run.mode:<11} {run.status:<8} {started:<19} "
+              f"{took:>7} {run.rows:>10,} {run.rejects:>8,}  {text}")
+    if rejects:
+        print(f"latest rejects ({len(rejects)} shown):")
+        for reject in rejects:
+            print(f"  {reject['source']} {reject['position']}: {reject['reason']}")
+    return 0
 
 
 def _print_fts_after(view: Any) -> None:

@@ -36,7 +36,8 @@ JOURNAL_MODES = ("wal", "delete", "truncate", "persist")
 SYNCHRONOUS_MODES = ("off", "normal", "full", "extra")
 FK_ACTIONS = ("no action", "restrict", "set null", "set default", "cascade")
 PAYLOAD_MODES = ("summary", "full")
-SOURCE_KINDS = ("generator",)
+SOURCE_KINDS = ("ndjson", "http", "generator")
+REJECT_POLICIES = ("keep", "fail")
 TOP_LEVEL_KEYS = ("database", "tables", "tasks", "sources", "progress", "fts_deferral",
                   "message_log", "status")
 TASK_KEYS = ("version", "table", "key", "set", "call", "reads", "writes", "sql", "where",
@@ -167,20 +168,111 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GeneratorSourceConfig:
-    """The built-in deterministic source behind the demo."""
+class FieldMap:
+    """Where one target column's value comes from in a source record."""
+
+    column: str
+    #: Keys into the record, outermost first (`a.b` in YAML is `("a", "b")`).
+    path: tuple[str, ...]
+    #: The column's logical type; values are converted to it or rejected.
+    type: str
+    #: A record without a value here is rejected.
+    required: bool = False
+    #: Used when the record has no value (null or missing) and the field is optional.
+    default: str | int | float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceBase:
+    """What every source has: its schedule, retries, rejects policy and memory guard."""
 
     name: str
+    kind: str
+    #: Seconds between runs, anchored at the last completion; None runs on request only.
+    every_s: float | None = None
+    #: Waits before retrying a failed run, one per retry (doubling in the defaults).
+    retries_s: tuple[float, ...] = (30.0, 120.0, 480.0)
+    #: `keep` stores a bad record in `_sw_rejects` and goes on; `fail` fails the run.
+    on_reject: str = "keep"
+    #: A run stops with an error once the process's resident memory passes this.
+    memory_limit_mb: int = 1024
+    #: Records per write transaction.
+    batch_rows: int = 2_000
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MappedSourceBase(SourceBase):
+    """A source whose records map onto one table by `fields`."""
+
+    table: str
+    #: The key upserts match on (the table's primary key unless set).
+    key: tuple[str, ...] = ()
+    fields: tuple[FieldMap, ...] = ()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.table,)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f.column for f in self.fields)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NdjsonSourceConfig(MappedSourceBase):
+    """A directory of `.ndjson`/`.jsonl` files, read in name order, resumable mid-file."""
+
+    kind: str = "ndjson"
+    path: Path = Path(".")
+    #: A longer line is rejected (its first 64 KiB kept in `_sw_rejects`).
+    max_record_mb: float = 16.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSourceConfig(MappedSourceBase):
+    """A paginated JSON API asked for what changed `since` the newest row stored."""
+
+    kind: str = "http"
+    url: str = ""
+    #: The target column the cursor is derived from (`MAX(updated)` on the table).
+    updated: str = "updated"
+    since_param: str = "since"
+    page_param: str = "page"
+    page_size_param: str | None = "limit"
+    page_size: int = 500
+    #: Key of the record list in a response (None: the response is the list).
+    records_at: str | None = "data"
+    #: Key of the total count of matching records, when the API gives it.
+    total_at: str | None = None
+    #: Key of the next page's URL; when set it is followed instead of page numbers.
+    next_at: str | None = None
+    #: A full refetch (no `since`) runs when the last successful one is older than this.
+    full_every_s: float | None = 86_400.0
+    timeout_s: float = 30.0
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratorSourceConfig(SourceBase):
+    """The built-in deterministic source behind the demo."""
+
     kind: str = "generator"
     registry_table: str = "registry"
     observations_table: str = "observations"
     registry_rows: int = 20_000
     observation_rows: int = 200_000
-    batch_rows: int = 2_000
     seed: int = 1
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.registry_table, self.observations_table)
 
-SourceConfig = GeneratorSourceConfig
+
+SourceConfig = GeneratorSourceConfig | NdjsonSourceConfig | HttpSourceConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,6 +373,12 @@ class Config:
                 return table
         raise KeyError(name)
 
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
     @property
     def message_log_path(self) -> Path:
         if self.message_log.path is not None:
@@ -322,7 +420,8 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     database = _database(sections["database"], base, check_paths)
     tables = _tables(sections["tables"]) if "tables" in sections else ()
     _check_references(sections.get("tables"), tables)
-    sources = _sources(sections["sources"], tables) if "sources" in sections else ()
+    sources = (_sources(sections["sources"], tables, base, check_paths) if "sources" in sections
+               else ())
     tasks = _tasks(sections["tasks"], tables) if "tasks" in sections else ()
     progress = _progress(sections["progress"]) if "progress" in sections else ProgressConfig()
     fts_deferral = (_fts_deferral(sections["fts_deferral"]) if "fts_deferral" in sections
@@ -585,45 +684,200 @@ def _check_references(at: _At | None, tables: tuple[TableConfig, ...]) -> None:
                                   "those")
 
 
-def _sources(at: _At, tables: tuple[TableConfig, ...]) -> tuple[SourceConfig, ...]:
+_COMMON_SOURCE_KEYS = ("kind", "every", "retries", "on_reject", "memory_limit_mb", "batch_rows")
+_MAPPED_SOURCE_KEYS = (*_COMMON_SOURCE_KEYS, "table", "key", "fields")
+_SOURCE_KEYS = {
+    "generator": (*_COMMON_SOURCE_KEYS, "registry_table", "observations_table",
+                  "registry_rows", "observation_rows", "seed"),
+    "ndjson": (*_MAPPED_SOURCE_KEYS, "path", "max_record_mb"),
+    "http": (*_MAPPED_SOURCE_KEYS, "url", "updated", "since_param", "page_param",
+             "page_size_param", "page_size", "records_at", "total_at", "next_at", "full_every",
+             "timeout_s", "headers"),
+}
+
+
+def _sources(at: _At, tables: tuple[TableConfig, ...], base: Path,
+             check_paths: bool) -> tuple[SourceConfig, ...]:
     by_name = {t.name: t for t in tables}
-    sources = []
+    sources: list[SourceConfig] = []
     for name, spec in at.named_items("source"):
         kind_at = spec.mapping_value("kind")
         if kind_at is None:
             raise spec.error(f"expected a 'kind' (one of: {', '.join(SOURCE_KINDS)})")
-        kind_at.choice(SOURCE_KINDS)
-        keys = spec.mapping(("kind", "registry_table", "observations_table", "registry_rows",
-                             "observation_rows", "batch_rows", "seed"))
-        defaults = GeneratorSourceConfig(name=name)
-        for role, needed in GENERATOR_COLUMNS.items():
-            table_name = (keys[role].identifier("table name") if role in keys
-                          else getattr(defaults, role))
-            where = keys.get(role, spec)
-            table = by_name.get(table_name)
-            if table is None:
-                raise where.error(f"table {table_name!r} is not declared"
-                                  + _hint(table_name, by_name))
-            missing = [c for c in needed if c not in table.column_names]
-            if missing:
-                raise where.error(f"the generator writes columns {', '.join(needed)}; table "
-                                  f"{table_name!r} lacks {', '.join(missing)}")
-        sources.append(GeneratorSourceConfig(
-            name=name,
-            registry_table=_opt(keys, "registry_table", lambda a: a.identifier("table name"),
-                                defaults.registry_table),
-            observations_table=_opt(keys, "observations_table",
-                                    lambda a: a.identifier("table name"),
-                                    defaults.observations_table),
-            registry_rows=_opt(keys, "registry_rows", lambda a: a.integer(1, 10**9),
-                               defaults.registry_rows),
-            observation_rows=_opt(keys, "observation_rows", lambda a: a.integer(0, 10**10),
-                                  defaults.observation_rows),
-            batch_rows=_opt(keys, "batch_rows", lambda a: a.integer(1, 1_000_000),
-                            defaults.batch_rows),
-            seed=_opt(keys, "seed", lambda a: a.integer(0, 2**62), defaults.seed),
-        ))
+        kind = kind_at.choice(SOURCE_KINDS)
+        keys = spec.mapping(_SOURCE_KEYS[kind])
+        d = GeneratorSourceConfig(name=name)
+        common: dict[str, Any] = {
+            "name": name,
+            "every_s": _opt(keys, "every", lambda a: a.duration(minimum=0.001), None),
+            "retries_s": (tuple(v.duration() for v in keys["retries"].sequence())
+                          if "retries" in keys else d.retries_s),
+            "on_reject": _opt(keys, "on_reject", lambda a: a.choice(REJECT_POLICIES),
+                              d.on_reject),
+            "memory_limit_mb": _opt(keys, "memory_limit_mb", lambda a: a.integer(1, 1 << 20),
+                                    d.memory_limit_mb),
+            "batch_rows": _opt(keys, "batch_rows", lambda a: a.integer(1, 1_000_000),
+                               d.batch_rows),
+        }
+        if kind == "generator":
+            sources.append(_generator_source(spec, keys, by_name, common))
+            continue
+        table_at = keys.get("table")
+        if table_at is None:
+            raise spec.error("missing required key 'table' (the table its records go to)")
+        table = by_name.get(table_at.identifier("table name"))
+        if table is None:
+            raise table_at.error(f"table {table_at.value!r} is not declared"
+                                 + _hint(str(table_at.value), by_name))
+        common["table"] = table.name
+        common["fields"] = _fields(keys.get("fields"), table)
+        common["key"] = _source_key(keys.get("key"), spec, table, common["fields"])
+        if kind == "ndjson":
+            sources.append(_ndjson_source(spec, keys, base, check_paths, common))
+        else:
+            sources.append(_http_source(spec, keys, table, common))
     return tuple(sources)
+
+
+def _generator_source(spec: _At, keys: dict[str, _At], by_name: dict[str, TableConfig],
+                      common: dict[str, Any]) -> GeneratorSourceConfig:
+    defaults = GeneratorSourceConfig(name=common["name"])
+    for role, needed in GENERATOR_COLUMNS.items():
+        table_name = (keys[role].identifier("table name") if role in keys
+                      else getattr(defaults, role))
+        where = keys.get(role, spec)
+        table = by_name.get(table_name)
+        if table is None:
+            raise where.error(f"table {table_name!r} is not declared"
+                              + _hint(table_name, by_name))
+        missing = [c for c in needed if c not in table.column_names]
+        if missing:
+            raise where.error(f"the generator writes columns {', '.join(needed)}; table "
+                              f"{table_name!r} lacks {', '.join(missing)}")
+    return GeneratorSourceConfig(
+        **common,
+        registry_table=_opt(keys, "registry_table", lambda a: a.identifier("table name"),
+                            defaults.registry_table),
+        observations_table=_opt(keys, "observations_table",
+                                lambda a: a.identifier("table name"),
+                                defaults.observations_table),
+        registry_rows=_opt(keys, "registry_rows", lambda a: a.integer(1, 10**9),
+                           defaults.registry_rows),
+        observation_rows=_opt(keys, "observation_rows", lambda a: a.integer(0, 10**10),
+                              defaults.observation_rows),
+        seed=_opt(keys, "seed", lambda a: a.integer(0, 2**62), defaults.seed),
+    )
+
+
+def _fields(at: _At | None, table: TableConfig) -> tuple[FieldMap, ...]:
+    """The column mapping; without `fields`, every column from the record field of its name."""
+    if at is None:
+        return tuple(FieldMap(column=c.name, path=(c.name,), type=c.type,
+                              required=_needs_value(table, c)) for c in table.columns)
+    if not isinstance(at.value, dict) or not at.value:
+        raise at.error("expected a mapping of column: record field (or {from, required, "
+                       "default})")
+    fields = []
+    for column_name in at.value:
+        item = at.child(column_name)
+        if column_name not in table.column_names:
+            raise item.error(f"table {table.name!r} has no column {column_name!r}"
+                             + _hint(str(column_name), table.column_names))
+        column = table.column(column_name)
+        required = _needs_value(table, column)
+        default = None
+        if isinstance(item.value, str):
+            path_text = item.value
+        else:
+            spec = item.mapping(("from", "required", "default"))
+            path_text = spec["from"].string() if "from" in spec else column.name
+            required = _opt(spec, "required", _At.boolean, required)
+            if "default" in spec:
+                default = spec["default"].scalar()
+        path = tuple(path_text.split("."))
+        if not all(path):
+            raise item.error(f"record field {path_text!r} is not a dotted path of keys")
+        fields.append(FieldMap(column=column.name, path=path, type=column.type,
+                               required=required and default is None, default=default))
+    return tuple(fields)
+
+
+def _needs_value(table: TableConfig, column: ColumnConfig) -> bool:
+    """A column a record must give: part of the key, or NOT NULL without a default."""
+    return column.name in table.primary_key or (column.not_null and column.default is None)
+
+
+def _source_key(at: _At | None, spec: _At, table: TableConfig,
+                fields: tuple[FieldMap, ...]) -> tuple[str, ...]:
+    mapped = {f.column for f in fields}
+    if at is None:
+        key = table.primary_key
+        where = spec
+    else:
+        key = at.column_names(list(table.column_names))
+        where = at
+        unique = {c.name for c in table.columns if c.unique}
+        if key != table.primary_key and not (len(key) == 1 and key[0] in unique):
+            raise at.error(f"the key {', '.join(key)} is neither the primary key of "
+                           f"{table.name!r} nor a unique column; upserts need one of those")
+    if not key:
+        raise where.error(f"table {table.name!r} has no primary key for upserts to match on")
+    missing = [c for c in key if c not in mapped]
+    if missing:
+        raise where.error(f"key column {', '.join(missing)} is not mapped from the record")
+    return key
+
+
+def _ndjson_source(spec: _At, keys: dict[str, _At], base: Path, check_paths: bool,
+                   common: dict[str, Any]) -> NdjsonSourceConfig:
+    path_at = keys.get("path")
+    if path_at is None:
+        raise spec.error("missing required key 'path' (the directory of .ndjson files)")
+    path = _resolve(base, path_at.string())
+    if check_paths and path.exists() and not path.is_dir():
+        raise path_at.error(f"{path} is not a directory")
+    return NdjsonSourceConfig(
+        **common, path=path,
+        max_record_mb=_opt(keys, "max_record_mb", lambda a: a.number(0.001, 1024.0),
+                           16.0))
+
+
+def _http_source(spec: _At, keys: dict[str, _At], table: TableConfig,
+                 common: dict[str, Any]) -> HttpSourceConfig:
+    d = HttpSourceConfig(name="", table="")
+    url_at = keys.get("url")
+    if url_at is None:
+        raise spec.error("missing required key 'url' (the API's first page)")
+    url = url_at.string()
+    if not re.match(r"https?://[^/\s]+", url):
+        raise url_at.error(f"expected an http:// or https:// URL, got {url!r}")
+    updated = _opt(keys, "updated", lambda a: a.identifier("column name"), d.updated)
+    if updated not in {f.column for f in common["fields"]}:
+        raise keys.get("updated", spec).error(
+            f"the cursor column {updated!r} is not mapped from the record (set 'updated' to "
+            "the column holding each record's last change)")
+    headers: tuple[tuple[str, str], ...] = ()
+    if "headers" in keys:
+        head = keys["headers"]
+        if not isinstance(head.value, dict):
+            raise head.error("expected a mapping of header name: value")
+        headers = tuple((str(k), head.child(k).string()) for k in head.value)
+    optional_text: Callable[[_At], str | None] = lambda a: (  # noqa: E731
+        None if a.value is None else a.string())
+    return HttpSourceConfig(
+        **common, url=url, updated=updated,
+        since_param=_opt(keys, "since_param", _At.string, d.since_param),
+        page_param=_opt(keys, "page_param", _At.string, d.page_param),
+        page_size_param=_opt(keys, "page_size_param", optional_text, d.page_size_param),
+        page_size=_opt(keys, "page_size", lambda a: a.integer(1, 1_000_000), d.page_size),
+        records_at=_opt(keys, "records_at", optional_text, d.records_at),
+        total_at=_opt(keys, "total_at", optional_text, d.total_at),
+        next_at=_opt(keys, "next_at", optional_text, d.next_at),
+        full_every_s=_opt(keys, "full_every",
+                          lambda a: None if a.value is None else a.duration(minimum=1.0),
+                          d.full_every_s),
+        timeout_s=_opt(keys, "timeout_s", lambda a: a.number(0.01, 3600.0), d.timeout_s),
+        headers=headers)
 
 
 def _progress(at: _At) -> ProgressConfig:
@@ -856,6 +1110,10 @@ def _describe(value: object) -> str:
     return kind
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
 class _At:
     """A value in the document with its key path; typed accessors raise `ConfigError`."""
 
@@ -969,6 +1227,28 @@ class _At:
         if maximum is not None and self.value > maximum:
             raise self.error(f"expected a number of at most {maximum}, got {self.value}")
         return float(self.value)
+
+    def duration(self, minimum: float = 0.0) -> float:
+        """Seconds, from a number or text such as `500ms`, `30s`, `2m`, `8h` or `1d`."""
+        value = self.value
+        if isinstance(value, str):
+            match = _DURATION.fullmatch(value.strip())
+            if match is None:
+                raise self.error(f"expected a duration such as 30s, 2m, 8h or 1d, got "
+                                 f"{_describe(value)}")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            raise self._expect("a duration (seconds, or text such as 30s, 2m, 8h)")
+        if seconds < minimum:
+            raise self.error(f"expected a duration of at least {minimum:g}s, got {value}")
+        return seconds
+
+    def scalar(self) -> str | int | float:
+        if isinstance(self.value, bool) or not isinstance(self.value, (str, int, float)):
+            raise self._expect("text or a number")
+        return self.value
 
     def boolean(self) -> bool:
         if not isinstance(self.value, bool):

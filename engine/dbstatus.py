@@ -10,10 +10,11 @@ from typing import Any
 
 from engine.config import Config
 from engine.fts import Deferral, read_deferral, table_states
-from engine.protocol import FtsTableView
-from engine.schema import META_TABLE
+from engine.protocol import FtsTableView, SyncRunView
+from engine.schema import META_TABLE, REJECTS_TABLE, SYNC_RUNS_TABLE
 from engine.sql import quote
 from engine.sqlite import file_size, open_reader
+from engine.sync import history
 from engine.tasks import read_task_rows
 
 
@@ -90,3 +91,22 @@ def read_fts(config: Config) -> tuple[tuple[FtsTableView, ...], Deferral | None]
         return table_states(conn)
     finally:
         conn.close()
+
+
+def read_sync(config: Config, source: str | None,
+              limit: int) -> tuple[list[SyncRunView], list[dict[str, Any]]]:
+    """Source runs (newest first) and the latest rejects, read-only."""
+    conn = open_reader(config.database)  # refuses a database that does not exist
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                        (SYNC_RUNS_TABLE,)).fetchone() is None:
+            return [], []
+        runs = history(conn, source, limit)
+        where, params = ("WHERE source = ?", (source,)) if source else ("", ())
+        rejects = [{"source": s, "run": r, "position": p, "reason": why, "at": at}
+                   for s, r, p, why, at in conn.execute(
+                       f"SELECT source, run, position, reason, at FROM {REJECTS_TABLE} "
+                       f"{where} ORDER BY id DESC LIMIT 10", params)]
+    finally:
+        conn.close()
+    return runs, rejects

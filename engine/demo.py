@@ -13,19 +13,15 @@ up only when every table holds exactly the rows the source has.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import apsw
 
-from engine.config import GENERATOR_COLUMNS, GeneratorSourceConfig
-from engine.protocol import FtsLease, FtsView, Row
+from engine.config import GeneratorSourceConfig
+from engine.protocol import Row
 from engine.sql import quote
 
 _MASK = (1 << 64) - 1
@@ -107,40 +103,21 @@ class DemoGenerator:
         return max(1, min(total_reg, -(-j * total_reg // total_obs)))
 
 
-class Writes(Protocol):
-    """The part of the engine the ingest needs (the facade satisfies it)."""
-
-    def upsert(self, table: str, rows: Any, *, columns: Any = None, key: Any = None,
-               wait: Literal[False]) -> Any: ...
+class Reads(Protocol):
+    """The part of the engine these helpers need (the facade satisfies it)."""
 
     def read(self, timeout: float | None = None) -> AbstractContextManager[apsw.Connection]: ...
 
-    @property
-    def fts(self) -> Any: ...
 
-
-@dataclass(frozen=True, slots=True)
-class IngestReport:
-    """What one ingest run wrote."""
-
-    registry_rows: int
-    observation_rows: int
-    seconds: float
-    caught_up: bool
-    #: The FtsController's answers: whether upkeep was deferred, and its state after.
-    fts_lease: FtsLease | None = None
-    fts_after: FtsView | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.registry_rows + self.observation_rows
-
-
-def cursor(engine: Writes, source: GeneratorSourceConfig) -> tuple[int, int]:
+def cursor(engine: Reads, source: GeneratorSourceConfig) -> tuple[int, int]:
     """How far each table holds every id from 1 on: where the next run goes on from."""
     with engine.read() as conn:
-        return (_unbroken_end(conn, source.registry_table),
-                _unbroken_end(conn, source.observations_table))
+        return cursor_of(conn, source)
+
+
+def cursor_of(conn: apsw.Connection, source: GeneratorSourceConfig) -> tuple[int, int]:
+    return (_unbroken_end(conn, source.registry_table),
+            _unbroken_end(conn, source.observations_table))
 
 
 def _unbroken_end(conn: apsw.Connection, table: str) -> int:
@@ -155,91 +132,15 @@ def _unbroken_end(conn: apsw.Connection, table: str) -> int:
         f"(SELECT 1 FROM {quote(table)} AS b WHERE b.id = a.id + 1)").get)
 
 
-def remaining(engine: Writes, source: GeneratorSourceConfig) -> int:
+def remaining(engine: Reads, source: GeneratorSourceConfig) -> int:
     """Rows the next run will write."""
     reg, obs = cursor(engine, source)
     return (source.registry_rows - reg) + (source.observation_rows - obs)
 
 
-def complete(engine: Writes, source: GeneratorSourceConfig) -> bool:
+def complete(engine: Reads, source: GeneratorSourceConfig) -> bool:
     """True when every table holds exactly the rows the source has."""
     with engine.read() as conn:
         counts = [conn.execute(f"SELECT count(*) FROM {quote(t)}").get
                   for t in (source.registry_table, source.observations_table)]
     return counts == [source.registry_rows, source.observation_rows]
-
-
-def ingest(engine: Writes, source: GeneratorSourceConfig, *,
-           on_rows: Callable[[int], None] | None = None,
-           stop: threading.Event | None = None, in_flight: int = 4) -> IngestReport:
-    """Write everything the source has beyond the stored data, batch by batch.
-
-    Up to `in_flight` batches are queued at the Writer at once, so it can
-    commit them as a group. Stops between batches when `stop` is set; every
-    batch is one transaction, so what is committed is whole. The catch-up
-    is announced to the FtsController, which defers FTS upkeep for a large
-    backlog and restores it when the catch-up ends, however it ends.
-    """
-    started = time.monotonic()
-    backlog = remaining(engine, source)
-    lease = engine.fts.begin_catch_up(source.name, backlog) if backlog else None
-    try:
-        written = _ingest(engine, source, on_rows=on_rows, stop=stop, in_flight=in_flight)
-    finally:
-        after = engine.fts.end_catch_up(source.name) if lease is not None else None
-    return IngestReport(registry_rows=written["registry"],
-                        observation_rows=written["observations"],
-                        seconds=time.monotonic() - started, caught_up=complete(engine, source),
-                        fts_lease=lease, fts_after=after)
-
-
-def _ingest(engine: Writes, source: GeneratorSourceConfig, *,
-            on_rows: Callable[[int], None] | None, stop: threading.Event | None,
-            in_flight: int) -> dict[str, int]:
-    """Rows written per table, once every batch sent is committed."""
-    gen = DemoGenerator(source)
-    reg_done, obs_done = cursor(engine, source)
-    written = {"registry": 0, "observations": 0}
-    pending: deque[tuple[Any, str, int]] = deque()
-
-    def settle(limit: int) -> None:
-        while len(pending) > limit:
-            future, kind, count = pending.popleft()
-            future.get()
-            written[kind] += count
-            if on_rows is not None:
-                on_rows(count)
-
-    def submit(table: str, kind: str, rows: list[Row]) -> None:
-        # Named columns: the table may have more (a task fills them later).
-        columns = GENERATOR_COLUMNS[f"{kind}_table"]
-        pending.append((engine.upsert(table, rows, columns=columns, wait=False), kind,
-                        len(rows)))
-        settle(in_flight)
-
-    def registry_up_to(last: int) -> None:
-        nonlocal reg_done
-        while reg_done < last:
-            upper = min(last, reg_done + source.batch_rows)
-            submit(source.registry_table, "registry",
-                   [gen.registry_row(i) for i in range(reg_done + 1, upper + 1)])
-            reg_done = upper
-
-    try:
-        for first, last in _batches(obs_done + 1, source.observation_rows, source.batch_rows):
-            if stop is not None and stop.is_set():
-                break
-            registry_up_to(gen.registry_needed(last))
-            submit(source.observations_table, "observations",
-                   [gen.observation_row(j) for j in range(first, last + 1)])
-        else:
-            if stop is None or not stop.is_set():
-                registry_up_to(source.registry_rows)
-    finally:
-        settle(0)
-    return written
-
-
-def _batches(first: int, last: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(first, last + 1, size):
-        yield start, min(last, start + size - 1)

@@ -150,3 +150,23 @@ class NotReady(EngineError):
         of = f" of {total:,}" if total is not None else ""
         super().__init__(f"{name} is not ready: {status}, "
                          f"{detail if detail is not None else f'{processed:,}{of} rows done'}")
+
+
+class SyncError(EngineError):
+    """A source run cannot go on, or a batch of it was refused."""
+
+    def __init__(self, message: str, *, source: str) -> None:
+        self.source = source
+        super().__init__(message)
+
+
+class UnknownSource(SyncError):
+    """A request named a source that is not declared."""
+
+    user_error = True
+
+
+class SyncBusy(SyncError):
+    """A run was asked for while the source runs already, without joining it."""
+
+    user_error = True

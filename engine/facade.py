@@ -25,8 +25,10 @@ import pykka
 from actors.backfill import BackfillActor
 from actors.fts import FtsControllerActor
 from actors.progress import ProgressActor
+from actors.sync import SyncActor
 from actors.writer import WriterActor
 from engine import fts as fts_sql
+from engine import sync as sync_sql
 from engine.bus import Bus
 from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
 from engine.errors import (
@@ -57,12 +59,18 @@ from engine.protocol import (
     ProgressView,
     RestoreFtsNow,
     Row,
+    RunSource,
     SetMeta,
+    SourceView,
     StartTasks,
     Statement,
+    SyncBoot,
+    SyncRunView,
+    SyncStatus,
     TasksStatus,
     TaskView,
     UpsertRows,
+    WaitSources,
     WaitTasks,
     WriteResult,
     WriterState,
@@ -110,6 +118,7 @@ class Engine:
         self.run_id = uuid.uuid4().hex[:12]
         self.tasks = Tasks(self)
         self.fts = Fts(self)
+        self.sync = Sync(self)
         self._fts_known: set[str] = set()
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
@@ -167,13 +176,15 @@ class Engine:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
                     health=self.health, control=self._control_for_http,
-                    fts_restore=lambda: fts_view_dict(self.fts.restore()))
+                    fts_restore=lambda: fts_view_dict(self.fts.restore()),
+                    sync_run=lambda name, mode: run_view_dict(self.sync.run(name, mode=mode)))
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
             self._start_actor(FtsControllerActor, config=self.config, clock=self._clock)
             self._start_actor(BackfillActor, config=self.config, plans=self._plans,
                               run_id=self.run_id, clock=self._clock)
+            self._start_actor(SyncActor, config=self.config, run_id=self.run_id)
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:
                 self._status_server.start()
@@ -184,6 +195,8 @@ class Engine:
             # Boot recovery: a deferral left by an earlier run is restored before
             # start returns (a failure is kept in status and retried, never raised).
             self._ask("fts", FtsTick())
+            # Runs a gone process left `running` are marked failed, then schedules armed.
+            self._ask("sync", SyncBoot())
         except BaseException:
             self._shutdown()
             raise
@@ -374,6 +387,8 @@ class Engine:
             out["tasks"] = self._task_status()
         if self._state == "running":
             out["fts"] = self._fts_status()
+        if self._state == "running" and self.config.sources:
+            out["sync"] = self._sync_status()
         if self._readers is not None:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
@@ -419,6 +434,31 @@ class Engine:
         except EngineError as exc:
             return {"error": str(exc)}
         return fts_view_dict(view)
+
+    def _sync_status(self) -> list[dict[str, Any]] | dict[str, str]:
+        try:
+            views: tuple[SourceView, ...] = self._ask("sync", SyncStatus(),
+                                                      timeout=STATUS_TIMEOUT_S)
+            progress: tuple[ProgressView, ...] = self._ask("progress", ProgressSnapshot(),
+                                                           timeout=STATUS_TIMEOUT_S)
+        except pykka.Timeout:
+            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
+        except EngineError as exc:
+            return {"error": str(exc)}
+        live = {p.name: p for p in progress if p.scope == "sync"}
+        assert self._readers is not None
+        with self._readers.lend(STATUS_TIMEOUT_S) as conn:
+            rejects = sync_sql.reject_counts(conn)
+        out = []
+        for view in views:
+            entry = source_view_dict(view)
+            seen = live.get(view.name)
+            running = view.current is not None and seen is not None
+            entry["rate_rows_s"] = seen.rate_rows_s if running and seen else None
+            entry["eta_s"] = seen.eta_s if running and seen else None
+            entry["rejects_stored"] = rejects.get(view.name, 0)
+            out.append(entry)
+        return out
 
     def _control_for_http(self, name: str, action: str) -> dict[str, Any]:
         return dataclasses.asdict(self.tasks.control(name, action))
@@ -562,6 +602,22 @@ def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> No
                                f"(FTS tables: {listed})")
 
 
+def run_view_dict(run: SyncRunView) -> dict[str, Any]:
+    """A run as plain data, with the FTS answers summarised."""
+    out = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
+           if f.name not in ("fts_lease", "fts_after")}
+    lease = run.fts_lease
+    out["fts_deferred"] = bool(lease and lease.deferred)
+    return out
+
+
+def source_view_dict(view: SourceView) -> dict[str, Any]:
+    out = {f.name: getattr(view, f.name) for f in dataclasses.fields(view)}
+    out["current"] = run_view_dict(view.current) if view.current else None
+    out["last"] = run_view_dict(view.last) if view.last else None
+    return out
+
+
 def fts_view_dict(view: FtsView) -> dict[str, Any]:
     """An `FtsView` as plain JSON-able data, for status output."""
     out = dataclasses.asdict(view)
@@ -690,3 +746,57 @@ class Fts:
         """Restore now, even while sources are catching up; returns once it has ended."""
         view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
         return view
+
+
+class RunHandle:
+    """A source run asked for and not yet ended."""
+
+    def __init__(self, future: pykka.Future[Any]) -> None:
+        self._future = future
+
+    def result(self, timeout: float | None = None) -> SyncRunView:
+        """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
+        try:
+            view: SyncRunView = self._future.get(timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"the run has not ended within {timeout}s") from None
+        return view
+
+
+class Sync:
+    """`engine.sync`: run sources now, watch them, read their history."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def run(self, source: str, *, mode: str = "auto", join: bool = True,
+            timeout: float | None = None) -> SyncRunView:
+        """Run `source` now and return its run once it has ended.
+
+        While it runs already this joins that run (or, with `join=False`,
+        raises `SyncBusy`). `mode` is `auto`, `full` or `incremental`.
+        """
+        return self.run_later(source, mode=mode, join=join).result(timeout)
+
+    def run_later(self, source: str, *, mode: str = "auto", join: bool = True) -> RunHandle:
+        """`run` without waiting: a handle whose `result()` is the `SyncRunView`."""
+        return RunHandle(self._engine.ask_later("sync", RunSource(source=source, mode=mode,
+                                                                  join=join)))
+
+    def status(self) -> tuple[SourceView, ...]:
+        views: tuple[SourceView, ...] = self._engine.ask("sync", SyncStatus())
+        return views
+
+    def wait(self, *sources: str, timeout: float | None = None) -> tuple[SourceView, ...]:
+        """Block until the sources (all by default) have no run and no retry pending."""
+        try:
+            views: tuple[SourceView, ...] = self._engine.ask_later(
+                "sync", WaitSources(sources=sources)).get(timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"sources not idle within {timeout}s") from None
+        return views
+
+    def history(self, source: str | None = None, limit: int = 20) -> list[SyncRunView]:
+        """The newest runs first, from `_sw_sync_runs`."""
+        with self._engine.read() as conn:
+            return sync_sql.history(conn, source, limit)

@@ -119,10 +119,6 @@ class SetMeta(Message):
     value: str | None = None
 
 
-#: Messages the Writer may commit together in one transaction.
-FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows)
-
-
 # --- background work --------------------------------------------------------------------
 
 
@@ -199,8 +195,99 @@ class InspectFts(Message):
     kind: ClassVar[str] = "writer.fts_inspect"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableRows:
+    """Rows for one table in a `SyncBatch`, upserted on `key`."""
+
+    table: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilePosition:
+    """How far a batch read one source file: from byte `start` (what the database
+    must hold now) to byte `end` (what it holds after this batch)."""
+
+    file: str
+    start: int
+    end: int
+    size: int
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reject:
+    """A source record that failed mapping or validation, kept with where it came from."""
+
+    position: str
+    reason: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartSyncRun(Message):
+    """Record a new `running` row in `_sw_sync_runs`; answered with its id as `last_rowid`."""
+
+    kind: ClassVar[str] = "writer.sync_start"
+    source: str
+    mode: str
+    reason: str
+    attempt: int
+    engine_run: str
+    started_at: float
+    cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncBatch(Message):
+    """One write transaction of a source run: its rows, rejects and file positions.
+
+    Applied only if the run has committed exactly `seq` batches and every file
+    is where `start` says, so a batch is never applied twice or after a gap.
+    """
+
+    kind: ClassVar[str] = "writer.sync_batch"
+    source: str
+    run: int
+    seq: int
+    tables: tuple[TableRows, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+    files: tuple[FilePosition, ...] = ()
+    #: `keep` turns rows the database refuses into rejects; `fail` fails the batch.
+    on_reject: str = "keep"
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndSyncRun(Message):
+    """Record how a run ended: `ok`, `failed` or `stopped`."""
+
+    kind: ClassVar[str] = "writer.sync_end"
+    run: int
+    status: str
+    ended_at: float
+    error: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReapSyncRuns(Message):
+    """Boot: runs left `running` by an engine that is gone become `failed`."""
+
+    kind: ClassVar[str] = "writer.sync_reap"
+    engine_run: str
+    ended_at: float
+
+
+#: Messages the Writer may commit together in one transaction.
+FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows,
+                                                SyncBatch)
+
 #: Small bookkeeping writes; they join group commits like foreground writes.
-BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta)
+BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta, StartSyncRun,
+                                                 EndSyncRun, ReapSyncRuns)
 
 
 # --- Backfill ---------------------------------------------------------------------------
@@ -288,6 +375,91 @@ class FtsStatus(Message):
     """Ask the controller for an `FtsView`."""
 
     kind: ClassVar[str] = "fts.status"
+
+
+# --- Sync -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncBoot(Message):
+    """Boot: reap runs a gone process left `running`, then arm every source's schedule."""
+
+    kind: ClassVar[str] = "sync.boot"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSource(Message):
+    """Run a source now; answered with its `SyncRunView` when the run ends.
+
+    While the source runs already, the ask joins that run (`join`) or is
+    refused. `mode` is `auto` (what the schedule would pick), `full` or
+    `incremental`.
+    """
+
+    kind: ClassVar[str] = "sync.run"
+    source: str
+    mode: str = "auto"
+    join: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncTick(Message):
+    """Sent by a source's timer: its scheduled run or retry is due."""
+
+    kind: ClassVar[str] = "sync.tick"
+    source: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncStatus(Message):
+    """Ask for a `SourceView` of every source."""
+
+    kind: ClassVar[str] = "sync.status"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitSources(Message):
+    """Answered once every named source (all when empty) has no run and no retry pending."""
+
+    kind: ClassVar[str] = "sync.wait"
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PumpProgress(Message):
+    """From a run's reader thread: another batch is committed."""
+
+    kind: ClassVar[str] = "sync.pumped"
+    source: str
+    run: int
+    rows: int
+    rejects: int
+    batch_rows: int
+    batch_s: float
+    total: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PumpEnded(Message):
+    """From a run's reader thread: it has stopped, and every batch it sent is answered.
+
+    `failure` says what kind of error ended it: `retry` (worth retrying),
+    `rate_limited` (wait `retry_after_s`, no retries) or `fatal`.
+    """
+
+    kind: ClassVar[str] = "sync.pump_end"
+    source: str
+    run: int
+    rows: int
+    rejects: int
+    error: str | None = None
+    failure: str | None = None
+    retry_after_s: float | None = None
+    note: str | None = None
+    stopped: bool = False
+    fts_lease: FtsLease | None = None
+    fts_after: FtsView | None = None
 
 
 # --- Progress ---------------------------------------------------------------------------
@@ -495,3 +667,49 @@ class ProgressView:
     persisted: int
     persist_failures: int
     last_persist_error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncBatchResult:
+    """What a `SyncBatch` committed: rows written and rejects stored (the database's too)."""
+
+    rows: int
+    rejects: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncRunView:
+    """One run of a source, as `_sw_sync_runs` and the Sync actor know it."""
+
+    id: int
+    source: str
+    mode: str
+    status: str
+    reason: str
+    attempt: int
+    started_at: float
+    ended_at: float | None
+    rows: int
+    rejects: int
+    error: str | None = None
+    note: str | None = None
+    #: From the FtsController, when the run announced a catch-up.
+    fts_lease: FtsLease | None = None
+    fts_after: FtsView | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceView:
+    """A source's state: `idle`, `running` or `retry_wait`, its runs and what comes next."""
+
+    name: str
+    kind: str
+    state: str
+    current: SyncRunView | None
+    last: SyncRunView | None
+    #: Unix time of the next scheduled run or retry (None: on request only).
+    next_run_at: float | None
+    next_reason: str | None
+    #: Upstream asked not to be called before this Unix time (Retry-After).
+    not_before: float | None
+    total: int | None = None

@@ -26,7 +26,7 @@ from engine.sqlite import transaction
 log = logging.getLogger(__name__)
 
 #: Version of the engine's own tables (`_sw_*`); stored in `_sw_meta`.
-ENGINE_SCHEMA_VERSION = 2
+ENGINE_SCHEMA_VERSION = 3
 META_TABLE = "_sw_meta"
 _META_DDL = (f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
              "(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
@@ -58,6 +58,57 @@ _TASKS_DDL = f"""CREATE TABLE IF NOT EXISTS {TASKS_TABLE} (
     error TEXT,
     PRIMARY KEY (name, version)
 ) STRICT"""
+
+
+SYNC_RUNS_TABLE = "_sw_sync_runs"
+SYNC_FILES_TABLE = "_sw_sync_files"
+REJECTS_TABLE = "_sw_rejects"
+SYNC_MODES = ("full", "incremental")
+SYNC_STATUSES = ("running", "ok", "failed", "stopped")
+#: One row per catch-up run of a source. `engine_run` is the run id of the
+#: engine that started it (a row left `running` by another one is stale);
+#: `batches` counts the write transactions the run committed, and each batch
+#: names the count it expects, so none is applied twice or after a gap.
+_SYNC_DDL = (f"""CREATE TABLE IF NOT EXISTS {SYNC_RUNS_TABLE} (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ({", ".join(map(literal, SYNC_MODES))})),
+    status TEXT NOT NULL CHECK (status IN ({", ".join(map(literal, SYNC_STATUSES))})),
+    reason TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    engine_run TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    rows_written INTEGER NOT NULL DEFAULT 0,
+    rejects INTEGER NOT NULL DEFAULT 0,
+    batches INTEGER NOT NULL DEFAULT 0,
+    cursor TEXT,
+    note TEXT,
+    error TEXT
+) STRICT""",
+             f"CREATE INDEX IF NOT EXISTS {SYNC_RUNS_TABLE}_source ON {SYNC_RUNS_TABLE} "
+             "(source, id)",
+             # How far each ndjson file is read: `position` is the byte after the
+             # last line whose rows are committed; `done` once it was read to its end.
+             f"""CREATE TABLE IF NOT EXISTS {SYNC_FILES_TABLE} (
+    source TEXT NOT NULL,
+    file TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (source, file)
+) STRICT""",
+             f"""CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    run INTEGER,
+    position TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    at REAL NOT NULL
+) STRICT""",
+             f"CREATE INDEX IF NOT EXISTS {REJECTS_TABLE}_source ON {REJECTS_TABLE} (source, id)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +219,8 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         conn.execute(_META_DDL)
         _check_engine_version(conn, actions)
         conn.execute(_TASKS_DDL)
+        for ddl in _SYNC_DDL:
+            conn.execute(ddl)
         objects = _objects(conn)
         deferred = _deferred_fts(conn)
         statements: list[tuple[str, str]] = []

@@ -5,6 +5,8 @@
 - `GET /metrics`: the same status as Prometheus metrics, read at scrape time.
 - `POST /tasks/NAME/ACTION`: pause, resume or cancel a task; answers the task as JSON.
 - `POST /fts/restore`: restore deferred FTS triggers now; answers the FTS state as JSON.
+- `POST /sync/SOURCE?mode=auto|full|incremental`: run a source now (joining a run under
+  way) and answer the run as JSON once it has ended.
 
 Errors are answered as JSON `{"error": ...}` and never printed.
 """
@@ -16,12 +18,19 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from engine.errors import EngineStopped, ServiceError, TaskConflict, UnknownTask
+from engine.errors import (
+    EngineStopped,
+    ServiceError,
+    SyncBusy,
+    TaskConflict,
+    UnknownSource,
+    UnknownTask,
+)
 
 PREFIX = "sqlwarden_"
 #: How often the serving thread looks whether stop() was called.
@@ -29,7 +38,7 @@ STOP_POLL_S = 0.1
 ACTIONS = ("pause", "resume", "cancel")
 TASK_STATES = ("pending", "running", "paused", "done", "failed", "cancelled")
 PATHS = ("GET /healthz", "GET /status", "GET /metrics",
-         f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore")
+         f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore", "POST /sync/SOURCE")
 FTS_STATES = ("live", "deferred", "restoring", "restore_failed")
 #: Writer counters exported as `sqlwarden_writer_<key>_total`, with their help text.
 WRITER_COUNTERS = {
@@ -58,8 +67,10 @@ class StatusServer:
     def __init__(self, host: str, port: int, *, status: Callable[[], dict[str, Any]],
                  health: Callable[[], tuple[bool, list[str]]],
                  control: Callable[[str, str], dict[str, Any]] | None = None,
-                 fts_restore: Callable[[], dict[str, Any]] | None = None) -> None:
+                 fts_restore: Callable[[], dict[str, Any]] | None = None,
+                 sync_run: Callable[[str, str], dict[str, Any]] | None = None) -> None:
         self._status = status
+        self._sync_run = sync_run
         self._health = health
         self._control = control
         self._fts_restore = fts_restore
@@ -105,9 +116,13 @@ class StatusServer:
             return _Reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
         return _not_found(path)
 
-    def _post(self, path: str) -> _Reply:
+    def _post(self, target: str) -> _Reply:
         """Answers a POST; runs on the request's thread."""
+        path, _, query = target.partition("?")
         match path.split("/"):
+            case ["", "sync", name] if name:
+                mode = parse_qs(query).get("mode", ["auto"])[-1]
+                return self._run_source(unquote(name), mode)
             case ["", "tasks", name, action] if name and action in ACTIONS:
                 return self._control_task(unquote(name), action)
             case ["", "fts", "restore"]:
@@ -122,6 +137,18 @@ class StatusServer:
                                             f"one of {', '.join(ACTIONS)}; got {path}"})
             case _:
                 return _not_found(path)
+
+    def _run_source(self, name: str, mode: str) -> _Reply:
+        if self._sync_run is None:
+            return _json(503, {"error": "sources are not available"})
+        try:
+            return _json(200, self._sync_run(name, mode))
+        except UnknownSource as exc:
+            return _json(404, {"error": str(exc)})
+        except (SyncBusy, ValueError) as exc:
+            return _json(409 if isinstance(exc, SyncBusy) else 400, {"error": str(exc)})
+        except EngineStopped as exc:
+            return _json(503, {"error": str(exc)})
 
     def _control_task(self, name: str, action: str) -> _Reply:
         if self._control is None:
@@ -152,11 +179,11 @@ class StatusServer:
                     self._send(_json(400, {"error": "bad Content-Length"}))
                     return
                 self.rfile.read(length)  # the body means nothing; read it to keep the stream clean
-                self._reply(server._post)
+                self._reply(server._post, query=True)
 
-            def _reply(self, route: Callable[[str], _Reply]) -> None:
+            def _reply(self, route: Callable[[str], _Reply], query: bool = False) -> None:
                 try:
-                    reply = route(self.path.split("?", 1)[0])
+                    reply = route(self.path if query else self.path.split("?", 1)[0])
                 except Exception as exc:
                     reply = _json(500, {"error": f"{type(exc).__name__}: {exc}"})
                 self._send(reply)

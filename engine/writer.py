@@ -19,7 +19,7 @@ from itertools import chain
 
 import apsw
 
-from engine import fts
+from engine import fts, sync
 from engine.config import Config, TableConfig
 from engine.errors import (
     BadRowError,
@@ -33,6 +33,7 @@ from engine.protocol import (
     CheckpointResult,
     ChunkResult,
     DeferFts,
+    EndSyncRun,
     Execute,
     ExecuteBatch,
     FtsDeferralView,
@@ -40,11 +41,15 @@ from engine.protocol import (
     FtsRestoreResult,
     InsertRows,
     Message,
+    ReapSyncRuns,
     RestoreFts,
     RunChunk,
     SaveProgress,
     SaveTask,
     SetMeta,
+    StartSyncRun,
+    SyncBatch,
+    SyncBatchResult,
     UpdateFtsDeferral,
     UpsertRows,
     WriteResult,
@@ -72,7 +77,7 @@ class _TransactionEnded(Exception):
     """A message ended the group's transaction; the group runs again without it."""
 
 
-Outcome = WriteResult | EngineError
+Outcome = WriteResult | SyncBatchResult | EngineError
 
 
 class WriterCore:
@@ -180,9 +185,11 @@ class WriterCore:
                 self.failed_messages += 1
             elif isinstance(message, (InsertRows, UpsertRows)):
                 self.rows_written += len(message.rows)
+            elif isinstance(outcome, SyncBatchResult):
+                self.rows_written += outcome.rows
         self.last_write_at = self._clock()
 
-    def apply(self, message: Message) -> WriteResult:
+    def apply(self, message: Message) -> WriteResult | SyncBatchResult:
         """Run one write message inside the caller's transaction."""
         match message:
             case Execute(sql=sql, params=params):
@@ -216,6 +223,15 @@ class WriterCore:
                     raise TaskError(f"no _sw_tasks row for {message.task}@{message.version}; "
                                     "progress not saved", task=message.task)
                 return WriteResult(changes=1)
+            case SyncBatch():
+                return sync.apply_batch(self.conn, message, self._rows_per)
+            case StartSyncRun():
+                run = sync.start_run(self.conn, message)
+                return WriteResult(changes=1, last_rowid=run)
+            case EndSyncRun():
+                return WriteResult(changes=sync.end_run(self.conn, message))
+            case ReapSyncRuns():
+                return WriteResult(changes=sync.reap_runs(self.conn, message))
             case SetMeta(key=key, value=None):
                 self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
                 return WriteResult(changes=self.conn.changes())
@@ -291,6 +307,10 @@ class WriterCore:
             self._refused = f"PRAGMA {first.lower()} is set by the engine and cannot be changed"
             return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+    def _rows_per(self, table: str, width: int) -> int:
+        return rows_per_statement(self.variable_limit, width,
+                                  indexed=self._indexed.get(table, True))
 
     def _bulk(self, message: InsertRows | UpsertRows, sql_for: Callable[[int], str]) -> WriteResult:
         rows, width = message.rows, len(message.columns)

@@ -10,6 +10,7 @@ import apsw
 import pytest
 
 from engine.cli import main
+from engine.schema import ENGINE_SCHEMA_VERSION
 
 from .conftest import (
     ROOT,
@@ -102,7 +103,7 @@ def test_status_works_while_another_process_serves_and_a_signal_stops_it_cleanly
         assert {t["task"]: t["status"] for t in status["tasks"]} == {
             "registry_last_seen@1": "done", "observation_units@1": "done",
             "org_directory@1": "done"}
-        assert status["database"]["schema_version"] == "2"
+        assert status["database"]["schema_version"] == str(ENGINE_SCHEMA_VERSION)
         assert main(["status", str(path)]) == 0
         assert "5,000 rows" in capsys.readouterr().out
         proc.send_signal(sig)

@@ -167,7 +167,33 @@ BROKEN = [
     pytest.param("database: {path: x.db}\nstatus:\n  port: 70000\n", 3, "status.port",
                  "at most 65535", id="port-out-of-range"),
     pytest.param("database: {path: x.db}\nsources:\n  feed:\n    kind: ftp\n", 4,
-                 "sources.feed.kind", "expected one of generator", id="unknown-source-kind"),
+                 "sources.feed.kind", "expected one of ndjson, http, generator",
+                 id="unknown-source-kind"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  api:\n    kind: http\n"
+                 "    table: sites\n", 8, "sources.api", "missing required key 'url'",
+                 id="http-without-url"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  api:\n    kind: http\n"
+                 "    table: sites\n    url: ftp://x\n", 11, "sources.api.url",
+                 "expected an http:// or https:// URL", id="http-bad-url"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  api:\n    kind: http\n"
+                 "    table: sites\n    url: http://h/x\n", 8, "sources.api",
+                 "the cursor column 'updated' is not mapped", id="http-no-cursor-column"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  f:\n    kind: ndjson\n"
+                 "    table: sites\n    path: in\n    fields: {nme: name}\n", 12,
+                 "sources.f.fields.nme", "has no column 'nme' (did you mean 'name'?)",
+                 id="ndjson-unknown-column"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  f:\n    kind: ndjson\n"
+                 "    table: sites\n    path: in\n    fields: {name: title}\n", 8, "sources.f",
+                 "key column id is not mapped", id="ndjson-key-not-mapped"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  f:\n    kind: ndjson\n"
+                 "    table: sites\n    path: in\n    every: soon\n", 12, "sources.f.every",
+                 "expected a duration such as 30s", id="bad-duration"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  f:\n    kind: ndjson\n"
+                 "    table: sites\n    path: in\n    on_reject: skip\n", 12,
+                 "sources.f.on_reject", "expected one of keep, fail", id="bad-on-reject"),
+    pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "sources:\n  f:\n    kind: ndjson\n"
+                 "    table: nope\n    path: in\n", 10, "sources.f.table",
+                 "table 'nope' is not declared", id="source-unknown-table"),
     pytest.param("database: {path: x.db}\n" + GOOD_TABLE + "    indexes:\n"
                  "      - {columns: [name], name: sites}\n", 8, "tables.sites.indexes[0]",
                  "already used by table 'sites'", id="index-named-like-a-table"),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 
 import apsw
 import pytest
 
 from engine.config import GeneratorSourceConfig, load_config
-from engine.demo import DemoGenerator, complete, cursor, ingest
+from engine.demo import DemoGenerator, complete, cursor
 from engine.facade import Engine
 
 from .conftest import ROOT, count_rows, read_only, run_sqlwarden, table_digest
@@ -43,34 +42,33 @@ def demo_engine(path: Path, source: GeneratorSourceConfig) -> Engine:
 
 
 def test_a_stopped_ingest_resumes_from_the_data_to_the_same_result(tmp_path: Path) -> None:
-    small = GeneratorSourceConfig(name="demo", registry_rows=300, observation_rows=9000,
+    small = GeneratorSourceConfig(name="demo", registry_rows=300, observation_rows=60_000,
                                   batch_rows=500, seed=11)
     results = []
     for run in ("interrupted", "straight"):
         path = tmp_path / run / "d.db"
+        if run == "interrupted":
+            stop_after_batches(path, small, batches=4)
         with demo_engine(path, small) as engine:
-            if run == "interrupted":
-                interrupt_after(engine, small, rows=2000)
-            assert ingest(engine, small).caught_up
+            done = engine.sync.run("demo")
+            assert done.status == "ok" and complete(engine, small)
         results.append(path)
     for table in ("registry", "observations"):
         assert count_rows(results[0], table) == count_rows(results[1], table)
         assert table_digest(results[0], table) == table_digest(results[1], table)
 
 
-def interrupt_after(engine: Engine, source: GeneratorSourceConfig, *, rows: int) -> None:
-    """Ingest until at least `rows` are written, then stop between batches."""
-    stop = threading.Event()
-    written = [0]
-
-    def count(n: int) -> None:
-        written[0] += n
-        if written[0] >= rows:
-            stop.set()
-
-    report = ingest(engine, source, on_rows=count, stop=stop)
-    assert not report.caught_up
-    assert 0 < cursor(engine, source)[1] < source.observation_rows
+def stop_after_batches(path: Path, source: GeneratorSourceConfig, *, batches: int) -> None:
+    """Start a run, stop the engine once `batches` batches were sent to the Writer."""
+    with demo_engine(path, source) as engine:
+        sent = engine.messages_sent("writer")
+        engine.sync.run_later("demo")
+        # start row, then the batches; the engine stops with the run under way
+        assert engine.wait_for_sent("writer", sent + 1 + batches, timeout=30)
+    with demo_engine(path, source) as engine:
+        (last,) = engine.sync.history("demo")
+        assert last.status == "stopped" and 0 < last.rows < source.observation_rows
+        assert 0 < cursor(engine, source)[1] < source.observation_rows
 
 
 def test_the_embedded_default_ingests_at_least_200k_rows(
@@ -103,13 +101,14 @@ def test_a_hole_left_by_a_failed_batch_is_found_and_filled(tmp_path: Path) -> No
     for run in ("holed", "straight"):
         path = tmp_path / run / "d.db"
         with demo_engine(path, small) as engine:
-            assert ingest(engine, small).caught_up
+            assert engine.sync.run("demo").status == "ok" and complete(engine, small)
             if run == "holed":
                 # What a batch that failed while later ones committed leaves behind.
                 engine.write("DELETE FROM observations WHERE id BETWEEN 1501 AND 2000")
                 assert cursor(engine, small) == (100, 1500)
                 assert not complete(engine, small)
-                report = ingest(engine, small)
-                assert report.caught_up and report.observation_rows == 3500
+                again = engine.sync.run("demo")
+                # From the hole on; rows after it are sent again but unchanged.
+                assert again.status == "ok" and again.rows == 500 and complete(engine, small)
         paths.append(path)
     assert table_digest(paths[0], "observations") == table_digest(paths[1], "observations")

@@ -11,6 +11,7 @@ from engine.cli import main
 from engine.config import Config, parse_config
 from engine.errors import SchemaError
 from engine.facade import Engine
+from engine.schema import ENGINE_SCHEMA_VERSION
 
 from .conftest import files_under, read_only, site_row, sites_yaml
 
@@ -37,10 +38,11 @@ def test_first_start_creates_tables_indexes_fts_and_bookkeeping(config: Config) 
         pass
     names = {name for _, name, _ in master(config.database.path)}
     assert {"sites", "readings", "idx_sites_org_updated_at", "sites_fts", "sites_fts_ai",
-            "sites_fts_ad", "sites_fts_au", "_sw_meta"} <= names
+            "sites_fts_ad", "sites_fts_au", "_sw_meta", "_sw_tasks", "_sw_sync_runs",
+            "_sw_sync_files", "_sw_rejects"} <= names
     conn = read_only(config.database.path)
     assert conn.execute("SELECT value FROM _sw_meta WHERE key = 'schema_version'").fetchone() \
-        == ("2",)
+        == (str(ENGINE_SCHEMA_VERSION),)
     conn.close()
 
 
