@@ -123,7 +123,8 @@ class SyncActor(BaseActor):
                         source.name, STOP_WAIT_S)
             return
         ended = pump.ended
-        status, error, note = "stopped", None, sync.stopped_note(ended.note if ended else None)
+        status, error = "stopped", None
+        note: str | None = sync.stopped_note(ended.note if ended else None)
         if ended is not None and ended.error is not None:
             status, error = "failed", self._redactor.text(ended.error)
         elif ended is not None and not ended.stopped:

@@ -55,6 +55,7 @@ SAMPLE_BYTES = 256 * 1024
 _INTEGER = re.compile(r"[+-]?\d+")
 _TIMESTAMP = re.compile(
     r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?")
+_STAMP = _TIMESTAMP.fullmatch
 
 
 class SourceError(Exception):
@@ -214,13 +215,18 @@ class Mapper:
             try:
                 values = self._fast(record)
             except KeyError:
-                pass
-            else:
-                if self._single:
-                    values = (values,)
-                if tuple(map(type, values)) == self._exact and all(
-                        _TIMESTAMP.fullmatch(values[i]) for i in self._stamps):
-                    return tuple(values)
+                return self._slow(record)
+            if self._single:
+                values = (values,)
+            if tuple(map(type, values)) == self._exact:
+                stamps = self._stamps
+                if not stamps:
+                    return values
+                if len(stamps) == 1:
+                    if _STAMP(values[stamps[0]]) is not None:
+                        return values
+                elif all(_STAMP(values[i]) is not None for i in stamps):
+                    return values
         return self._slow(record)
 
     def _slow(self, record: dict[str, Any]) -> Row:
@@ -293,11 +299,15 @@ class NdjsonReader:
         self.max_bytes = int(source.max_record_mb * 1024 * 1024)
         self.note: str | None = None
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+        #: The newest file of the directory (read or not), as of the last listing.
+        self._newest: str | None = None
 
     def _pending(self) -> list[tuple[Path, int, int]]:
         """(file, position, size) of every file with bytes not yet read."""
         pending = []
-        for path in ndjson_files(self.source.path):
+        listed = ndjson_files(self.source.path)
+        self._newest = listed[-1].name if listed else None
+        for path in listed:
             state = self.states.get(path.name)
             position = state.position if state is not None else 0
             size = path.stat().st_size
@@ -330,15 +340,18 @@ class NdjsonReader:
         pending = self._pending()
         batch = Prepared()
         rows: list[Row] = []
-        for index, (path, start, size) in enumerate(pending):
+        for path, start, size in pending:
             name = path.name
-            newest = index == len(pending) - 1
+            # Newest in the directory, not among the files with new bytes: an older
+            # file's last line is as complete as it will be even if the newer ones
+            # have nothing new.
+            newest = name == self._newest
             position = start
             with path.open("rb") as f:
                 f.seek(start)
-                for kind, data, offset, end in self._blocks(f, start, newest, name):
+                for kind, data, offset, end, length in self._blocks(f, start, newest, name):
                     if kind == "toolong":
-                        self._too_long(data, offset, name, batch)
+                        self._too_long(data, length, offset, name, batch)
                         position = end
                     elif kind == "last":
                         self._line(data, offset, name, rows, batch, incomplete=True)
@@ -361,11 +374,17 @@ class NdjsonReader:
         if batch.files:
             yield batch
 
-    def _too_long(self, head: bytes, offset: int, name: str, batch: Prepared) -> None:
+    def _too_long(self, head: bytes, length: int, offset: int, name: str,
+                  batch: Prepared) -> None:
+        """Reject a line of `length` bytes past `max_record_mb`; `head` is its start."""
+        raw = head[:RAW_KEEP].decode("utf-8", "replace")
+        if length > RAW_KEEP:
+            raw += f"...[{length:,} bytes in all; the first {RAW_KEEP:,} kept]"
         batch.rejects.append(Reject(
             position=f"{name}:{offset}",
-            reason=f"the record is longer than max_record_mb ({self.source.max_record_mb:g} MB)",
-            raw=raw_text(head)))
+            reason=(f"the record is longer than max_record_mb "
+                    f"({self.source.max_record_mb:g} MB): {length:,} bytes"),
+            raw=raw))
 
     def _close(self, batch: Prepared, rows: list[Row], name: str, start: int, end: int,
                size: int, done: bool) -> None:
@@ -376,9 +395,10 @@ class NdjsonReader:
         batch.files.append(FilePosition(file=name, start=start, end=end, size=size, done=done))
 
     def _blocks(self, f: Any, position: int, newest: bool,
-                name: str) -> Iterator[tuple[str, bytes, int, int]]:
-        """(kind, data, offset, end) from the file: `lines` blocks of whole lines,
-        `toolong` for a line past `max_record_mb` (data is its start), `last`
+                name: str) -> Iterator[tuple[str, bytes, int, int, int]]:
+        """(kind, data, offset, end, length) from the file: `lines` blocks of whole
+        lines, `toolong` for a line past `max_record_mb` (data is its start, at most
+        `RAW_KEEP` bytes; length is the whole line's, without its newline), `last`
         for a final line without a newline that is not waited on."""
         carry = b""  # the line being read (only its head, past the limit)
         line_at = position  # file offset of the line being read
@@ -390,9 +410,9 @@ class NdjsonReader:
                 if cut < 0:
                     line_len += len(block)
                     continue
-                line_len += cut + 1
-                yield "toolong", carry, line_at, line_at + line_len
-                line_at += line_len
+                line_len += cut
+                yield "toolong", carry, line_at, line_at + line_len + 1, line_len
+                line_at += line_len + 1
                 carry, line_len, skipping = b"", 0, False
                 block = block[cut + 1:]
                 if not block:
@@ -400,7 +420,7 @@ class NdjsonReader:
             data = carry + block if carry else block
             cut = data.rfind(b"\n") + 1
             if cut:
-                yield "lines", data[:cut], line_at, line_at + cut
+                yield "lines", data[:cut], line_at, line_at + cut, cut
                 line_at += cut
                 carry = data[cut:]
             else:
@@ -414,10 +434,10 @@ class NdjsonReader:
             self.note = (f"waiting on an incomplete last line in {name} ({line_len:,} bytes at "
                          f"byte {line_at:,})")
         elif skipping:
-            yield "toolong", carry, line_at, line_at + line_len
+            yield "toolong", carry, line_at, line_at + line_len, line_len
         else:
             # A newer file exists: this line is as complete as it will be.
-            yield "last", carry, line_at, line_at + line_len
+            yield "last", carry, line_at, line_at + line_len, line_len
 
     def _lines(self, data: bytes, at: int, offset: int, name: str, rows: list[Row],
                batch: Prepared, limit: int) -> int:
@@ -437,7 +457,7 @@ class NdjsonReader:
         while at < end_of_block and len(rows) < limit:
             newline = find("\n", at)
             if newline - at > max_bytes:
-                self._too_long(data[at:newline], offset + at, name, batch)
+                self._too_long(data[at:at + RAW_KEEP], newline - at, offset + at, name, batch)
                 at = newline + 1
                 continue
             try:
@@ -457,7 +477,7 @@ class NdjsonReader:
         while at < len(data) and len(rows) < limit:
             newline = data.index(b"\n", at)
             if newline - at > self.max_bytes:
-                self._too_long(data[at:newline], offset + at, name, batch)
+                self._too_long(data[at:at + RAW_KEEP], newline - at, offset + at, name, batch)
             else:
                 self._line(data[at:newline], offset + at, name, rows, batch)
             at = newline + 1

@@ -67,14 +67,13 @@ def insert_sql(table: str, columns: tuple[str, ...], row_count: int) -> str:
 
 @lru_cache(maxsize=256)
 def upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], row_count: int,
-               *, only_changed: bool = False, returning: bool = False) -> str:
+               *, only_changed: bool = False) -> str:
     """A multi-row insert that updates the non-key columns on a key conflict.
 
     `ON CONFLICT DO UPDATE` runs UPDATE triggers, unlike `INSERT OR REPLACE`,
     which deletes and re-inserts (and skips delete triggers unless recursive
     triggers are on). With `only_changed`, a row whose values are all the same
-    is left alone: no write, no triggers (a source sending a row again). With
-    `returning`, the statement yields one row per row it wrote.
+    is left alone: no write, no triggers (a source sending a row again).
     """
     updates = [c for c in columns if c not in key]
     action = ("DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in updates)
@@ -83,8 +82,7 @@ def upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], row_c
         action += (f" WHERE ({', '.join(quote(c) for c in updates)}) IS NOT "
                    f"({', '.join('excluded.' + quote(c) for c in updates)})")
     target = ", ".join(quote(c) for c in key)
-    return (f"{insert_sql(table, columns, row_count)} ON CONFLICT ({target}) {action}"
-            + (" RETURNING 1" if returning else ""))
+    return f"{insert_sql(table, columns, row_count)} ON CONFLICT ({target}) {action}"
 
 
 def column_list(columns: Sequence[str]) -> str:

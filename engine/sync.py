@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import apsw
@@ -156,30 +157,25 @@ def _upsert(conn: apsw.Connection, table: str, columns: tuple[str, ...], key: tu
     Rows the database refuses become rejects, or fail the batch under `on_reject: fail`.
     """
     try:
+        written = 0
         with _savepoint(conn):
-            if per == 1:
-                # RETURNING yields a row per row written, so a row sent again unchanged
-                # is not counted; executemany keeps one statement for all rows.
-                written = sum(1 for _ in conn.executemany(
-                    upsert_sql(table, columns, key, 1, only_changed=True, returning=True), rows))
-            else:
-                written = 0
-                for start in range(0, len(rows), per):
-                    chunk = rows[start:start + per]
-                    written += sum(1 for _ in conn.execute(
-                        upsert_sql(table, columns, key, len(chunk), only_changed=True,
-                                   returning=True), tuple(v for r in chunk for v in r)))
+            for start in range(0, len(rows), per):
+                chunk = rows[start:start + per]
+                conn.execute(upsert_sql(table, columns, key, len(chunk), only_changed=True),
+                             tuple(chain.from_iterable(chunk)))
+                written += conn.changes()
         return written
     except apsw.ConstraintError:
         if message.on_reject == "fail":
             raise
     # One row at a time, to keep what fits and reject only what does not.
     written = 0
-    sql = upsert_sql(table, columns, key, 1, only_changed=True, returning=True)
+    sql = upsert_sql(table, columns, key, 1, only_changed=True)
     for index, values in enumerate(rows):
         try:
             with _savepoint(conn):
-                written += sum(1 for _ in conn.execute(sql, values))
+                conn.execute(sql, values)
+                written += conn.changes()
         except apsw.ConstraintError as exc:
             rejects.append(Reject(position=f"batch {message.seq} row {index} ({table})",
                                   reason=f"the database refused the row: {exc}",

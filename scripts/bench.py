@@ -7,6 +7,8 @@
                       [--repeat N] [--json PATH] [--workdir DIR]
     scripts/bench fts-share [--total N] [--shares S,S,...] [--batch N] [--repeat N]
                             [--json PATH] [--workdir DIR]
+    scripts/bench sync [--rows N] [--files N] [--batch N] [--repeat N] [--json PATH]
+                       [--workdir DIR]
 
 `ingest`: N rows through `Engine.write_many` (one call per batch, waiting for
 each) against raw apsw `executemany` in transactions of the same size, on the
@@ -58,6 +60,24 @@ restore, and both modes must answer the queries alike. JSON keys: points
 ratio = rebuild_s / incremental_s), crossover_share (the smallest measured
 share where rebuild_s <= 1.05 * incremental_s, or null), plus
 rebuild_share_default, peak_rss_mb, params and the runs.
+
+`sync`: N ndjson records (500,000 by default; seeded, split over 5 files
+part-000.ndjson, ...) into table `docs` (id, title, body, score, updated;
+an index on updated and an FTS5 index on [title, body]), three ways, each in
+a fresh database whose schema the engine made, each in its own subprocess:
+`sync` times `engine.sync.run` of an ndjson source (batch_rows 5,000, FTS
+deferral at its defaults, so the FTS restore at the end is included), which
+must end `ok` with N rows and no rejects; `naive` is what a user writes
+today: apsw, `json.loads` per line, `executemany` of 1,000 rows per
+transaction with the FTS triggers live; `limit` is the same loop into the
+same table without any FTS index. Afterwards every database must hold N
+rows, about 10 MATCH queries (terms, phrases, a prefix, AND) must give the
+same rowids on the sync and naive databases, and FTS5's integrity-check must
+pass on the sync one; otherwise the bench exits 1. JSON keys: sync_rows_s,
+naive_rows_s, limit_rows_s, vs_naive (sync / naive), vs_limit (sync /
+limit), peak_rss_mb (the sync subprocess's VmHWM; a contract; targets:
+vs_naive >= 2.0, vs_limit >= 0.5, peak_rss_mb <= 200), plus the sync run's
+FTS lease and restore, params and the runs.
 """
 
 from __future__ import annotations
@@ -71,6 +91,7 @@ import queue
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -1017,6 +1038,365 @@ def parse_shares(text: str) -> tuple[float, ...]:
     return shares
 
 
+# --- sync ---------------------------------------------------------------------------------
+
+SYNC_YAML = """
+database:
+  path: {path}
+tables:
+  docs:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      title: {{type: text, not_null: true}}
+      body: text
+      score: real
+      updated: {{type: timestamp, not_null: true}}
+    indexes:
+      - [updated]{fts}{sources}
+message_log:
+  path: {log}
+status: {{enabled: false}}
+"""
+SYNC_FTS_YAML = """
+    fts:
+      columns: [title, body]"""
+SYNC_SOURCE_YAML = """
+sources:
+  {name}:
+    kind: ndjson
+    table: docs
+    path: {data}
+    batch_rows: {batch}"""
+SYNC_SOURCE = "files"
+SYNC_CASES = ("sync", "naive", "limit")
+SYNC_COLUMNS = ("id", "title", "body", "score", "updated")
+#: Rows per transaction in the naive and limit loops.
+NAIVE_BATCH = 1_000
+SYNC_SEED = 5
+SYNC_BODY_WORDS = 12
+SYNC_SITES = 5_000
+EQUIPMENT = ("pump", "valve", "tank", "meter", "well", "pumphouse", "sensor", "gate")
+SYNC_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
+SYNC_STEP_S = 12
+#: The sync run must end within this; a hang fails the bench instead.
+SYNC_TIMEOUT_S = 3600.0
+VS_NAIVE_TARGET = 2.0
+VS_LIMIT_TARGET = 0.5
+SYNC_RSS_TARGET_MB = 200.0
+
+
+def sync_fail(message: str) -> SystemExit:
+    """Ends the bench with exit status 1 and `message` (raise what this returns)."""
+    return SystemExit(f"bench sync: FAILED: {message}")
+
+
+def sync_config(path: Path, *, fts: bool, data: Path | None = None, batch: int = 0) -> Config:
+    """The `docs` table, with its FTS index when `fts`; with the ndjson source over `data`
+    (`batch` rows per transaction) when given. FTS deferral is at the engine's defaults."""
+    path = path.resolve()
+    sources = ("" if data is None
+               else SYNC_SOURCE_YAML.format(name=SYNC_SOURCE, data=data.resolve(), batch=batch))
+    return parse_config(SYNC_YAML.format(path=path, log=path.with_suffix(".jsonl"),
+                                         fts=SYNC_FTS_YAML if fts else "", sources=sources),
+                        base_dir=path.parent)
+
+
+def sync_files(data: Path) -> list[Path]:
+    return sorted(data.glob("part-*.ndjson"))
+
+
+def write_ndjson(data: Path, corpus: Corpus, rows: int, files: int) -> dict[str, Any]:
+    """`rows` records with ids 1..rows over `files` files part-000.ndjson, ..., streamed:
+    a title like "site 123 pump", a body of 12 words drawn as `Corpus` draws them, a
+    score and an `updated` timestamp. The same for the same arguments."""
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    started = time.perf_counter()
+    rng = random.Random(SYNC_SEED)
+    per_file = -(-rows // files)
+    written = 0
+    for index in range(files):
+        first, last = index * per_file + 1, min(rows, (index + 1) * per_file)
+        with (data / f"part-{index:03d}.ndjson").open("w", encoding="utf-8") as out:
+            for start in range(first, last + 1, DRAW_ROWS):
+                n = min(DRAW_ROWS, last + 1 - start)
+                drawn = rng.choices(corpus.words, cum_weights=corpus.cum_weights,
+                                    k=n * SYNC_BODY_WORDS)
+                lines = []
+                for i in range(n):
+                    record_id = start + i
+                    at = time.gmtime(SYNC_EPOCH + record_id * SYNC_STEP_S)
+                    lines.append(json.dumps({
+                        "id": record_id,
+                        "title": f"site {rng.randint(1, SYNC_SITES)} {rng.choice(EQUIPMENT)}",
+                        "body": " ".join(drawn[i * SYNC_BODY_WORDS:(i + 1) * SYNC_BODY_WORDS]),
+                        "score": round(rng.uniform(0, 100), 3),
+                        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", at),
+                    }, separators=(",", ":")))
+                out.write("\n".join(lines) + "\n")
+                written += n
+    assert written == rows
+    return {"files": files, "mb": round(sum(p.stat().st_size for p in sync_files(data))
+                                        / 1024 / 1024, 1),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def sync_queries(corpus: Corpus) -> list[str]:
+    """About 10 MATCH expressions: single terms (title words, common to rare body words),
+    phrases, a prefix and ANDs."""
+    w = corpus.words
+    return ['"pump"', '"valve"', *(f'"{w[rank]}"' for rank in (0, 19, 999, 9_999)),
+            '"site 42"', f'"{w[0]} {w[1]}"', "pum*", f'"pump" AND "{w[9]}"',
+            f'title:"valve" AND "{w[2]}"']
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def sync_case(args: argparse.Namespace) -> dict[str, Any]:
+    """One case, run in its own subprocess (`_sync_case`); its result goes to `--out`."""
+    if args.case == "sync":
+        result = sync_case_sync(args.db, args.data, args.rows, args.batch)
+    else:
+        result = sync_case_naive(args.db, args.data, args.rows, fts=args.case == "naive")
+    result.update(case=args.case, rows_s=round(args.rows / result["seconds"], 1),
+                  peak_rss_mb=round(vm_hwm_mb(), 1))
+    args.out.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def sync_case_sync(db: Path, data: Path, rows: int, batch: int) -> dict[str, Any]:
+    """`engine.sync.run` of the ndjson source into a fresh database; only the run is timed."""
+    remove_database(db)
+    with Engine(sync_config(db, fts=True, data=data, batch=batch)) as engine:
+        started = time.perf_counter()
+        run = engine.sync.run(SYNC_SOURCE, timeout=SYNC_TIMEOUT_S)
+        seconds = time.perf_counter() - started
+    if run.status != "ok":
+        raise sync_fail(f"the sync run ended {run.status} after {run.rows:,} rows: {run.error}")
+    if run.rows != rows or run.rejects:
+        raise sync_fail(f"the sync run wrote {run.rows:,} rows with {run.rejects:,} rejects, "
+                        f"expected {rows:,} and none")
+    lease = None if run.fts_lease is None else {"deferred": run.fts_lease.deferred,
+                                                "reason": run.fts_lease.reason}
+    after = run.fts_after
+    restore = None
+    if after is not None and after.last_restore is not None:
+        restore = {"duration_ms": round(after.last_restore.duration_ms, 1),
+                   "tables": [{"fts": t.fts, "mode": t.mode, "changed_rows": t.changed_rows,
+                               "table_rows": t.table_rows} for t in after.last_restore.tables]}
+    return {"seconds": seconds, "rows": run.rows, "mode": run.mode, "note": run.note,
+            "fts_lease": lease, "fts_state": None if after is None else after.state,
+            "restore": restore}
+
+
+def sync_case_naive(db: Path, data: Path, rows: int, *, fts: bool) -> dict[str, Any]:
+    """The loop a user writes: `json.loads` per line, `executemany` per 1,000 rows, one
+    transaction each, into the schema the engine made (with or without its FTS index)."""
+    remove_database(db)
+    with Engine(sync_config(db, fts=fts)):
+        pass
+    conn = apsw.Connection(str(db))
+    conn.pragma("journal_mode", "wal")
+    conn.pragma("synchronous", "normal")
+    sql = f"INSERT INTO docs ({', '.join(SYNC_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"
+    written = 0
+    batch: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        conn.execute("BEGIN")
+        conn.executemany(sql, batch)
+        conn.execute("COMMIT")
+        batch.clear()
+
+    started = time.perf_counter()
+    for path in sync_files(data):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                batch.append((record["id"], record["title"], record["body"], record["score"],
+                              record["updated"]))
+                if len(batch) >= NAIVE_BATCH:
+                    written += len(batch)
+                    flush()
+    if batch:
+        written += len(batch)
+        flush()
+    seconds = time.perf_counter() - started
+    conn.close()
+    if written != rows:
+        raise sync_fail(f"the {'naive' if fts else 'limit'} loop read {written:,} records, "
+                        f"expected {rows:,}")
+    return {"seconds": seconds, "rows": written}
+
+
+def run_sync_case(case: str, db: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one case in a fresh Python process and return what it reported."""
+    out = db.with_suffix(".result.json")
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "_sync_case", case,
+               "--db", str(db), "--data", str(data), "--rows", str(args.rows),
+               "--batch", str(args.batch), "--out", str(out)]
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0 or not out.exists():
+        raise sync_fail(f"the {case} case exited with status {done.returncode} (its output "
+                        "is above)")
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def sync_fingerprint(conn: apsw.Connection, queries: list[str]) -> Fingerprint:
+    """Per query: how many rowids it matched and sha256 over them in order."""
+    out = []
+    for expr in queries:
+        hits = [rowid for rowid, in conn.execute(
+            f"SELECT rowid FROM {FTS_INDEX} WHERE {FTS_INDEX} MATCH ? ORDER BY rowid", (expr,))]
+        out.append((expr, len(hits), hashlib.sha256(",".join(map(str, hits)).encode())
+                    .hexdigest()))
+    return tuple(out)
+
+
+def check_sync(dbs: dict[str, Path], rows: int, queries: list[str]) -> dict[str, Any]:
+    """Every database holds `rows` rows; the sync database has its FTS triggers back,
+    answers every query as the naive one does (with at least one hit each) and passes
+    FTS5's integrity-check."""
+    started = time.perf_counter()
+    fingerprints: dict[str, Fingerprint] = {}
+    for case, path in dbs.items():
+        conn = apsw.Connection(str(path))
+        try:
+            (count,), = conn.execute(f"SELECT count(*) FROM {FTS_TABLE}")
+            if count != rows:
+                raise sync_fail(f"the {case} database holds {count:,} rows in {FTS_TABLE}, "
+                                f"expected {rows:,}")
+            if case == "limit":
+                continue
+            triggers = {name for name, in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                (FTS_TABLE,))}
+            if triggers != set(FTS_TRIGGERS):
+                raise sync_fail(f"the {case} database's triggers on {FTS_TABLE} are "
+                                f"{sorted(triggers)}, expected {list(FTS_TRIGGERS)}")
+            fingerprints[case] = sync_fingerprint(conn, queries)
+            if case == "sync":
+                try:
+                    conn.execute(f"INSERT INTO {FTS_INDEX} ({FTS_INDEX}, rank) "
+                                 "VALUES ('integrity-check', 1)")
+                except apsw.Error as exc:
+                    raise sync_fail(f"integrity-check on the sync database: {exc}") from exc
+        finally:
+            conn.close()
+    for ref, got in zip(fingerprints["naive"], fingerprints["sync"], strict=True):
+        if ref != got:
+            raise sync_fail(f"{ref[0]} matched {got[1]:,} rows on the sync database against "
+                            f"{ref[1]:,} on the naive one, or different ones")
+        if not ref[1]:
+            raise sync_fail(f"{ref[0]} matched no row: the query checks nothing")
+    return {"check_s": round(time.perf_counter() - started, 1),
+            "hits": {expr: hits for expr, hits, _ in fingerprints["sync"]}}
+
+
+def bench_sync(args: argparse.Namespace) -> dict[str, Any]:
+    return in_workdir(args, _bench_sync)
+
+
+def _bench_sync(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    corpus = Corpus()
+    data = workdir / "sync-data"
+    data_info = write_ndjson(data, corpus, args.rows, args.files)
+    queries = sync_queries(corpus)
+    runs: list[dict[str, Any]] = []
+    checks: dict[str, Any] = {}
+    for repeat in range(args.repeat):
+        dbs = {case: workdir / f"sync-{case}.db" for case in SYNC_CASES}
+        try:
+            # Alternate the order so no case always runs on a warm cache.
+            for case in SYNC_CASES if repeat % 2 == 0 else SYNC_CASES[::-1]:
+                run = run_sync_case(case, dbs[case], data, args)
+                runs.append(run)
+                print(f"  {case}: {run['seconds']:.2f} s, {run['rows_s']:,.0f} rows/s, peak RSS "
+                      f"{run['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            checks = check_sync(dbs, args.rows, queries)
+        finally:
+            if args.workdir is None or repeat < args.repeat - 1:
+                for path in dbs.values():
+                    remove_database(path)
+                    path.with_suffix(".jsonl").unlink(missing_ok=True)
+    best = {case: max((r for r in runs if r["case"] == case), key=lambda r: r["rows_s"])
+            for case in SYNC_CASES}
+    for run in runs:
+        run["best"] = any(run is b for b in best.values())
+        run["seconds"] = round(run["seconds"], 3)
+    sync_rows_s, naive_rows_s = best["sync"]["rows_s"], best["naive"]["rows_s"]
+    limit_rows_s = best["limit"]["rows_s"]
+    return {
+        "bench": "sync",
+        "sync_rows_s": sync_rows_s,
+        "naive_rows_s": naive_rows_s,
+        "limit_rows_s": limit_rows_s,
+        "vs_naive": round(sync_rows_s / naive_rows_s, 3),
+        "vs_limit": round(sync_rows_s / limit_rows_s, 3),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs if r["case"] == "sync"),
+        "sync_run": {key: best["sync"][key] for key in ("mode", "note", "fts_lease",
+                                                        "fts_state", "restore")},
+        "params": {"rows": args.rows, "files": args.files, "batch_rows": args.batch,
+                   "naive_batch_rows": NAIVE_BATCH, "repeat": args.repeat,
+                   "vocabulary": VOCABULARY_SIZE, "body_words": SYNC_BODY_WORDS,
+                   "data": data_info, "queries": len(queries), "check_s": checks["check_s"],
+                   "hits": checks["hits"]},
+        "runs": runs,
+        "sqlite_version": apsw.sqlite_lib_version(),
+    }
+
+
+def print_sync(result: dict[str, Any]) -> None:
+    params = result["params"]
+    print(f"bench sync: {params['rows']:,} ndjson records in {params['files']} files "
+          f"({params['data']['mb']:.0f} MB) into docs with an FTS5 index on [title, body]; "
+          f"sync batches of {params['batch_rows']:,}, naive and limit "
+          f"{params['naive_batch_rows']:,} per transaction; each case in its own process, "
+          f"best of {params['repeat']}")
+    best = {run["case"]: run for run in result["runs"] if run["best"]}
+    labels = {"sync": "engine.sync.run", "naive": "naive (apsw, FTS triggers live)",
+              "limit": "limit (apsw, no FTS)"}
+    print(f"{'case':<32} {'rows/s':>10} {'seconds':>9} {'peak RSS MB':>12}")
+    for case in SYNC_CASES:
+        run = best[case]
+        print(f"{labels[case]:<32} {run['rows_s']:>10,.0f} {run['seconds']:>9.2f} "
+              f"{run['peak_rss_mb']:>12.0f}")
+    sync_run = result["sync_run"]
+    lease, restore = sync_run["fts_lease"], sync_run["restore"]
+    fts = "no FTS lease" if lease is None else (
+        f"FTS {'deferred' if lease['deferred'] else 'live'} ({lease['reason']})")
+    if restore is not None:
+        fts += ", restored by " + ", ".join(
+            f"{t['mode']} ({t['changed_rows']:,} of {t['table_rows']:,} rows)"
+            for t in restore["tables"]) + f" in {restore['duration_ms'] / 1000:.2f} s"
+    print(f"sync run: mode {sync_run['mode']}, {fts}")
+
+    def target(value: float, ok: bool, text: str) -> str:
+        return f"{value:.3f} (target {text}: {'met' if ok else 'NOT met'})"
+
+    vs_naive, vs_limit, rss = result["vs_naive"], result["vs_limit"], result["peak_rss_mb"]
+    print(f"vs naive {target(vs_naive, vs_naive >= VS_NAIVE_TARGET, f'>= {VS_NAIVE_TARGET}')}"
+          f"   vs limit {target(vs_limit, vs_limit >= VS_LIMIT_TARGET, f'>= {VS_LIMIT_TARGET}')}"
+          f"   peak RSS {rss:.0f} MB (target <= {SYNC_RSS_TARGET_MB:.0f}: "
+          f"{'met' if rss <= SYNC_RSS_TARGET_MB else 'NOT met'})")
+    print(f"checks: {params['rows']:,} rows in every database, {params['queries']} queries gave "
+          "the same rowids on the sync and naive databases, integrity-check passed on the sync "
+          "database")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1074,7 +1454,33 @@ def main(argv: list[str] | None = None) -> int:
     share.add_argument("--workdir", type=Path, default=None,
                        help="where the databases go, the last base kept there (default: a "
                        "temporary directory, removed afterwards)")
+    sync = names.add_parser("sync", help="an ndjson source through engine.sync.run against "
+                            "the apsw loop a user writes, with and without FTS")
+    sync.add_argument("--rows", type=int, default=500_000,
+                      help="ndjson records (default: %(default)s)")
+    sync.add_argument("--files", type=int, default=5,
+                      help="files the records are split over (default: %(default)s)")
+    sync.add_argument("--batch", type=int, default=5_000,
+                      help="the source's batch_rows (default: %(default)s)")
+    sync.add_argument("--repeat", type=int, default=1,
+                      help="runs per case; the fastest counts (default: %(default)s)")
+    sync.add_argument("--json", type=Path, default=Path("var/bench/sync.json"),
+                      help="where to write the JSON result (default: %(default)s)")
+    sync.add_argument("--workdir", type=Path, default=None,
+                      help="where the files and databases go, the last ones kept there "
+                      "(default: a temporary directory, removed afterwards)")
+    # One `sync` case in a fresh process (not listed: `sync` runs it).
+    case = names.add_parser("_sync_case")
+    case.add_argument("case", choices=SYNC_CASES)
+    case.add_argument("--db", type=Path, required=True)
+    case.add_argument("--data", type=Path, required=True)
+    case.add_argument("--rows", type=int, required=True)
+    case.add_argument("--batch", type=int, required=True)
+    case.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.name == "_sync_case":
+        sync_case(args)
+        return 0
     if args.name == "ingest":
         if args.rows < 1 or args.batch < 1 or args.repeat < 1:
             parser.error("--rows, --batch and --repeat must be positive")
@@ -1096,6 +1502,13 @@ def main(argv: list[str] | None = None) -> int:
                          f"at least {threshold:,} new rows (fts_deferral.threshold_rows)")
         result = bench_fts_share(args)
         print_fts_share(result)
+    elif args.name == "sync":
+        if min(args.rows, args.files, args.batch, args.repeat) < 1:
+            parser.error("--rows, --files, --batch and --repeat must be positive")
+        if args.files > args.rows:
+            parser.error("--files must not exceed --rows")
+        result = bench_sync(args)
+        print_sync(result)
     else:
         if args.parents < 1 or args.children < 1 or args.repeat < 1:
             parser.error("--parents, --children and --repeat must be positive")
