@@ -165,9 +165,11 @@ def _upsert(conn: apsw.Connection, table: str, columns: tuple[str, ...], key: tu
                              tuple(chain.from_iterable(chunk)))
                 written += conn.changes()
         return written
-    except apsw.ConstraintError:
+    except apsw.ConstraintError as exc:
         if message.on_reject == "fail":
-            raise
+            raise SyncError(f"source {message.source}: the database refused a row of batch "
+                            f"{message.seq} ({table}): {exc} (on_reject: fail)",
+                            source=message.source) from exc
     # One row at a time, to keep what fits and reject only what does not.
     written = 0
     sql = upsert_sql(table, columns, key, 1, only_changed=True)
@@ -399,6 +401,7 @@ class Pump:
         if backlog.rows is not None:
             self._maybe_defer(backlog.rows)
         in_flight: deque[tuple[Any, int, float]] = deque()
+        primary: BaseException | None = None
         try:
             for prepared in self.reader.batches():
                 if self.stop.is_set():
@@ -418,8 +421,13 @@ class Pump:
                                   time.perf_counter()))
                 while len(in_flight) >= IN_FLIGHT:
                     self._settle(in_flight.popleft())
+        except BaseException as exc:
+            primary = exc
+            raise
         finally:
-            # Whatever happened, learn what every batch sent did before ending.
+            # Whatever happened, learn what every batch sent did before ending. The
+            # error that ended the loop stays the run's error: the batches after a
+            # failed one are refused (they would leave a gap), which says nothing new.
             first_error: BaseException | None = None
             while in_flight:
                 try:
@@ -431,7 +439,7 @@ class Pump:
                     self.fts_after = self._ask("fts", EndCatchUp(source=self.source.name)).get()
             except BaseException as exc:
                 first_error = first_error or exc
-            if first_error is not None:
+            if first_error is not None and primary is None:
                 raise first_error
 
     def _maybe_defer(self, rows: int) -> None:
