@@ -403,16 +403,23 @@ class Engine:
             out["fatal"] = dataclasses.asdict(self._fatal)
         return _redact(self._redactor, out)
 
-    def _task_status(self) -> list[dict[str, Any]] | dict[str, str]:
+    def _status_answers(self, *asks: tuple[str, Message]) -> tuple[Any, ...] | dict[str, str]:
+        """The answers to `asks`, or, if one does not come in time, what went wrong."""
         try:
-            views: tuple[TaskView, ...] = self._ask("backfill", TasksStatus(),
-                                                    timeout=STATUS_TIMEOUT_S)
-            progress: tuple[ProgressView, ...] = self._ask("progress", ProgressSnapshot(),
-                                                           timeout=STATUS_TIMEOUT_S)
+            return tuple(self._ask(receiver, message, timeout=STATUS_TIMEOUT_S)
+                         for receiver, message in asks)
         except pykka.Timeout:
             return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
         except EngineError as exc:
             return {"error": str(exc)}
+
+    def _task_status(self) -> list[dict[str, Any]] | dict[str, str]:
+        answers = self._status_answers(("backfill", TasksStatus()),
+                                       ("progress", ProgressSnapshot()))
+        if isinstance(answers, dict):
+            return answers
+        views: tuple[TaskView, ...] = answers[0]
+        progress: tuple[ProgressView, ...] = answers[1]
         live = {p.name: p for p in progress if p.scope == "task"}
         out = []
         for view in views:
@@ -427,24 +434,15 @@ class Engine:
         return out
 
     def _fts_status(self) -> dict[str, Any]:
-        try:
-            view: FtsView = self._ask("fts", FtsStatus(), timeout=STATUS_TIMEOUT_S)
-        except pykka.Timeout:
-            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
-        except EngineError as exc:
-            return {"error": str(exc)}
-        return fts_view_dict(view)
+        answers = self._status_answers(("fts", FtsStatus()))
+        return answers if isinstance(answers, dict) else fts_view_dict(answers[0])
 
     def _sync_status(self) -> list[dict[str, Any]] | dict[str, str]:
-        try:
-            views: tuple[SourceView, ...] = self._ask("sync", SyncStatus(),
-                                                      timeout=STATUS_TIMEOUT_S)
-            progress: tuple[ProgressView, ...] = self._ask("progress", ProgressSnapshot(),
-                                                           timeout=STATUS_TIMEOUT_S)
-        except pykka.Timeout:
-            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
-        except EngineError as exc:
-            return {"error": str(exc)}
+        answers = self._status_answers(("sync", SyncStatus()), ("progress", ProgressSnapshot()))
+        if isinstance(answers, dict):
+            return answers
+        views: tuple[SourceView, ...] = answers[0]
+        progress: tuple[ProgressView, ...] = answers[1]
         live = {p.name: p for p in progress if p.scope == "sync"}
         assert self._readers is not None
         with self._readers.lend(STATUS_TIMEOUT_S) as conn:

@@ -569,9 +569,13 @@ LARGE_SPEEDUP_TARGET = 3.5
 SMALL_RATIO_TARGET = 1.1
 
 
-def fts_fail(message: str) -> SystemExit:
+def bench_fail(bench: str, message: str) -> SystemExit:
     """Ends the bench with exit status 1 and `message` (raise what this returns)."""
-    return SystemExit(f"bench fts: FAILED: {message}")
+    return SystemExit(f"bench {bench}: FAILED: {message}")
+
+
+def fts_fail(message: str) -> SystemExit:
+    return bench_fail("fts", message)
 
 
 class Corpus:
@@ -1086,8 +1090,7 @@ SYNC_RSS_TARGET_MB = 200.0
 
 
 def sync_fail(message: str) -> SystemExit:
-    """Ends the bench with exit status 1 and `message` (raise what this returns)."""
-    return SystemExit(f"bench sync: FAILED: {message}")
+    return bench_fail("sync", message)
 
 
 def sync_config(path: Path, *, fts: bool, data: Path | None = None, batch: int = 0) -> Config:
