@@ -199,10 +199,6 @@ class SourceBase:
     #: Records per write transaction.
     batch_rows: int = 2_000
 
-    @property
-    def tables(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MappedSourceBase(SourceBase):
@@ -212,14 +208,6 @@ class MappedSourceBase(SourceBase):
     #: The key upserts match on (the table's primary key unless set).
     key: tuple[str, ...] = ()
     fields: tuple[FieldMap, ...] = ()
-
-    @property
-    def tables(self) -> tuple[str, ...]:
-        return (self.table,)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(f.column for f in self.fields)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,10 +254,6 @@ class GeneratorSourceConfig(SourceBase):
     registry_rows: int = 20_000
     observation_rows: int = 200_000
     seed: int = 1
-
-    @property
-    def tables(self) -> tuple[str, ...]:
-        return (self.registry_table, self.observations_table)
 
 
 SourceConfig = GeneratorSourceConfig | NdjsonSourceConfig | HttpSourceConfig

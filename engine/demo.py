@@ -132,12 +132,6 @@ def _unbroken_end(conn: apsw.Connection, table: str) -> int:
         f"(SELECT 1 FROM {quote(table)} AS b WHERE b.id = a.id + 1)").get)
 
 
-def remaining(engine: Reads, source: GeneratorSourceConfig) -> int:
-    """Rows the next run will write."""
-    reg, obs = cursor(engine, source)
-    return (source.registry_rows - reg) + (source.observation_rows - obs)
-
-
 def complete(engine: Reads, source: GeneratorSourceConfig) -> bool:
     """True when every table holds exactly the rows the source has."""
     with engine.read() as conn:

@@ -39,9 +39,9 @@ from engine.config import (
     FieldMap,
     GeneratorSourceConfig,
     HttpSourceConfig,
-    MappedSourceBase,
     NdjsonSourceConfig,
 )
+from engine.demo import DemoGenerator
 from engine.protocol import FilePosition, Reject, Row, TableRows
 
 #: File names an ndjson source reads.
@@ -254,12 +254,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def raw_text(raw: bytes | str) -> str:
-    """A rejected record as text, cut to `RAW_KEEP` bytes with a note saying so."""
+def raw_text(raw: bytes | str, length: int | None = None) -> str:
+    """A rejected record as text, cut to `RAW_KEEP` bytes with a note saying so.
+
+    `length` is the whole record's size when `raw` is only its start.
+    """
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    length = len(data) if length is None else length
     keep = data[:RAW_KEEP].decode("utf-8", "replace")
-    if len(data) > RAW_KEEP:
-        keep += f"...[{len(data):,} bytes in all; the first {RAW_KEEP:,} kept]"
+    if length > RAW_KEEP:
+        keep += f"...[{length:,} bytes in all; the first {RAW_KEEP:,} kept]"
     return keep
 
 
@@ -377,14 +381,11 @@ class NdjsonReader:
     def _too_long(self, head: bytes, length: int, offset: int, name: str,
                   batch: Prepared) -> None:
         """Reject a line of `length` bytes past `max_record_mb`; `head` is its start."""
-        raw = head[:RAW_KEEP].decode("utf-8", "replace")
-        if length > RAW_KEEP:
-            raw += f"...[{length:,} bytes in all; the first {RAW_KEEP:,} kept]"
         batch.rejects.append(Reject(
             position=f"{name}:{offset}",
             reason=(f"the record is longer than max_record_mb "
                     f"({self.source.max_record_mb:g} MB): {length:,} bytes"),
-            raw=raw))
+            raw=raw_text(head, length)))
 
     def _close(self, batch: Prepared, rows: list[Row], name: str, start: int, end: int,
                size: int, done: bool) -> None:
@@ -668,8 +669,6 @@ class GeneratorReader:
     """The demo's rows from the first id each table lacks (see `engine.demo`)."""
 
     def __init__(self, source: GeneratorSourceConfig, cursor: tuple[int, int]) -> None:
-        from engine.demo import DemoGenerator
-
         self.source = source
         self.gen = DemoGenerator(source)
         self.reg_done, self.obs_done = cursor
@@ -710,6 +709,3 @@ class GeneratorReader:
 
 Reader = NdjsonReader | HttpReader | GeneratorReader
 
-
-def mapped(source: Any) -> MappedSourceBase | None:
-    return source if isinstance(source, MappedSourceBase) else None

@@ -33,6 +33,7 @@ from engine.config import (
     NdjsonSourceConfig,
     SourceConfig,
 )
+from engine.demo import cursor_of
 from engine.errors import EngineError, EngineStopped, SyncError
 from engine.protocol import (
     BeginCatchUp,
@@ -287,8 +288,6 @@ def plan_run(conn: apsw.Connection, source: SourceConfig, requested: str,
         started = bool(file_states(conn, source.name))
         return RunPlan("incremental" if started else "full", None,
                        "new lines" if started else "first read of the directory")
-    from engine.demo import cursor_of
-
     reg, obs = cursor_of(conn, source)
     mode = "incremental" if (reg or obs) else "full"
     return RunPlan(mode, None, "from the first missing id")
@@ -301,8 +300,6 @@ def make_reader(conn: apsw.Connection, source: SourceConfig, plan: RunPlan) -> R
     if isinstance(source, HttpSourceConfig):
         return HttpReader(source, since=plan.cursor)
     assert isinstance(source, GeneratorSourceConfig)
-    from engine.demo import cursor_of
-
     return GeneratorReader(source, cursor_of(conn, source))
 
 
@@ -473,7 +470,3 @@ class Pump:
 def stopped_note(note: str | None) -> str:
     return "stopped with the engine" + (f"; {note}" if note else "")
 
-
-__all__ = ["IN_FLIGHT", "Pump", "RunPlan", "apply_batch", "end_run", "history", "last_run",
-           "make_reader", "plan_run", "reap_runs", "reject_counts", "start_run",
-           "stopped_note"]

@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -350,5 +350,3 @@ def test_the_password_in_headers_stays_out_of_history_and_status(
     log = (tmp_path / "data" / "messages.jsonl").read_text()
     assert "s3cret-token-value" not in log
 
-
-Check = Callable[[], None]
