@@ -212,13 +212,12 @@ class SyncActor(BaseActor):
             log.warning("marked %d source run(s) left running by a process that is gone as "
                         "failed", reaped)
         now = self._wall()
-        assert self._reader is not None or not self._sources
         for source in self._sources.values():
-            assert self._reader is not None
-            source.last = sync.last_run(self._reader, source.name, completed=True)
-            self._schedule_after(source, source.last, now, resume=bool(
-                (source.last and source.last.error == sync.REAPED_ERROR)
-                or (source.last and source.last.status == "stopped")))
+            assert self._reader is not None  # opened in setup when there are sources
+            last = source.last = sync.last_run(self._reader, source.name, completed=True)
+            cut_short = last is not None and (last.status == "stopped"
+                                              or last.error == sync.REAPED_ERROR)
+            self._schedule_after(source, last, now, resume=cut_short)
         self.bus.reply(envelope, reaped)
 
     def _schedule_after(self, source: _Source, last: SyncRunView | None, now: float, *,

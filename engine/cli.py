@@ -513,13 +513,11 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.parse
 
-    from engine.errors import SyncBusy, UnknownSource
+    from engine.errors import SyncBusy
+    from engine.protocol import SyncRunView
 
     config = load_config(args.config)
-    names = [s.name for s in config.sources]
-    if args.source not in names:
-        raise UnknownSource(f"unknown source {args.source!r} in {args.config} (declared: "
-                            f"{', '.join(names) or 'none'})", source=args.source)
+    _check_source(config, args.source, args.config)
     mode = "full" if args.full else "auto"
     found = _find_engine(config)
     if found.url is not None:
@@ -535,11 +533,11 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
                 raise SyncBusy(f"source {args.source}: {message}", source=args.source) from None
             raise EngineError(f"source {args.source}: {message}") from None
         print(f"asked the running engine at {found.url}")
-        _print_run(_RunText(**{k: run.get(k) for k in _RunText.__dataclass_fields__}))
+        _print_run(SyncRunView(**{f.name: run[f.name] for f in dataclasses.fields(SyncRunView)
+                                  if f.name in run}))
         return 1 if run["status"] == "failed" else 0
     from engine.facade import Engine, stop_on_signals
 
-    config.database.path.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     with stop_on_signals(stop), Engine(config, start_tasks=False) as engine:
         run = _sync_with_bar(engine, args.source, mode, stop, no_progress=args.no_progress)
@@ -550,34 +548,21 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
     return 1 if run.status == "failed" else 0
 
 
-@dataclasses.dataclass
-class _RunText:
-    """A run as the status endpoint returns it, enough for `_print_run`."""
+def _check_source(config: Config, name: str, file: str) -> None:
+    from engine.errors import UnknownSource
 
-    id: int
-    source: str
-    mode: str
-    status: str
-    started_at: float
-    ended_at: float | None
-    rows: int
-    rejects: int
-    error: str | None
-    note: str | None
-    fts_lease: Any = None
-    fts_after: Any = None
+    names = [s.name for s in config.sources]
+    if name not in names:
+        raise UnknownSource(f"unknown source {name!r} in {file} (declared: "
+                            f"{', '.join(names) or 'none'})", source=name)
 
 
 def cmd_sync_history(args: argparse.Namespace) -> int:
     from engine.dbstatus import read_sync
 
     config = load_config(args.config)
-    if args.source is not None and args.source not in [s.name for s in config.sources]:
-        from engine.errors import UnknownSource
-
-        raise UnknownSource(f"unknown source {args.source!r} in {args.config} (declared: "
-                            f"{', '.join(s.name for s in config.sources) or 'none'})",
-                            source=args.source)
+    if args.source is not None:
+        _check_source(config, args.source, args.config)
     runs, rejects = read_sync(config, args.source, args.limit)
     if args.json:
         print(json.dumps({"runs": [dataclasses.asdict(r) for r in runs],

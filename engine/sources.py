@@ -570,8 +570,6 @@ class HttpReader:
         self.mapper = Mapper(source.fields)
         self.note: str | None = None
         self.total: int | None = None
-        self.pages = 0
-        self.fetched = 0
         self._wall = wall
         self._first: tuple[str, Any] | None = None
 
@@ -634,8 +632,6 @@ class HttpReader:
             self._page_url(1), self._get(self._page_url(1), 1))
         while True:
             records = self._records(body, page)
-            self.pages = page
-            self.fetched += len(records)
             batch = Prepared()
             rows = []
             for i, record in enumerate(records):

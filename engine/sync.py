@@ -399,15 +399,17 @@ class Pump:
             self._maybe_defer(backlog.rows)
         in_flight: deque[tuple[Any, int, float]] = deque()
         primary: BaseException | None = None
+        read = 0  # records read so far
         try:
             for prepared in self.reader.batches():
                 if self.stop.is_set():
                     self.interrupted = True
                     break
                 self._check_memory()
+                read += prepared.rows + len(prepared.rejects)
                 if self.lease is None and backlog.rows is None:
                     # The backlog shows itself as pages arrive.
-                    self._maybe_defer(getattr(self.reader, "fetched", 0))
+                    self._maybe_defer(read)
                 message = SyncBatch(source=self.source.name, run=self.run, seq=self._seq,
                                     tables=tuple(prepared.tables),
                                     rejects=tuple(prepared.rejects),

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from engine.config import Config, parse_config
@@ -118,7 +119,8 @@ def stamp(minute: int) -> str:
 
 
 def http_config(tmp_path: Path, url: str, *, name: str = "data", fts_enabled: bool = True,
-                extra: str = "", threshold: int = 5000) -> Config:
+                extra: str = "", threshold: int = 5000, timeout_s: float = 5,
+                total: bool = True) -> Config:
     text = f"""\
 database: {{path: {tmp_path / name / 'test.db'}}}
 tables:
@@ -136,10 +138,10 @@ sources:
     url: {url}
     table: items
     updated: updated
-    total_at: total
+    total_at: {"total" if total else "null"}
     page_size: 50
     retries: [50ms, 100ms]
-    timeout_s: 5
+    timeout_s: {timeout_s}
 {extra}
 fts_deferral: {{enabled: {str(fts_enabled).lower()}, threshold_rows: {threshold}}}
 message_log: {{path: {tmp_path / name / 'messages.jsonl'}}}
@@ -269,13 +271,8 @@ def test_a_page_slower_than_the_timeout_fails_the_run_and_is_retried(
     fill(upstream, 30)
     release = threading.Event()
     upstream.script.append(("hold", release))
-    config = http_config(tmp_path, upstream.url).sources[0]
-    import dataclasses
-
-    base = http_config(tmp_path, upstream.url)
-    base = dataclasses.replace(base, sources=(dataclasses.replace(config, timeout_s=0.3),))
     try:
-        with Engine(base) as engine:
+        with Engine(http_config(tmp_path, upstream.url, timeout_s=0.3)) as engine:
             run = engine.sync.run("api")
             assert run.status == "failed" and "timed out" in (run.error or "")
             engine.sync.wait("api")
@@ -332,6 +329,22 @@ def test_fts_results_after_a_large_http_catch_up_equal_a_control_with_live_trigg
     deferred_answers, control_answers = fts_answers(paths[0]), fts_answers(paths[1])
     assert deferred_answers == control_answers
     assert all(deferred_answers[i] for i in (0, 1, 6)), "queries must find something"
+
+
+def test_without_a_total_the_deferral_begins_once_the_records_read_pass_the_threshold(
+        tmp_path: Path, upstream: Upstream) -> None:
+    fill(upstream, 400)
+    with Engine(http_config(tmp_path, upstream.url, threshold=120, total=False)) as engine:
+        run = engine.sync.run("api")
+        assert run.status == "ok" and run.rows == 400
+        assert run.fts_lease is not None and run.fts_lease.deferred
+        assert "150" in run.fts_lease.reason  # 3 pages of 50 read when it began
+        assert engine.fts.status().state == "live"
+    check = apsw.Connection(str(tmp_path / "data" / "test.db"))
+    check.execute("INSERT INTO items_fts(items_fts, rank) VALUES ('integrity-check', 1)")
+    assert check.execute("SELECT count(*) FROM items_fts WHERE items_fts MATCH 'item'").get \
+        == 400
+    check.close()
 
 
 def test_the_password_in_headers_stays_out_of_history_and_status(
