@@ -331,12 +331,14 @@ class SyncActor(BaseActor):
         status = "ok" if error is None and not message.stopped else (
             "stopped" if error is None else "failed")
         note = self._redactor.text(message.note) if message.note else None
+        # The run's view carries the lease itself; the history row has only its note.
+        saved_note = note
         if message.fts_lease is not None and message.fts_lease.deferred:
             deferred = (f"FTS upkeep of {', '.join(message.fts_lease.tables)} deferred "
                         f"({message.fts_lease.reason})")
-            note = f"{note}; {deferred}" if note else deferred
+            saved_note = f"{note}; {deferred}" if note else deferred
         end = EndSyncRun(run=message.run, status=status, ended_at=self._wall(), error=error,
-                         note=note)
+                         note=saved_note)
         run = replace(source.run, status=status, ended_at=end.ended_at, rows=message.rows,
                       rejects=message.rejects, error=error, note=note,
                       fts_lease=message.fts_lease, fts_after=message.fts_after)

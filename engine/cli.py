@@ -501,10 +501,8 @@ def _print_run(run: Any) -> None:
     if run.rejects:
         line += f", {run.rejects:,} records rejected (see `{PROG} sync history`)"
     print(line)
-    # The deferral is said above; the note keeps it for the history.
-    notes = [n for n in (run.note or "").split("; ") if n and not n.startswith("FTS upkeep")]
-    if notes:
-        print(f"{run.source}: {'; '.join(notes)}")
+    if run.note:
+        print(f"{run.source}: {run.note}")
     if run.error:
         print(f"{run.source}: error: {run.error}")
 
