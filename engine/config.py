@@ -12,13 +12,14 @@ import difflib
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.sql import is_identifier
+from engine.sql import IDENTIFIER, is_identifier
 from engine.yamldoc import Document, KeyPath, parse_yaml
 
 #: Logical column types and the storage type each gets in SQLite.
@@ -39,7 +40,10 @@ PAYLOAD_MODES = ("summary", "full")
 SOURCE_KINDS = ("ndjson", "http", "generator")
 REJECT_POLICIES = ("keep", "fail")
 TOP_LEVEL_KEYS = ("database", "tables", "tasks", "sources", "progress", "fts_deferral",
-                  "message_log", "status")
+                  "mirror", "message_log", "status")
+MIRROR_KEYS = ("enabled", "dsn", "tables", "scope", "scope_column", "key_chars", "batch_rows",
+               "range_rows", "poll_ms", "connect_timeout_s", "backoff_initial_s",
+               "backoff_max_s")
 TASK_KEYS = ("version", "table", "key", "set", "call", "reads", "writes", "sql", "where",
              "target_ms", "min_rows", "max_rows", "yield_ms", "provides")
 #: Tables FTS5 creates beside an external-content FTS table.
@@ -335,6 +339,51 @@ class FtsDeferralConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MysqlDsn:
+    """Where the mirror connects; `password` comes from the environment, never from logs."""
+
+    user: str
+    password: str = field(default="", repr=False)
+    host: str = "127.0.0.1"
+    port: int = 3306
+    database: str = ""
+    #: A unix socket path (`?socket=/run/mysqld/mysqld.sock`) instead of host:port.
+    socket: str | None = None
+
+    @property
+    def where(self) -> str:
+        """`user@host:port/database`, safe to print."""
+        at = self.socket if self.socket else f"{self.host}:{self.port}"
+        return f"{self.user}@{at}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorConfig:
+    """The MySQL-compatible server that mirrors the device's tables."""
+
+    enabled: bool = True
+    dsn: MysqlDsn
+    #: Mirrored tables, in the order they are reconciled.
+    tables: tuple[str, ...]
+    #: This device's value of the scope column; rows of other scopes are never touched.
+    scope: str
+    scope_column: str = "sw_scope"
+    #: Width of a text key column in the mirror (`VARCHAR(n)`; InnoDB keys are limited
+    #: to 3072 bytes, 4 per character in utf8mb4).
+    key_chars: int = 191
+    #: Outbox keys per drain transaction, and rows per multi-row statement.
+    batch_rows: int = 1000
+    #: Rows per key range when comparing checksums during a reconcile.
+    range_rows: int = 10_000
+    #: How often an idle mirror looks for new outbox rows.
+    poll_ms: int = 200
+    connect_timeout_s: float = 5.0
+    #: Reconnects wait this long after the first failure, doubling up to `backoff_max_s`.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole validated configuration."""
 
@@ -346,6 +395,7 @@ class Config:
     fts_deferral: FtsDeferralConfig = field(default_factory=FtsDeferralConfig)
     message_log: MessageLogConfig = field(default_factory=MessageLogConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    mirror: MirrorConfig | None = None
     #: The file this came from, for messages.
     source_file: str | None = None
     #: Values from the environment that must never be written anywhere.
@@ -413,9 +463,12 @@ def parse_config(text: str, *, file: str = "<config>", base_dir: Path | None = N
     message_log = (_message_log(sections["message_log"], base, check_paths)
                    if "message_log" in sections else MessageLogConfig())
     status = _status(sections["status"]) if "status" in sections else StatusConfig()
+    mirror = _mirror(sections["mirror"], tables) if "mirror" in sections else None
     config = Config(database=database, tables=tables, sources=sources, tasks=tasks,
                     progress=progress, fts_deferral=fts_deferral, message_log=message_log,
-                    status=status, source_file=file, secrets=doc.secrets)
+                    status=status, mirror=mirror, source_file=file,
+                    secrets=doc.secrets | ({mirror.dsn.password} if mirror and mirror.dsn.password
+                                           else set()))
     if check_paths and message_log.enabled and message_log.path is None:
         where = sections.get("message_log", sections["database"])
         _check_writable_path(where, config.message_log_path)
@@ -891,6 +944,108 @@ def _fts_deferral(at: _At) -> FtsDeferralConfig:
             f"retry_max_s ({config.retry_max_s}) is less than retry_initial_s "
             f"({config.retry_initial_s})")
     return config
+
+
+_DSN_FORM = "mysql://user:${PASSWORD_VARIABLE}@host[:port]/database"
+_DSN = re.compile(r"(?:mysql|mariadb)://(?P<user>[^:@/?#\s]+)(?::(?P<password>[^@]*))?@"
+                  r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#@\s]+)(?::(?P<port>[^/?#]*))?"
+                  r"/(?P<database>[^/?#\s]+)(?:\?(?P<query>[^#\s]*))?")
+
+
+def parse_dsn(text: str) -> MysqlDsn:
+    """A `MysqlDsn` from `mysql://user:password@host:port/database[?socket=PATH]`.
+
+    Raises `ValueError` with a message that never repeats the password.
+    """
+    match = _DSN.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a DSN of the form {_DSN_FORM}")
+    port_text = match.group("port")
+    if port_text is not None and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"the DSN's port {port_text!r} is not a number from 1 to 65535")
+    options = urllib.parse.parse_qs(match.group("query") or "", keep_blank_values=True)
+    unknown = sorted(set(options) - {"socket"})
+    if unknown:
+        raise ValueError(f"unknown DSN option {unknown[0]!r}; the only option is socket=PATH")
+    database = urllib.parse.unquote(match.group("database"))
+    if IDENTIFIER.fullmatch(database) is None:
+        raise ValueError(f"the DSN's database name {database!r} is not allowed: use letters, "
+                         "digits and underscores")
+    host = match.group("host")
+    return MysqlDsn(user=urllib.parse.unquote(match.group("user")),
+                    password=urllib.parse.unquote(match.group("password") or ""),
+                    host=host.strip("[]"), port=int(port_text) if port_text else 3306,
+                    database=database, socket=options["socket"][0] if "socket" in options
+                    else None)
+
+
+def _mirror(at: _At, tables: tuple[TableConfig, ...]) -> MirrorConfig:
+    keys = at.mapping(MIRROR_KEYS, required=("dsn", "scope"))
+    try:
+        dsn = parse_dsn(keys["dsn"].string())
+    except ValueError as exc:
+        raise keys["dsn"].error(str(exc)) from None
+    by_name = {t.name: t for t in tables}
+    if "tables" in keys:
+        names = [item.identifier("table name") for item in keys["tables"].sequence()]
+    else:
+        names = list(by_name)
+    if not names:
+        raise keys.get("tables", at).error("expected at least one table to mirror")
+    for i, name in enumerate(names):
+        where = keys["tables"].child(i) if "tables" in keys else at
+        table = by_name.get(name)
+        if table is None:
+            raise where.error(f"table {name!r} is not declared under 'tables'"
+                              f"{_hint(name, by_name)}; only declared tables can be mirrored")
+        if names.index(name) != i:
+            raise where.error(f"table {name!r} is listed twice")
+        problem = _unmirrorable(table)
+        if problem:
+            raise where.error(f"table {name!r} cannot be mirrored: {problem}")
+    scope = str(keys["scope"].scalar())
+    if not scope or len(scope) > 64:
+        raise keys["scope"].error("expected the device's scope value: 1 to 64 characters")
+    d = MirrorConfig(dsn=dsn, tables=(), scope="")
+    scope_column = _opt(keys, "scope_column", lambda a: a.identifier("column name"),
+                        d.scope_column)
+    for name in names:
+        if scope_column in by_name[name].column_names:
+            raise keys.get("scope_column", at).error(
+                f"table {name!r} already has a column {scope_column!r}; choose another "
+                "scope_column")
+    config = MirrorConfig(
+        enabled=_opt(keys, "enabled", _At.boolean, d.enabled), dsn=dsn, tables=tuple(names),
+        scope=scope, scope_column=scope_column,
+        key_chars=_opt(keys, "key_chars", lambda a: a.integer(1, 760), d.key_chars),
+        batch_rows=_opt(keys, "batch_rows", lambda a: a.integer(1, 100_000), d.batch_rows),
+        range_rows=_opt(keys, "range_rows", lambda a: a.integer(10, 10_000_000), d.range_rows),
+        poll_ms=_opt(keys, "poll_ms", lambda a: a.integer(10, 60_000), d.poll_ms),
+        connect_timeout_s=_opt(keys, "connect_timeout_s", lambda a: a.number(0.1, 600.0),
+                               d.connect_timeout_s),
+        backoff_initial_s=_opt(keys, "backoff_initial_s", lambda a: a.number(0.01, 3600.0),
+                               d.backoff_initial_s),
+        backoff_max_s=_opt(keys, "backoff_max_s", lambda a: a.number(0.01, 86400.0),
+                           d.backoff_max_s))
+    if config.backoff_max_s < config.backoff_initial_s:
+        raise keys.get("backoff_max_s", at).error(
+            f"backoff_max_s ({config.backoff_max_s:g}) is less than backoff_initial_s "
+            f"({config.backoff_initial_s:g})")
+    return config
+
+
+def _unmirrorable(table: TableConfig) -> str:
+    """Why `table` cannot be mirrored with comparable values, or ''."""
+    if not table.strict:
+        return "it is not STRICT, so a column may hold values of any type"
+    for column in table.columns:
+        if column.type == "any":
+            return f"column {column.name!r} has type 'any'; the mirror needs one type per column"
+    if len(table.primary_key) > 1:
+        for name in table.primary_key:
+            if table.column(name).type == "blob":
+                return f"blob column {name!r} is part of a compound primary key"
+    return ""
 
 
 def _tasks(at: _At, tables: tuple[TableConfig, ...]) -> tuple[TaskConfig, ...]:

@@ -170,3 +170,22 @@ class SyncBusy(SyncError):
     """A run was asked for while the source runs already, without joining it."""
 
     user_error = True
+
+
+class MirrorError(EngineError):
+    """The MySQL mirror failed: the server refused, went away, or its data does not fit.
+
+    `retryable` errors (the server is unreachable, restarting or busy) are
+    retried with backoff; the others stop the mirror until it is asked again.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, retryable: bool = False,
+                 table: str | None = None) -> None:
+        self.errno = errno
+        self.retryable = retryable
+        self.table = table
+        super().__init__(message)
+
+
+class MirrorUnavailable(MirrorError):
+    """A reconcile was asked for while the mirror cannot reach its server."""

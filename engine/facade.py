@@ -24,10 +24,12 @@ import pykka
 
 from actors.backfill import BackfillActor
 from actors.fts import FtsControllerActor
+from actors.mirror import MirrorActor
 from actors.progress import ProgressActor
 from actors.sync import SyncActor
 from actors.writer import WriterActor
 from engine import fts as fts_sql
+from engine import mirror as mirror_sql
 from engine import sync as sync_sql
 from engine.bus import Bus
 from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
@@ -36,6 +38,7 @@ from engine.errors import (
     EngineError,
     EngineStopped,
     FtsError,
+    MirrorError,
     NotReady,
     TaskError,
     WriteError,
@@ -55,8 +58,13 @@ from engine.protocol import (
     FtsView,
     InsertRows,
     Message,
+    MirrorBoot,
+    MirrorStatus,
+    MirrorView,
     ProgressSnapshot,
     ProgressView,
+    Reconcile,
+    ReconcileView,
     RestoreFtsNow,
     Row,
     RunSource,
@@ -70,6 +78,7 @@ from engine.protocol import (
     TasksStatus,
     TaskView,
     UpsertRows,
+    Verify,
     WaitSources,
     WaitTasks,
     WriteResult,
@@ -119,6 +128,7 @@ class Engine:
         self.tasks = Tasks(self)
         self.fts = Fts(self)
         self.sync = Sync(self)
+        self.mirror = Mirror(self)
         self._fts_known: set[str] = set()
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
@@ -177,7 +187,8 @@ class Engine:
                     self.config.status.host, self.config.status.port, status=self.status,
                     health=self.health, control=self._control_for_http,
                     fts_restore=lambda: fts_view_dict(self.fts.restore()),
-                    sync_run=lambda name, mode: run_view_dict(self.sync.run(name, mode=mode)))
+                    sync_run=lambda name, mode: run_view_dict(self.sync.run(name, mode=mode)),
+                    mirror_reconcile=lambda: reconcile_view_dict(self.mirror.reconcile()))
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
@@ -185,6 +196,8 @@ class Engine:
             self._start_actor(BackfillActor, config=self.config, plans=self._plans,
                               run_id=self.run_id, clock=self._clock)
             self._start_actor(SyncActor, config=self.config, run_id=self.run_id)
+            if self.mirror.enabled:
+                self._start_actor(MirrorActor, config=self.config)
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:
                 self._status_server.start()
@@ -197,6 +210,9 @@ class Engine:
             self._ask("fts", FtsTick())
             # Runs a gone process left `running` are marked failed, then schedules armed.
             self._ask("sync", SyncBoot())
+            if self.mirror.enabled:
+                # Connects on its own thread; a server out of reach is a state, not an error.
+                self._ask("mirror", MirrorBoot())
         except BaseException:
             self._shutdown()
             raise
@@ -389,6 +405,8 @@ class Engine:
             out["fts"] = self._fts_status()
         if self._state == "running" and self.config.sources:
             out["sync"] = self._sync_status()
+        if self._state == "running" and self.mirror.enabled:
+            out["mirror"] = self._mirror_status()
         if self._readers is not None:
             out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
         if self._log is not None:
@@ -456,6 +474,21 @@ class Engine:
             entry["eta_s"] = seen.eta_s if running and seen else None
             entry["rejects_stored"] = rejects.get(view.name, 0)
             out.append(entry)
+        return out
+
+    def _mirror_status(self) -> dict[str, Any]:
+        answers = self._status_answers(("mirror", MirrorStatus()))
+        out: dict[str, Any] = (answers if isinstance(answers, dict)
+                               else mirror_view_dict(answers[0]))
+        assert self._readers is not None
+        try:
+            with self._readers.lend(STATUS_TIMEOUT_S) as conn:
+                depth, oldest = mirror_sql.outbox_depth(conn)
+        except (EngineError, apsw.Error) as exc:
+            out["outbox"] = {"error": str(exc)}
+        else:
+            out["outbox"] = {"depth": depth, "oldest_age_s": None if oldest is None
+                             else round(max(0.0, time.time() - oldest), 3)}
         return out
 
     def _control_for_http(self, name: str, action: str) -> dict[str, Any]:
@@ -744,6 +777,70 @@ class Fts:
         """Restore now, even while sources are catching up; returns once it has ended."""
         view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
         return view
+
+
+class Mirror:
+    """`engine.mirror`: reconcile or verify the MySQL mirror, and read its state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def enabled(self) -> bool:
+        mirror = self._engine.config.mirror
+        return mirror is not None and mirror.enabled
+
+    def _require(self) -> None:
+        if not self.enabled:
+            raise MirrorError("the config has no enabled mirror section")
+
+    def reconcile(self, timeout: float | None = None) -> ReconcileView:
+        """Make the mirror equal SQLite for this scope; joins a reconcile under way.
+
+        Raises `MirrorUnavailable` when the server is out of reach (the
+        reconcile then runs on the next successful connect), `MirrorError`
+        when it fails, `TimeoutError` when it has not ended within `timeout`.
+        """
+        self._require()
+        try:
+            view: ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
+                timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"the reconcile has not ended within {timeout}s") from None
+        return view
+
+    def verify(self, timeout: float | None = None) -> ReconcileView:
+        """Compare SQLite and the mirror range by range, changing nothing."""
+        self._require()
+        try:
+            view: ReconcileView = self._engine.ask_later("mirror", Verify()).get(
+                timeout=timeout)
+        except pykka.Timeout:
+            raise TimeoutError(f"the verify has not ended within {timeout}s") from None
+        return view
+
+    def status(self) -> dict[str, Any]:
+        """The mirror's state, as `status()["mirror"]` shows it."""
+        self._require()
+        return self._engine.status().get("mirror", {})
+
+    def view(self) -> MirrorView:
+        self._require()
+        view: MirrorView = self._engine.ask("mirror", MirrorStatus())
+        return view
+
+
+def reconcile_view_dict(view: ReconcileView) -> dict[str, Any]:
+    out = dataclasses.asdict(view)
+    out["in_sync"] = view.in_sync
+    return out
+
+
+def mirror_view_dict(view: MirrorView) -> dict[str, Any]:
+    out = dataclasses.asdict(view)
+    if view.last_reconcile is not None:
+        out["last_reconcile"] = reconcile_view_dict(view.last_reconcile)
+    return out
 
 
 class RunHandle:

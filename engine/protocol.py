@@ -281,13 +281,21 @@ class ReapSyncRuns(Message):
     ended_at: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxDrained(Message):
+    """The mirror has committed the outbox rows up to `upto_seq`; delete them."""
+
+    kind: ClassVar[str] = "writer.outbox_drained"
+    upto_seq: int
+
+
 #: Messages the Writer may commit together in one transaction.
 FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows,
                                                 SyncBatch)
 
 #: Small bookkeeping writes; they join group commits like foreground writes.
 BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta, StartSyncRun,
-                                                 EndSyncRun, ReapSyncRuns)
+                                                 EndSyncRun, ReapSyncRuns, OutboxDrained)
 
 
 # --- Backfill ---------------------------------------------------------------------------
@@ -460,6 +468,116 @@ class PumpEnded(Message):
     stopped: bool = False
     fts_lease: FtsLease | None = None
     fts_after: FtsView | None = None
+
+
+# --- Mirror -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorBoot(Message):
+    """Boot: connect to the server; the first successful connect runs one reconcile."""
+
+    kind: ClassVar[str] = "mirror.boot"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconcile(Message):
+    """Reconcile every mirrored table; answered with a `ReconcileView`.
+
+    Single flight: an ask that arrives while a reconcile runs (or is about to)
+    gets that reconcile's result; none is ever started twice at once.
+    """
+
+    kind: ClassVar[str] = "mirror.reconcile"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verify(Message):
+    """Compare every mirrored table, changing nothing; answered with a `ReconcileView`."""
+
+    kind: ClassVar[str] = "mirror.verify"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorStatus(Message):
+    """Ask for a `MirrorView`."""
+
+    kind: ClassVar[str] = "mirror.status"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorUp(Message):
+    """From the mirror's worker: connected, and the mirror tables are in place."""
+
+    kind: ClassVar[str] = "mirror.up"
+    driver: str
+    server: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorDown(Message):
+    """From the mirror's worker: the server cannot be used; `retry_in_s` None: not retried."""
+
+    kind: ClassVar[str] = "mirror.down"
+    error: str
+    retryable: bool
+    attempt: int
+    retry_in_s: float | None
+    #: Reconciles the worker has started so far; asks waiting for a later one fail.
+    started: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileBegun(Message):
+    """From the mirror's worker: reconcile number `number` starts (`verify`: changing nothing)."""
+
+    kind: ClassVar[str] = "mirror.reconcile_begun"
+    number: int
+    verify: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableCheck:
+    """One table's part of a reconcile or verify."""
+
+    table: str
+    sqlite_rows: int
+    mirror_rows: int
+    ranges: int
+    differing: int
+    copied: int
+    deleted: int
+    skipped: bool
+    seconds: float
+    #: The first differing ranges: (after, upto, sqlite rows, mirror rows)
+    ranges_shown: tuple[tuple[Any, Any, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconciled(Message):
+    """From the mirror's worker: reconcile (or verify) number `number` ended."""
+
+    kind: ClassVar[str] = "mirror.reconciled"
+    number: int
+    verify: bool = False
+    tables: tuple[TableCheck, ...] = ()
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Drained(Message):
+    """From the mirror's worker: one outbox batch is on the server and deleted locally."""
+
+    kind: ClassVar[str] = "mirror.drained"
+    entries: int
+    upserts: int
+    deletes: int
+    upto_seq: int
+    #: Over the last few thousand drained changes: time from change to server commit.
+    lag_p50_ms: float
+    lag_p99_ms: float
+    lag_max_ms: float
 
 
 # --- Progress ---------------------------------------------------------------------------
@@ -713,3 +831,43 @@ class SourceView:
     #: Upstream asked not to be called before this Unix time (Retry-After).
     not_before: float | None
     total: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileView:
+    """The outcome of a reconcile or verify."""
+
+    number: int
+    verify: bool
+    tables: tuple[TableCheck, ...]
+    seconds: float
+    error: str | None = None
+
+    @property
+    def in_sync(self) -> bool:
+        return self.error is None and all(t.differing == 0 for t in self.tables)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorView:
+    """The mirror as its actor sees it (outbox depth is added by the facade)."""
+
+    state: str
+    server: str
+    scope: str
+    tables: tuple[str, ...]
+    driver: str | None = None
+    server_version: str | None = None
+    error: str | None = None
+    attempt: int = 0
+    retry_at: float | None = None
+    reconciling: bool = False
+    reconciles: int = 0
+    last_reconcile: ReconcileView | None = None
+    drained_changes: int = 0
+    drained_upserts: int = 0
+    drained_deletes: int = 0
+    last_drain_at: float | None = None
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    lag_max_ms: float | None = None

@@ -26,7 +26,7 @@ from engine.sqlite import transaction
 log = logging.getLogger(__name__)
 
 #: Version of the engine's own tables (`_sw_*`); stored in `_sw_meta`.
-ENGINE_SCHEMA_VERSION = 3
+ENGINE_SCHEMA_VERSION = 4
 META_TABLE = "_sw_meta"
 _META_DDL = (f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
              "(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
@@ -109,6 +109,21 @@ _SYNC_DDL = (f"""CREATE TABLE IF NOT EXISTS {SYNC_RUNS_TABLE} (
     at REAL NOT NULL
 ) STRICT""",
              f"CREATE INDEX IF NOT EXISTS {REJECTS_TABLE}_source ON {REJECTS_TABLE} (source, id)")
+
+
+OUTBOX_TABLE = "_sw_outbox"
+#: Pending mirror changes: one row per (table, key), written by triggers in the
+#: transaction of the change. `k` is the key value, or a JSON array for a
+#: compound key. A key changed again is deleted and inserted anew, so its
+#: `seq` (never reused: AUTOINCREMENT) is always past any drain that read it.
+_OUTBOX_DDL = (f"""CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    k ANY NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('upsert', 'delete')),
+    at REAL NOT NULL
+) STRICT""", f"CREATE UNIQUE INDEX IF NOT EXISTS {OUTBOX_TABLE}_key ON {OUTBOX_TABLE} (tbl, k)")
+OUTBOX_TRIGGER_PREFIX = "_sw_outbox_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +210,57 @@ def fts_trigger_sql(table: TableConfig, fts: FtsConfig) -> dict[str, str]:
 # --- introspection ----------------------------------------------------------------------
 
 
+def outbox_trigger_sql(table: TableConfig) -> dict[str, str]:
+    """Triggers recording every change of `table` in the outbox (never deferred)."""
+    t = quote(table.name)
+    name = literal(table.name)
+
+    def key(row: str) -> str:
+        if len(table.primary_key) == 1:
+            return f"{row}.{quote(table.primary_key[0])}"
+        return "json_array(" + ", ".join(f"{row}.{quote(c)}" for c in table.primary_key) + ")"
+
+    def record(row: str, op: str, when: str = "") -> str:
+        # Delete, then insert: the key gets a new sequence number, so a drain
+        # that read the old one does not delete the new change.
+        return (f"DELETE FROM {OUTBOX_TABLE} WHERE tbl = {name} AND k = {key(row)};\n  "
+                f"INSERT INTO {OUTBOX_TABLE} (tbl, k, op, at) SELECT {name}, {key(row)}, "
+                f"'{op}', unixepoch('subsec'){when};")
+
+    prefix = f"{OUTBOX_TRIGGER_PREFIX}{table.name}"
+    moved = f" WHERE {key('OLD')} IS NOT {key('NEW')}"
+    return {
+        f"{prefix}_ai": f"CREATE TRIGGER {quote(prefix + '_ai')} AFTER INSERT ON {t} BEGIN\n  "
+                        f"{record('NEW', 'upsert')}\nEND",
+        f"{prefix}_au": f"CREATE TRIGGER {quote(prefix + '_au')} AFTER UPDATE ON {t} BEGIN\n  "
+                        f"{record('OLD', 'delete', moved)}\n  {record('NEW', 'upsert')}\nEND",
+        f"{prefix}_ad": f"CREATE TRIGGER {quote(prefix + '_ad')} AFTER DELETE ON {t} BEGIN\n  "
+                        f"{record('OLD', 'delete')}\nEND",
+    }
+
+
+def _plan_outbox(objects: dict[str, tuple[str, str, str | None]],
+                 config: Config) -> list[tuple[str, str]]:
+    """Create the outbox triggers of mirrored tables; drop those of tables no longer mirrored."""
+    mirrored = config.mirror.tables if config.mirror is not None else ()
+    wanted: dict[str, str] = {}
+    for name in mirrored:
+        wanted.update(outbox_trigger_sql(config.table(name)))
+    plan: list[tuple[str, str]] = []
+    for lowered, (kind, _, sql) in objects.items():
+        if kind == "trigger" and lowered.startswith(OUTBOX_TRIGGER_PREFIX) and not any(
+                lowered == w.lower() and _same_sql(sql, s) for w, s in wanted.items()):
+            plan.append((f"DROP TRIGGER {quote(lowered)}", ""))
+    for trigger, sql in wanted.items():
+        current = objects.get(trigger.lower())
+        if current is None or not _same_sql(current[2], sql):
+            plan.append((sql, f"created mirror outbox trigger {trigger}"))
+    keep = ", ".join(literal(n) for n in mirrored) or "NULL"
+    # Changes of a table no longer mirrored have nowhere to go.
+    plan.append((f"DELETE FROM {OUTBOX_TABLE} WHERE tbl NOT IN ({keep})", ""))
+    return plan
+
+
 def _objects(conn: apsw.Connection) -> dict[str, tuple[str, str, str | None]]:
     """sqlite_master by lower-cased name: (type, table name, sql)."""
     return {name.lower(): (kind, tbl, sql) for kind, name, tbl, sql in conn.execute(
@@ -219,7 +285,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         conn.execute(_META_DDL)
         _check_engine_version(conn, actions)
         conn.execute(_TASKS_DDL)
-        for ddl in _SYNC_DDL:
+        for ddl in (*_SYNC_DDL, *_OUTBOX_DDL):
             conn.execute(ddl)
         objects = _objects(conn)
         deferred = _deferred_fts(conn)
@@ -227,6 +293,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         # Check every table before changing any, so an error changes nothing.
         for table in config.tables:
             statements.extend(_plan_table(conn, objects, table, deferred))
+        statements.extend(_plan_outbox(objects, config))
         for sql, action in statements:
             try:
                 conn.execute(sql)

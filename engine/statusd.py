@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from engine.errors import (
     EngineStopped,
+    MirrorError,
+    MirrorUnavailable,
     ServiceError,
     SyncBusy,
     TaskConflict,
@@ -38,7 +40,9 @@ STOP_POLL_S = 0.1
 ACTIONS = ("pause", "resume", "cancel")
 TASK_STATES = ("pending", "running", "paused", "done", "failed", "cancelled")
 PATHS = ("GET /healthz", "GET /status", "GET /metrics",
-         f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore", "POST /sync/SOURCE")
+         f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore", "POST /sync/SOURCE",
+         "POST /mirror/reconcile")
+MIRROR_STATES = ("starting", "connecting", "up", "reconciling", "down", "failed")
 FTS_STATES = ("live", "deferred", "restoring", "restore_failed")
 #: Writer counters exported as `sqlwarden_writer_<key>_total`, with their help text.
 WRITER_COUNTERS = {
@@ -68,8 +72,10 @@ class StatusServer:
                  health: Callable[[], tuple[bool, list[str]]],
                  control: Callable[[str, str], dict[str, Any]] | None = None,
                  fts_restore: Callable[[], dict[str, Any]] | None = None,
-                 sync_run: Callable[[str, str], dict[str, Any]] | None = None) -> None:
+                 sync_run: Callable[[str, str], dict[str, Any]] | None = None,
+                 mirror_reconcile: Callable[[], dict[str, Any]] | None = None) -> None:
         self._status = status
+        self._mirror_reconcile = mirror_reconcile
         self._sync_run = sync_run
         self._health = health
         self._control = control
@@ -132,6 +138,8 @@ class StatusServer:
                     return _json(200, self._fts_restore())
                 except EngineStopped as exc:
                     return _json(503, {"error": str(exc)})
+            case ["", "mirror", "reconcile"]:
+                return self._reconcile()
             case ["", "tasks", *_]:
                 return _json(400, {"error": f"expected POST /tasks/NAME/ACTION with ACTION "
                                             f"one of {', '.join(ACTIONS)}; got {path}"})
@@ -147,6 +155,18 @@ class StatusServer:
             return _json(404, {"error": str(exc)})
         except (SyncBusy, ValueError) as exc:
             return _json(409 if isinstance(exc, SyncBusy) else 400, {"error": str(exc)})
+        except EngineStopped as exc:
+            return _json(503, {"error": str(exc)})
+
+    def _reconcile(self) -> _Reply:
+        if self._mirror_reconcile is None:
+            return _json(503, {"error": "the mirror is not available"})
+        try:
+            return _json(200, self._mirror_reconcile())
+        except MirrorUnavailable as exc:
+            return _json(503, {"error": str(exc)})
+        except MirrorError as exc:
+            return _json(409 if "no enabled mirror" in str(exc) else 502, {"error": str(exc)})
         except EngineStopped as exc:
             return _json(503, {"error": str(exc)})
 
@@ -249,6 +269,9 @@ class StatusCollector:
         fts = status.get("fts")
         if isinstance(fts, dict) and "state" in fts:
             yield from _fts_metrics(fts)
+        mirror = status.get("mirror")
+        if isinstance(mirror, dict) and "state" in mirror:
+            yield from _mirror_metrics(mirror)
 
 
 def _section(status: dict[str, Any], key: str) -> dict[str, Any]:
@@ -300,3 +323,30 @@ def _fts_metrics(fts: dict[str, Any]) -> Iterator[Metric]:
     yield GaugeMetricFamily(f"{PREFIX}fts_restore_attempts_failed",
                             "Failed restore attempts since the last success.",
                             value=fts.get("attempts") or 0)
+
+
+def _mirror_metrics(mirror: dict[str, Any]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(f"{PREFIX}mirror_state", "1 for the state the mirror is in.",
+                              labels=["state"])
+    for candidate in MIRROR_STATES:
+        state.add_metric([candidate], float(mirror["state"] == candidate))
+    yield state
+    outbox = mirror.get("outbox") or {}
+    if outbox.get("depth") is not None:
+        yield GaugeMetricFamily(f"{PREFIX}mirror_outbox_depth",
+                                "Changes recorded locally and not yet on the mirror.",
+                                value=outbox["depth"])
+    if outbox.get("oldest_age_s") is not None:
+        yield GaugeMetricFamily(f"{PREFIX}mirror_outbox_oldest_seconds",
+                                "Age of the oldest change not yet on the mirror.",
+                                value=outbox["oldest_age_s"])
+    for key, name in (("lag_p50_ms", "p50"), ("lag_p99_ms", "p99")):
+        if mirror.get(key) is not None:
+            yield GaugeMetricFamily(f"{PREFIX}mirror_lag_{name}_seconds",
+                                    f"{name} of the time from a change to its mirror commit, "
+                                    "over the last drained changes.", value=mirror[key] / 1000)
+    yield CounterMetricFamily(f"{PREFIX}mirror_drained_changes",
+                              "Outbox changes written to the mirror.",
+                              value=mirror.get("drained_changes") or 0)
+    yield CounterMetricFamily(f"{PREFIX}mirror_reconciles", "Reconciles run.",
+                              value=mirror.get("reconciles") or 0)

@@ -41,6 +41,7 @@ from engine.protocol import (
     FtsRestoreResult,
     InsertRows,
     Message,
+    OutboxDrained,
     ReapSyncRuns,
     RestoreFts,
     RunChunk,
@@ -55,7 +56,7 @@ from engine.protocol import (
     WriteResult,
     WriterState,
 )
-from engine.schema import META_TABLE
+from engine.schema import META_TABLE, OUTBOX_TABLE
 from engine.sql import insert_sql, rows_per_statement, upsert_sql
 from engine.sqlite import file_size, savepoint, transaction, variable_limit
 from engine.tasks import SAVE_PROGRESS_SQL, TaskPlan, load_callable, run_chunk, save_task_sql
@@ -232,6 +233,9 @@ class WriterCore:
                 return WriteResult(changes=sync.end_run(self.conn, message))
             case ReapSyncRuns():
                 return WriteResult(changes=sync.reap_runs(self.conn, message))
+            case OutboxDrained(upto_seq=upto):
+                self.conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE seq <= ?", (upto,))
+                return WriteResult(changes=self.conn.changes())
             case SetMeta(key=key, value=None):
                 self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
                 return WriteResult(changes=self.conn.changes())

@@ -137,10 +137,13 @@ class _Builder:
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
+            value = self.env.get(name, default)
+            if value is not None:
+                # `dsn: mysql://u:${DB_PASSWORD}@h/db`: the variable's name marks the
+                # secret inside a value whose key does not.
+                if value and is_secret_key(name):
+                    self.secrets.add(value)
+                return value
             raise self.fail(node, path, f"environment variable {name} is not set "
                                         f"(use ${{{name}:-default}} to give a default)")
 

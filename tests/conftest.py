@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,8 @@ import pytest
 
 from engine.config import Config, parse_config
 from engine.facade import Engine
+
+from .mariadb import MariaDB, MirrorDb, available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,3 +160,47 @@ def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.02)
+
+
+# -- a private MariaDB server for the mirror's tests (tests/mariadb.py) --------------------
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    """One private server for the whole session; skipped where MariaDB is missing, but a
+    failure under CI=true (where scripts/test installs it)."""
+    problem = available()
+    server: MariaDB | None = None
+    if problem is None:
+        server = MariaDB(tmp_path_factory.mktemp("mariadb"))
+        try:
+            server.start()
+        except (RuntimeError, OSError) as exc:
+            problem = f"the test MariaDB server did not start: {exc}"
+    if problem is not None or server is None:
+        if _ci():
+            pytest.fail(f"MariaDB is needed under CI=true: {problem}", pytrace=False)
+        pytest.skip(f"no MariaDB: {problem}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mirror_db(mariadb: MariaDB, monkeypatch: pytest.MonkeyPatch) -> Iterator[MirrorDb]:
+    """A fresh database and user (random password, in $SW_MYSQL_PASSWORD) for one test."""
+    if not mariadb.running:  # an earlier test stopped it and did not bring it back
+        mariadb.start()
+    name = f"sw_t{secrets.token_hex(6)}"
+    password = secrets.token_hex(16)
+    mariadb.create_database(name, name, password)
+    monkeypatch.setenv("SW_MYSQL_PASSWORD", password)
+    yield MirrorDb(server=mariadb, database=name, user=name, password=password,
+                   dsn=mariadb.dsn(name, name))
+    with contextlib.suppress(Exception):  # the server may be down after a crash test
+        mariadb.drop_database(name, name)

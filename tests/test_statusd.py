@@ -249,4 +249,5 @@ def test_an_unknown_path_is_404_with_the_paths_there_are(url: str, method: str) 
     assert code == 404
     assert json.loads(text)["paths"] == ["GET /healthz", "GET /status", "GET /metrics",
                                          "POST /tasks/NAME/pause|resume|cancel",
-                                         "POST /fts/restore", "POST /sync/SOURCE"]
+                                         "POST /fts/restore", "POST /sync/SOURCE",
+                                         "POST /mirror/reconcile"]

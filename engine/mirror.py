@@ -1,0 +1,759 @@
+"""What the mirror does over its two connections, as plain code the Mirror actor's worker runs.
+
+`MirrorSession` holds one MySQL connection and one read-only SQLite
+connection. It creates the mirror tables, drains the outbox, and reconciles
+or verifies whole tables:
+
+- Drain: the oldest `batch_rows` outbox rows and the current rows of their
+  keys are read in one SQLite read transaction; a key whose row exists is
+  upserted, one whose row is gone is deleted, all in one MySQL transaction.
+  The caller then asks the Writer to delete the outbox rows up to the
+  batch's last sequence number. A key changed again meanwhile got a new,
+  higher sequence number, so it stays pending. A crash anywhere repeats a
+  batch, which the upserts and deletes make harmless.
+- Reconcile: SQLite is read once in key order; every `range_rows` keys
+  close a range, whose (row count, sum of row digests) is compared with the
+  same pair computed by the server over the same key range for this scope.
+  Only a range that differs is looked at row by row: the two sorted streams
+  of (key, digest) are merged, keys the mirror has and SQLite does not are
+  deleted, and rows missing or different are copied. Memory stays bounded by
+  one range. An empty mirror skips the comparison and copies straight.
+- Verify: the same comparison, changing nothing.
+
+Every statement to the server names this engine's scope value, so engines
+sharing a central database never read or touch each other's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import apsw
+
+from engine.config import Config, MirrorConfig, TableConfig
+from engine.errors import EngineStopped, MirrorError
+from engine.mysql import (
+    DIGEST_COLUMN,
+    Literals,
+    connect,
+    create_table_sql,
+    delete_statements,
+    driver_name,
+    expected_columns,
+    key_after,
+    key_params,
+    key_upto,
+    mariadb_real,
+    mq,
+    mysql_error,
+    sqlite_canonical,
+    upsert_statements,
+)
+from engine.protocol import (
+    Drained,
+    Message,
+    MirrorDown,
+    MirrorUp,
+    OutboxDrained,
+    ProgressEvent,
+    ReconcileBegun,
+    Reconciled,
+    TableCheck,
+)
+from engine.redact import Redactor
+from engine.schema import OUTBOX_TABLE
+from engine.sql import column_list, quote
+from engine.sqlite import open_reader
+
+Key = tuple[Any, ...]
+#: The Mirror actor's name on the bus.
+ACTOR = "mirror"
+#: Keys per `IN (...)` list when reading rows from SQLite.
+_IN_KEYS = 500
+#: Rows copied per MySQL transaction during a reconcile.
+_COPY_COMMIT_ROWS = 20_000
+
+
+class Stopped(Exception):
+    """The engine is stopping; the reconcile ends where it is (it is safe to repeat)."""
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DrainBatch:
+    """Outbox rows read in one snapshot, with the current rows of their keys."""
+
+    upto_seq: int
+    entries: int
+    #: table -> rows that exist now (upserted) and keys that do not (deleted)
+    upserts: dict[str, list[tuple[Any, ...]]]
+    deletes: dict[str, list[Key]]
+    #: when each drained change was recorded (Unix seconds)
+    changed_at: list[float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeDiff:
+    """One key range whose count or digest differs between SQLite and the mirror."""
+
+    low: Key | None  # exclusive; None: from the first key
+    high: Key | None  # inclusive; None: to the last key
+    sqlite_rows: int
+    mirror_rows: int
+
+
+@dataclass(slots=True, kw_only=True)
+class TableReport:
+    """What a reconcile or verify found and did for one table."""
+
+    table: str
+    sqlite_rows: int = 0
+    mirror_rows: int = 0
+    ranges: int = 0
+    differing: list[RangeDiff] = field(default_factory=list)
+    copied: int = 0
+    deleted: int = 0
+    skipped: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "sqlite_rows": self.sqlite_rows,
+                "mirror_rows": self.mirror_rows, "ranges": self.ranges,
+                "differing_ranges": [
+                    {"after": _shown(d.low), "upto": _shown(d.high),
+                     "sqlite_rows": d.sqlite_rows, "mirror_rows": d.mirror_rows}
+                    for d in self.differing],
+                "copied": self.copied, "deleted": self.deleted, "skipped": self.skipped,
+                "seconds": round(self.seconds, 3)}
+
+
+def _shown(key: Key | None) -> Any:
+    if key is None:
+        return None
+    return key[0] if len(key) == 1 else list(key)
+
+
+# --- SQLite side ------------------------------------------------------------------------
+
+
+def open_mirror_reader(config: Config) -> apsw.Connection:
+    """A read-only connection with `sw_real`, the canonical text of a real."""
+    conn = open_reader(config.database)
+    conn.create_scalar_function("sw_real", cast(Any, mariadb_real), 1, deterministic=True)
+    return conn
+
+
+@contextmanager
+def snapshot(conn: apsw.Connection) -> Iterator[None]:
+    """One read transaction: everything read inside sees the same database state."""
+    conn.execute("BEGIN DEFERRED -- sqlwarden mirror")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT -- sqlwarden mirror")
+
+
+def outbox_depth(conn: apsw.Connection) -> tuple[int, float | None]:
+    """Pending outbox rows and when the oldest was recorded."""
+    row = conn.execute(f"SELECT count(*), min(at) FROM {OUTBOX_TABLE}").fetchone()
+    assert row is not None
+    return int(row[0]), row[1]
+
+
+def _key_of(table: TableConfig, stored: Any) -> Key:
+    """The key tuple of an outbox row's `k` (a json array for compound keys)."""
+    if len(table.primary_key) == 1:
+        return (stored,)
+    return tuple(json.loads(stored))
+
+
+def _rows_by_keys(conn: apsw.Connection, table: TableConfig,
+                  keys: Sequence[Key]) -> list[tuple[Any, ...]]:
+    """Current rows of `keys` (those that exist), in no particular order."""
+    cols = column_list(table.column_names)
+    pk = table.primary_key
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), _IN_KEYS):
+        chunk = keys[start:start + _IN_KEYS]
+        if len(pk) == 1:
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {cols} FROM {quote(table.name)} WHERE {quote(pk[0])} IN ({marks})"
+            params: list[Any] = [k[0] for k in chunk]
+        else:
+            row = "(" + ",".join("?" * len(pk)) + ")"
+            sql = (f"SELECT {cols} FROM {quote(table.name)} WHERE ({column_list(pk)}) IN "
+                   f"(VALUES {','.join([row] * len(chunk))})")
+            params = [v for k in chunk for v in k]
+        out.extend(conn.execute(sql, params))
+    return out
+
+
+# --- the session ------------------------------------------------------------------------
+
+
+class MirrorSession:
+    """One MySQL connection and one SQLite reader, used from a single thread."""
+
+    def __init__(self, config: Config, *, redactor: Redactor | None = None,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_progress: Callable[[str, int, int | None], None] | None = None) -> None:
+        if config.mirror is None:
+            raise MirrorError("the config has no mirror section")
+        self.config = config
+        self.mirror: MirrorConfig = config.mirror
+        self.tables = [config.table(name) for name in self.mirror.tables]
+        self.redactor = redactor or Redactor(config.secrets)
+        self.should_stop = should_stop
+        self.on_progress = on_progress
+        self.conn: Any = None
+        self.reader: apsw.Connection | None = None
+        self.literals: Literals | None = None
+        self.driver = driver_name()
+        self.server_version = ""
+
+    @property
+    def where(self) -> str:
+        return self.mirror.dsn.where
+
+    def error(self, exc: BaseException, what: str) -> MirrorError:
+        return mysql_error(exc, where=f"mirror {self.where}: {what}", redactor=self.redactor)
+
+    # --- connection ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, and create or check the mirror tables. Raises `MirrorError`."""
+        try:
+            self.conn = connect(self.mirror.dsn, timeout_s=self.mirror.connect_timeout_s)
+            self.server_version = str(self.conn.get_server_info())
+        except Exception as exc:
+            self.close()
+            raise self.error(exc, "connect") from None
+        self.literals = Literals(self.conn)
+        try:
+            self.ensure_tables()
+        except Exception as exc:
+            self.close()
+            raise self.error(exc, "creating the mirror tables") from None
+        if self.reader is None:
+            self.reader = open_mirror_reader(self.config)
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a dead connection has nothing to close
+                conn.close()
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+
+    def _cursor(self) -> Any:
+        return self.conn.cursor()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self._cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return list(cursor.fetchall()) if cursor.with_rows else []
+        finally:
+            cursor.close()
+
+    def ensure_tables(self) -> None:
+        for table in self.tables:
+            self._query(create_table_sql(table, self.mirror))
+            found = [r[0] for r in self._query(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                (self.mirror.dsn.database, table.name))]
+            want = expected_columns(table, self.mirror)
+            if [c.lower() for c in found] != [c.lower() for c in want]:
+                raise MirrorError(
+                    f"mirror table {table.name} has columns ({', '.join(found)}) but the "
+                    f"config needs ({', '.join(want)}); alter or drop it on the server",
+                    table=table.name)
+        self.conn.commit()
+
+    # --- drain --------------------------------------------------------------------------
+
+    def read_batch(self) -> DrainBatch | None:
+        """The oldest outbox rows and their current rows, or None when nothing is pending."""
+        assert self.reader is not None
+        by_name = {t.name: t for t in self.tables}
+        with snapshot(self.reader):
+            pending = list(self.reader.execute(
+                f"SELECT seq, tbl, k, at FROM {OUTBOX_TABLE} ORDER BY seq LIMIT ?",
+                (self.mirror.batch_rows,)))
+            if not pending:
+                return None
+            keys: dict[str, list[Key]] = {}
+            for _, name, stored, _ in pending:
+                table = by_name.get(name)
+                if table is not None:  # a table no longer mirrored: nothing to send
+                    keys.setdefault(name, []).append(_key_of(table, stored))
+            upserts: dict[str, list[tuple[Any, ...]]] = {}
+            deletes: dict[str, list[Key]] = {}
+            for name, wanted in keys.items():
+                table = by_name[name]
+                rows = _rows_by_keys(self.reader, table, wanted)
+                positions = [table.column_names.index(c) for c in table.primary_key]
+                present = {tuple(row[i] for i in positions) for row in rows}
+                upserts[name] = rows
+                deletes[name] = [k for k in wanted if k not in present]
+        return DrainBatch(upto_seq=pending[-1][0], entries=len(pending), upserts=upserts,
+                          deletes=deletes, changed_at=[row[3] for row in pending])
+
+    def apply_batch(self, batch: DrainBatch) -> None:
+        """Write one drain batch to the server in one transaction."""
+        assert self.literals is not None
+        cursor = self._cursor()
+        try:
+            for table in self.tables:
+                for sql in delete_statements(table, self.mirror, self.literals,
+                                             batch.deletes.get(table.name, []),
+                                             self.mirror.batch_rows):
+                    cursor.execute(sql)
+                for sql in upsert_statements(table, self.mirror, self.literals,
+                                             batch.upserts.get(table.name, []),
+                                             self.mirror.batch_rows):
+                    cursor.execute(sql)
+            self.conn.commit()
+        except Exception as exc:
+            self._rollback()
+            raise self.error(exc, "drain") from None
+        finally:
+            cursor.close()
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(Exception):  # gone: the server rolled back for us
+            self.conn.rollback()
+
+    # --- reconcile and verify -----------------------------------------------------------
+
+    def reconcile(self, *, apply: bool = True) -> list[TableReport]:
+        """Compare every mirrored table; with `apply`, make the mirror equal SQLite."""
+        reports = []
+        for table in self.tables:
+            start = time.monotonic()
+            try:
+                report = self._table(table, apply=apply)
+            except (MirrorError, Stopped):
+                self._rollback()
+                raise
+            except apsw.Error as exc:
+                self._rollback()
+                raise MirrorError(f"reading {table.name} from SQLite: {exc}",
+                                  table=table.name) from None
+            except Exception as exc:
+                self._rollback()
+                raise self.error(exc, f"reconciling {table.name}") from None
+            report.seconds = time.monotonic() - start
+            reports.append(report)
+        return reports
+
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise Stopped()
+
+    def _mirror_has_rows(self, table: TableConfig) -> bool:
+        return bool(self._query(
+            f"SELECT 1 FROM {mq(table.name)} WHERE {mq(self.mirror.scope_column)} = %s LIMIT 1",
+            (self.mirror.scope,)))
+
+    def _table(self, table: TableConfig, *, apply: bool) -> TableReport:
+        assert self.reader is not None
+        report = TableReport(table=table.name)
+        with snapshot(self.reader):
+            row = self.reader.execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()
+            total = int(row[0]) if row is not None else 0
+            report.sqlite_rows = total
+            if not self._mirror_has_rows(table):
+                report.ranges = max(1, -(-total // self.mirror.range_rows))
+                if total:
+                    report.differing.append(RangeDiff(low=None, high=None, sqlite_rows=total,
+                                                      mirror_rows=0))
+                if apply and total:
+                    report.copied = self._copy_all(table, total)
+                return report
+            self._compare(table, report, apply=apply)
+        report.skipped = not report.differing
+        return report
+
+    def _copy_all(self, table: TableConfig, total: int) -> int:
+        """Copy every row of an empty mirror table, reading SQLite while the server writes."""
+        assert self.reader is not None and self.literals is not None
+        cols = column_list(table.column_names)
+        rows = self.reader.execute(f"SELECT {cols} FROM {quote(table.name)} ORDER BY "
+                                   f"{column_list(table.primary_key)}")
+        statements = upsert_statements(table, self.mirror, self.literals, rows,
+                                       self.mirror.batch_rows)
+        per_commit = max(1, _COPY_COMMIT_ROWS // self.mirror.batch_rows)
+        cursor = self._cursor()
+        copied = 0
+        try:
+            for i, sql in enumerate(_ahead(statements), start=1):
+                cursor.execute(sql)
+                copied = min(total, i * self.mirror.batch_rows)
+                if i % per_commit == 0:
+                    self.conn.commit()
+                    self._progress(table.name, copied, total)
+                    self._check_stop()
+            self.conn.commit()
+        finally:
+            cursor.close()
+        self._progress(table.name, total, total)
+        return total
+
+    def _progress(self, name: str, done: int, total: int | None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(name, done, total)
+
+    def _sqlite_ranges(self, table: TableConfig) -> Iterator[
+            tuple[Key | None, Key | None, list[tuple[Key, int]]]]:
+        """(low, high, [(key, digest)]) for consecutive ranges of `range_rows` keys."""
+        assert self.reader is not None
+        pk = table.primary_key
+        width = len(pk)
+        cursor = self.reader.execute(
+            f"SELECT {column_list(pk)}, {sqlite_canonical(table)} FROM {quote(table.name)} "
+            f"ORDER BY {column_list(pk)}")
+        crc = zlib.crc32
+        size = self.mirror.range_rows
+        low: Key | None = None
+        chunk: list[tuple[Key, int]] = []
+        for row in cursor:
+            chunk.append((row[:width], crc(row[width].encode("utf-8", "surrogatepass"))))
+            if len(chunk) >= size:
+                high = chunk[-1][0]
+                yield low, high, chunk
+                low, chunk = high, []
+        # The last range is open above, so mirror rows past SQLite's last key are seen.
+        yield low, None, chunk
+
+    def _range_where(self, table: TableConfig, low: Key | None,
+                     high: Key | None) -> tuple[str, list[Any]]:
+        where = f"{mq(self.mirror.scope_column)} = %s"
+        params: list[Any] = [self.mirror.scope]
+        if low is not None:
+            where += " AND " + key_after(table.primary_key, mq)
+            params += key_params(low)
+        if high is not None:
+            where += " AND " + key_upto(table.primary_key, mq)
+            params += key_params(high)
+        return where, params
+
+    def _compare(self, table: TableConfig, report: TableReport, *, apply: bool) -> None:
+        done = 0
+        for low, high, chunk in self._sqlite_ranges(table):
+            self._check_stop()
+            report.ranges += 1
+            where, params = self._range_where(table, low, high)
+            (count, digest_sum), = self._query(
+                f"SELECT COUNT(*), COALESCE(SUM({mq(DIGEST_COLUMN)}), 0) FROM {mq(table.name)} "
+                f"WHERE {where}", params)
+            report.mirror_rows += int(count)
+            mine = sum(d for _, d in chunk)
+            done += len(chunk)
+            if int(count) == len(chunk) and int(digest_sum) == mine:
+                self._progress(table.name, done, report.sqlite_rows)
+                continue
+            report.differing.append(RangeDiff(low=low, high=high, sqlite_rows=len(chunk),
+                                              mirror_rows=int(count)))
+            if apply:
+                copied, deleted = self._repair(table, chunk, where, params)
+                report.copied += copied
+                report.deleted += deleted
+            self._progress(table.name, done, report.sqlite_rows)
+
+    def _mirror_digests(self, table: TableConfig, where: str,
+                        params: Sequence[Any]) -> Iterator[tuple[Key, int]]:
+        names = ", ".join(mq(c) for c in table.primary_key)
+        cursor = self.conn.cursor(buffered=False)
+        try:
+            cursor.execute(f"SELECT {names}, {mq(DIGEST_COLUMN)} FROM {mq(table.name)} "
+                           f"WHERE {where} ORDER BY {names}", tuple(params))
+            width = len(table.primary_key)
+            while True:
+                rows = cursor.fetchmany(5000)
+                if not rows:
+                    break
+                for row in rows:
+                    key = tuple(bytes(v) if isinstance(v, bytearray) else v
+                                for v in row[:width])
+                    yield key, int(row[width])
+        finally:
+            cursor.close()
+
+    def _repair(self, table: TableConfig, chunk: list[tuple[Key, int]], where: str,
+                params: Sequence[Any]) -> tuple[int, int]:
+        """Merge the range's two sorted (key, digest) streams; fix what differs."""
+        assert self.reader is not None and self.literals is not None
+        mirror = list(self._mirror_digests(table, where, params))
+        orphans: list[Key] = []
+        wanted: list[Key] = []
+        i = j = 0
+        while i < len(chunk) or j < len(mirror):
+            if j >= len(mirror) or (i < len(chunk) and chunk[i][0] < mirror[j][0]):
+                wanted.append(chunk[i][0])
+                i += 1
+            elif i >= len(chunk) or mirror[j][0] < chunk[i][0]:
+                orphans.append(mirror[j][0])
+                j += 1
+            else:
+                if chunk[i][1] != mirror[j][1]:
+                    wanted.append(chunk[i][0])
+                i += 1
+                j += 1
+        cursor = self._cursor()
+        try:
+            for sql in delete_statements(table, self.mirror, self.literals, orphans,
+                                         self.mirror.batch_rows):
+                cursor.execute(sql)
+            rows = _rows_by_keys(self.reader, table, wanted)
+            for sql in upsert_statements(table, self.mirror, self.literals, rows,
+                                         self.mirror.batch_rows):
+                cursor.execute(sql)
+            self.conn.commit()
+        finally:
+            cursor.close()
+        return len(rows), len(orphans)
+
+
+def _ahead(items: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Produce `items` on another thread, `depth` ahead, so building overlaps sending."""
+    out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(done)
+        except BaseException as exc:  # handed to the consumer
+            out.put(exc)
+
+    thread = threading.Thread(target=produce, name="sqlwarden-mirror-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- the worker thread ------------------------------------------------------------------
+
+
+def table_check(report: TableReport, shown: int = 20) -> TableCheck:
+    return TableCheck(
+        table=report.table, sqlite_rows=report.sqlite_rows, mirror_rows=report.mirror_rows,
+        ranges=report.ranges, differing=len(report.differing), copied=report.copied,
+        deleted=report.deleted, skipped=report.skipped, seconds=round(report.seconds, 3),
+        ranges_shown=tuple((_shown(d.low), _shown(d.high), d.sqlite_rows, d.mirror_rows)
+                           for d in report.differing[:shown]))
+
+
+class MirrorWorker:
+    """The thread that does the mirror's blocking I/O for the Mirror actor.
+
+    It connects (backing off while the server is out of reach), runs one
+    reconcile after every successful connect, then drains the outbox. The
+    actor asks for reconciles and verifies through `request_reconcile` and
+    `request_verify`; everything the worker learns goes back as messages
+    (`tell`), and the outbox rows it drained are deleted by the Writer
+    (`ask`, which blocks this thread only).
+    """
+
+    def __init__(self, config: Config, *, tell: Callable[[str, Message], None],
+                 ask: Callable[[Message], Any], redactor: Redactor,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        assert config.mirror is not None
+        self.config = config
+        self.mirror = config.mirror
+        self._tell = tell
+        self._ask = ask
+        self._redactor = redactor
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pending = False
+        self._running = False
+        self._started = 0
+        self._verifies: list[int] = []
+        self._verify_ids = 0
+        self._lags: deque[float] = deque(maxlen=5000)
+        self._thread = threading.Thread(target=self._run, name="sqlwarden-mirror", daemon=True)
+        self.session = MirrorSession(config, redactor=redactor,
+                                     should_stop=self._stopping.is_set,
+                                     on_progress=self._on_progress)
+
+    # --- called from the actor's thread --------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def request_reconcile(self) -> int:
+        """The number of the reconcile whose result the caller will get (single flight)."""
+        with self._lock:
+            if self._running and not self._pending:
+                return self._started
+            self._pending = True
+        self._wake.set()
+        return self._started + 1
+
+    def request_verify(self) -> int:
+        with self._lock:
+            self._verify_ids += 1
+            self._verifies.append(self._verify_ids)
+            number = self._verify_ids
+        self._wake.set()
+        return number
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = self.mirror.backoff_initial_s
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                if self.session.conn is None:
+                    try:
+                        self.session.open()
+                    except MirrorError as exc:
+                        attempt += 1
+                        wait = backoff if exc.retryable else None
+                        if exc.retryable:
+                            backoff = min(backoff * 2, self.mirror.backoff_max_s)
+                        self._down(exc, attempt, wait)
+                        continue
+                    backoff, attempt = self.mirror.backoff_initial_s, 0
+                    self._tell(ACTOR, MirrorUp(driver=self.session.driver,
+                                        server=self.session.server_version))
+                    with self._lock:  # one reconcile per successful connect
+                        self._pending = True
+                try:
+                    if not self._step():
+                        self._wake.wait(self.mirror.poll_ms / 1000)
+                        self._wake.clear()
+                except MirrorError as exc:
+                    self.session.close()
+                    attempt += 1
+                    wait = backoff if exc.retryable else None
+                    if exc.retryable:
+                        backoff = min(backoff * 2, self.mirror.backoff_max_s)
+                    self._down(exc, attempt, wait)
+        except (Stopped, EngineStopped):
+            pass
+        finally:
+            self.session.close()
+
+    def _down(self, exc: MirrorError, attempt: int, wait: float | None) -> None:
+        with self._lock:
+            started = self._started
+            verifies, self._verifies = self._verifies, []
+        for number in verifies:
+            self._tell(ACTOR, Reconciled(number=number, verify=True, error=str(exc)))
+        self._tell(ACTOR, MirrorDown(error=str(exc), retryable=exc.retryable, attempt=attempt,
+                              retry_in_s=wait, started=started))
+        # An ask for a reconcile wakes this early: it is worth a try now.
+        self._wake.wait(wait)
+        self._wake.clear()
+        if self._stopping.is_set():
+            raise Stopped()
+
+    def _step(self) -> bool:
+        """Run one reconcile, verify or drain batch; False when there was nothing to do."""
+        with self._lock:
+            reconcile = self._pending
+            if reconcile:
+                self._pending, self._running = False, True
+                self._started += 1
+                number = self._started
+            verify = self._verifies.pop(0) if not reconcile and self._verifies else None
+        if reconcile:
+            try:
+                self._reconcile(number, verify=False)
+            finally:
+                with self._lock:
+                    self._running = False
+            return True
+        if verify is not None:
+            self._reconcile(verify, verify=True)
+            return True
+        return self._drain()
+
+    def _reconcile(self, number: int, *, verify: bool) -> None:
+        self._tell(ACTOR, ReconcileBegun(number=number, verify=verify))
+        start = self._clock()
+        try:
+            reports = self.session.reconcile(apply=not verify)
+        except MirrorError as exc:
+            self._tell(ACTOR, Reconciled(number=number, verify=verify, error=str(exc),
+                                  seconds=self._clock() - start))
+            raise
+        self._tell(ACTOR, Reconciled(number=number, verify=verify,
+                              tables=tuple(table_check(r) for r in reports),
+                              seconds=round(self._clock() - start, 3)))
+
+    def _drain(self) -> bool:
+        try:
+            batch = self.session.read_batch()
+        except apsw.Error as exc:
+            raise MirrorError(f"reading the outbox: {exc}") from None
+        if batch is None:
+            return False
+        self.session.apply_batch(batch)
+        now = time.time()
+        self._lags.extend(max(0.0, (now - at) * 1000) for at in batch.changed_at)
+        self._ask(OutboxDrained(upto_seq=batch.upto_seq))
+        lags = sorted(self._lags)
+        self._tell(ACTOR, Drained(
+            entries=batch.entries, upserts=sum(len(r) for r in batch.upserts.values()),
+            deletes=sum(len(k) for k in batch.deletes.values()), upto_seq=batch.upto_seq,
+            lag_p50_ms=round(_percentile(lags, 0.50), 1),
+            lag_p99_ms=round(_percentile(lags, 0.99), 1), lag_max_ms=round(lags[-1], 1)))
+        return True
+
+    def _on_progress(self, table: str, done: int, total: int | None) -> None:
+        ended = total is not None and done >= total
+        self._tell("progress", ProgressEvent(scope="mirror", name=table, processed=done,
+                                             total=total, state="done" if ended else "running",
+                                             terminal=ended))
+
+
+def _percentile(ordered: Sequence[float], share: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
