@@ -150,6 +150,34 @@ def build_parser() -> argparse.ArgumentParser:
                       help="show at most N runs (default 20)")
     hist.add_argument("--json", action="store_true", help="print JSON instead of a table")
     hist.set_defaults(func=cmd_sync_history)
+    mirror = commands.add_parser(
+        "mirror", help="reconcile or verify the MySQL mirror",
+        description="The mirror copies the tables listed under `mirror:` to a MySQL-compatible "
+                    "server, scoped by this device's `scope` value. Reconcile makes it equal "
+                    "SQLite; verify compares and changes nothing.")
+    mirror_actions = mirror.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    mirror_actions.required = True
+    reconcile = mirror_actions.add_parser(
+        "reconcile", help="make the mirror equal SQLite for this scope, and wait for it",
+        description="Compare every mirrored table range by range (row count and checksum on "
+                    "both sides), delete rows SQLite no longer has and copy only what differs. "
+                    "Asks the running engine when there is one (a reconcile under way is "
+                    "joined, never started twice); otherwise starts the engine on CONFIG for "
+                    "this. Exits 1 when it fails, 3 when the server cannot be reached.")
+    reconcile.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    reconcile.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    reconcile.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                           help="give up waiting after S seconds (default 3600)")
+    reconcile.set_defaults(func=cmd_mirror_reconcile)
+    verify = mirror_actions.add_parser(
+        "verify", help="compare SQLite and the mirror; change nothing",
+        description="Read CONFIG's database (read-only) and the mirror, and report per table "
+                    "the key ranges whose row count or checksum differ. Creates and changes "
+                    "nothing on either side. Exits 0 when in sync, 1 when something differs, "
+                    "2 for a config or login problem, 3 when the server cannot be reached.")
+    verify.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verify.set_defaults(func=cmd_mirror_verify)
     return parser
 
 
@@ -456,6 +484,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tasks_failed = False
         if config.tasks and not stop.is_set():
             tasks_failed = _run_tasks(engine, stop, no_progress=args.no_progress)
+        if engine.mirror.enabled and not stop.is_set():
+            _catch_up_mirror(engine, stop)
         if not args.once and not stop.is_set():
             print("caught up; serving until SIGINT or SIGTERM")
             reason = engine.wait(stop)
@@ -463,6 +493,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_summary(config, engine.status(), total_rows, time.monotonic() - started)
         failed = engine.state == "failed"
     return 1 if failed or (args.once and (tasks_failed or sync_failed)) else 0
+
+
+def _catch_up_mirror(engine: Any, stop: threading.Event) -> None:
+    """Wait for the boot reconcile and an empty outbox; say so in one line either way."""
+    from engine.errors import MirrorError
+
+    try:
+        view = engine.mirror.reconcile(timeout=None)
+    except MirrorError as exc:
+        print(f"mirror: {_one_line(exc)}")
+        return
+    copied = sum(t.copied for t in view.tables)
+    deleted = sum(t.deleted for t in view.tables)
+    print(f"mirror: reconciled in {view.seconds:.2f}s (copied {copied:,}, deleted {deleted:,})")
+    depth = None
+    while not stop.is_set():
+        mirror = engine.status().get("mirror", {})
+        depth = mirror.get("outbox", {}).get("depth")
+        if depth == 0 or mirror.get("state") in ("down", "failed"):
+            break
+        stop.wait(0.2)
+    if depth == 0:
+        print("mirror: caught up (outbox empty)")
+    else:
+        print(f"mirror: {mirror.get('state')}: {mirror.get('error')}; {depth} changes wait "
+              "in the outbox")
 
 
 def _sync_with_bar(engine: Any, name: str, mode: str, stop: threading.Event, *,
@@ -544,6 +600,120 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
         return 130
     _print_run(run)
     return 1 if run.status == "failed" else 0
+
+
+def _mirror_config(config: Config, file: str) -> None:
+    from engine.errors import ConfigError
+
+    if config.mirror is None or not config.mirror.enabled:
+        raise ConfigError("there is no enabled `mirror:` section", file=file)
+
+
+def _print_checks(view: Any, *, verb: str) -> None:
+    for t in view.tables:
+        if t.skipped:
+            what = "in sync"
+        elif verb == "verify":
+            what = f"{t.differing} of {t.ranges} key ranges differ"
+        else:
+            what = (f"{t.differing} of {t.ranges} key ranges differed: copied {t.copied:,}, "
+                    f"deleted {t.deleted:,}")
+        print(f"  {t.table}: {t.sqlite_rows:,} rows in SQLite, {t.mirror_rows:,} in the mirror; "
+              f"{what} ({t.seconds:.2f}s)")
+        for after, upto, mine, theirs in t.ranges_shown:
+            low = "start" if after is None else f"after {after!r}"
+            high = "end" if upto is None else f"up to {upto!r}"
+            print(f"    keys from {low} {high}: {mine:,} rows in SQLite, {theirs:,} in the mirror")
+        if t.differing > len(t.ranges_shown):
+            print(f"    ... and {t.differing - len(t.ranges_shown)} more ranges")
+
+
+def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from engine.errors import MirrorError, MirrorUnavailable
+    from engine.protocol import ReconcileView, TableCheck
+
+    config = load_config(args.config)
+    _mirror_config(config, args.config)
+    found = _find_engine(config)
+    if found.url is not None:
+        try:
+            out = _post_json(f"{found.url}/mirror/reconcile")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.load(exc).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            return 3 if exc.code == 503 else 1
+        print(f"asked the running engine at {found.url}")
+        view = ReconcileView(number=out["number"], verify=False, seconds=out["seconds"],
+                             tables=tuple(TableCheck(**{**t, "ranges_shown": tuple(
+                                 tuple(r) for r in t["ranges_shown"])}) for t in out["tables"]))
+    else:
+        from engine.facade import Engine
+
+        with Engine(config, start_tasks=False) as engine:
+            try:
+                view = engine.mirror.reconcile(timeout=args.timeout)
+            except MirrorUnavailable as exc:
+                print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+                return 3
+            except (MirrorError, TimeoutError) as exc:
+                print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+                return 1
+    if args.json:
+        from engine.facade import reconcile_view_dict
+
+        print(json.dumps(reconcile_view_dict(view), indent=2, default=str))
+        return 0
+    print(f"reconcile {view.number} of {config.mirror.dsn.where if config.mirror else ''} "
+          f"took {view.seconds:.2f}s")
+    _print_checks(view, verb="reconcile")
+    return 0
+
+
+def cmd_mirror_verify(args: argparse.Namespace) -> int:
+    from engine.errors import MirrorError
+    from engine.mirror import MirrorSession, outbox_depth, table_check
+
+    config = load_config(args.config)
+    _mirror_config(config, args.config)
+    assert config.mirror is not None
+    session = MirrorSession(config)
+    started = time.monotonic()
+    try:
+        session.open(create=False)
+        reports = session.reconcile(apply=False)
+        assert session.reader is not None
+        depth = outbox_depth(session.reader)[0] if session.has_outbox() else 0
+    except MirrorError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 3 if exc.retryable else 2
+    finally:
+        session.close()
+    checks = [table_check(r) for r in reports]
+    differs = any(c.differing for c in checks)
+    if args.json:
+        print(json.dumps({"in_sync": not differs, "outbox_depth": depth,
+                          "seconds": round(time.monotonic() - started, 3),
+                          "tables": [dataclasses.asdict(c) for c in checks]},
+                         indent=2, default=str))
+        return 1 if differs else 0
+    print(f"verify of {config.mirror.dsn.where} (scope {config.mirror.scope!r}) took "
+          f"{time.monotonic() - started:.2f}s")
+
+    class _View:
+        tables = checks
+
+    _print_checks(_View, verb="verify")
+    if depth:
+        print(f"  {depth:,} changes are still in the outbox; a running engine sends them "
+              "shortly, so some differences may be only those")
+    print("in sync" if not differs else "the mirror differs from SQLite; run "
+          f"`{PROG} mirror reconcile {args.config}` to repair it")
+    return 1 if differs else 0
 
 
 def _check_source(config: Config, name: str, file: str) -> None:

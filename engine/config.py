@@ -947,13 +947,16 @@ def _fts_deferral(at: _At) -> FtsDeferralConfig:
 
 
 _DSN_FORM = "mysql://user:${PASSWORD_VARIABLE}@host[:port]/database"
-_DSN = re.compile(r"(?:mysql|mariadb)://(?P<user>[^:@/?#\s]+)(?::(?P<password>[^@]*))?@"
+_DSN = re.compile(r"(?:mysql|mariadb)://(?P<user>[^:@/?#\s]+)(?::(?P<password>.*))?@"
                   r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#@\s]+)(?::(?P<port>[^/?#]*))?"
                   r"/(?P<database>[^/?#\s]+)(?:\?(?P<query>[^#\s]*))?")
 
 
 def parse_dsn(text: str) -> MysqlDsn:
     """A `MysqlDsn` from `mysql://user:password@host:port/database[?socket=PATH]`.
+
+    The password runs to the last `@` and is not URL-decoded, so one from the
+    environment may hold any character.
 
     Raises `ValueError` with a message that never repeats the password.
     """
@@ -967,13 +970,13 @@ def parse_dsn(text: str) -> MysqlDsn:
     unknown = sorted(set(options) - {"socket"})
     if unknown:
         raise ValueError(f"unknown DSN option {unknown[0]!r}; the only option is socket=PATH")
-    database = urllib.parse.unquote(match.group("database"))
+    database = match.group("database")
     if IDENTIFIER.fullmatch(database) is None:
         raise ValueError(f"the DSN's database name {database!r} is not allowed: use letters, "
                          "digits and underscores")
     host = match.group("host")
-    return MysqlDsn(user=urllib.parse.unquote(match.group("user")),
-                    password=urllib.parse.unquote(match.group("password") or ""),
+    # Taken as written, not URL-decoded: a password from the environment is raw.
+    return MysqlDsn(user=match.group("user"), password=match.group("password") or "",
                     host=host.strip("[]"), port=int(port_text) if port_text else 3306,
                     database=database, socket=options["socket"][0] if "socket" in options
                     else None)

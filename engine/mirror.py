@@ -223,6 +223,8 @@ class MirrorSession:
         self.literals: Literals | None = None
         self.driver = driver_name()
         self.server_version = ""
+        #: Mirror tables not on the server (only when opened with `create=False`).
+        self.missing: set[str] = set()
 
     @property
     def where(self) -> str:
@@ -233,17 +235,20 @@ class MirrorSession:
 
     # --- connection ---------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Connect, and create or check the mirror tables. Raises `MirrorError`."""
+    def open(self, *, create: bool = True) -> None:
+        """Connect, and create (or with `create=False` only look for) the mirror tables.
+
+        Raises `MirrorError`. Tables missing without `create` are taken as empty.
+        """
         try:
             self.conn = connect(self.mirror.dsn, timeout_s=self.mirror.connect_timeout_s)
-            self.server_version = str(self.conn.get_server_info())
+            self.server_version = str(self.conn.server_info)
         except Exception as exc:
             self.close()
             raise self.error(exc, "connect") from None
         self.literals = Literals(self.conn)
         try:
-            self.ensure_tables()
+            self.ensure_tables(create=create)
         except Exception as exc:
             self.close()
             raise self.error(exc, "creating the mirror tables") from None
@@ -270,14 +275,19 @@ class MirrorSession:
         finally:
             cursor.close()
 
-    def ensure_tables(self) -> None:
+    def ensure_tables(self, *, create: bool = True) -> None:
+        self.missing = set()
         for table in self.tables:
-            self._query(create_table_sql(table, self.mirror))
+            if create:
+                self._query(create_table_sql(table, self.mirror))
             found = [r[0] for r in self._query(
                 "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
                 "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
                 (self.mirror.dsn.database, table.name))]
             want = expected_columns(table, self.mirror)
+            if not found and not create:
+                self.missing.add(table.name)
+                continue
             if [c.lower() for c in found] != [c.lower() for c in want]:
                 raise MirrorError(
                     f"mirror table {table.name} has columns ({', '.join(found)}) but the "
@@ -366,7 +376,15 @@ class MirrorSession:
         if self.should_stop():
             raise Stopped()
 
+    def has_outbox(self) -> bool:
+        """Whether the database has an outbox yet (an older engine's may not)."""
+        assert self.reader is not None
+        return self.reader.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                   (OUTBOX_TABLE,)).fetchone() is not None
+
     def _mirror_has_rows(self, table: TableConfig) -> bool:
+        if table.name in self.missing:
+            return False
         return bool(self._query(
             f"SELECT 1 FROM {mq(table.name)} WHERE {mq(self.mirror.scope_column)} = %s LIMIT 1",
             (self.mirror.scope,)))

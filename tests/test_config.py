@@ -84,6 +84,50 @@ def test_values_under_secret_keys_are_remembered_as_secrets() -> None:
     assert doc.secrets == frozenset({"hunter2"})
 
 
+MIRRORED = ("database: {path: x.db}\n" + GOOD_TABLE
+            + "      score: real\n      at: timestamp\n"
+            + "mirror:\n  dsn: mysql://sw:${SW_DB_PASSWORD}@db.example:3307/fleet\n"
+            + "  scope: dev-17\n")
+
+
+def test_a_mirror_section_is_parsed_and_its_password_kept_secret() -> None:
+    config = parse_config(MIRRORED, file="c.yaml", environ={"SW_DB_PASSWORD": "s3cr:t@x"},
+                          check_paths=False)
+    mirror = config.mirror
+    assert mirror is not None
+    assert (mirror.dsn.user, mirror.dsn.password, mirror.dsn.host, mirror.dsn.port,
+            mirror.dsn.database) == ("sw", "s3cr:t@x", "db.example", 3307, "fleet")
+    assert mirror.tables == ("sites",) and mirror.scope == "dev-17"
+    assert "s3cr:t@x" in config.secrets
+    assert "s3cr" not in repr(config.mirror) and "s3cr" not in mirror.dsn.where
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    pytest.param(("mysql://sw:${SW_DB_PASSWORD}@db.example:3307/fleet", "mysql//sw:hunter2@db/f"),
+                 "expected a DSN of the form", id="malformed-dsn"),
+    pytest.param(("db.example:3307", "db.example:99999"), "port '99999'", id="bad-port"),
+    pytest.param(("  scope: dev-17\n", "  scope: dev-17\n  tables: [sites, nosuch]\n"),
+                 "table 'nosuch' is not declared", id="unknown-table"),
+    pytest.param(("  scope: dev-17\n", ""), "missing required key 'scope'", id="no-scope"),
+    pytest.param(("      at: timestamp\n", "      at: any\n"), "has type 'any'", id="any-column"),
+    pytest.param(("  scope: dev-17\n", "  scope: dev-17\n  scope_column: name\n"),
+                 "already has a column 'name'", id="scope-column-clash"),
+    pytest.param(("  scope: dev-17\n", "  scope: dev-17\n  backoff_initial_s: 10\n"
+                                        "  backoff_max_s: 5\n"),
+                 "backoff_max_s (5) is less than", id="backoff-order"),
+])
+def test_a_bad_mirror_section_names_the_key_and_never_the_password(
+        change: tuple[str, str], words: str) -> None:
+    text = MIRRORED.replace(*change)
+    assert text != MIRRORED
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, file="c.yaml", environ={"SW_DB_PASSWORD": "hunter2"},
+                     check_paths=False)
+    message = str(info.value)
+    assert words in message and "mirror" in message and "\n" not in message
+    assert "hunter2" not in message
+
+
 def test_an_unknown_key_suggests_the_closest_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(f"database:\n  path: {tmp_path / 'x.db'}\n  busy_timeot_ms: 5\n",

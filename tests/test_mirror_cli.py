@@ -1,0 +1,129 @@
+"""`sqlwarden mirror reconcile|verify` and `run --once` with a mirror, against real MariaDB."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from engine.config import load_config
+from engine.dbstatus import running_engine
+from engine.facade import Engine
+
+from .conftest import files_under, run_sqlwarden, sqlwarden, wait_until
+from .mariadb import MirrorDb
+
+CONFIG = """\
+database: {{path: {root}/data/dev.db}}
+tables:
+  notes:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      text: text
+      at: timestamp
+mirror:
+  dsn: {dsn}
+  scope: dev-cli
+  range_rows: 50
+status: {{enabled: {status}, port: 0}}
+"""
+
+
+def setup(tmp_path: Path, mirror_db: MirrorDb, *, status: bool = False,
+          dsn: str | None = None) -> Path:
+    config = tmp_path / f"sw-{status}.yaml"
+    config.write_text(CONFIG.format(root=tmp_path, dsn=dsn or mirror_db.dsn,
+                                    status=str(status).lower()))
+    return config
+
+
+def mirror_count(mirror_db: MirrorDb) -> int:
+    rows = mirror_db.server.query("SELECT COUNT(*) FROM notes WHERE sw_scope = 'dev-cli'",
+                                  database=mirror_db.database)
+    return int(rows[0][0])
+
+
+def fill(config: Path, rows: int) -> None:
+    """Create the database with `rows` rows (an engine that also mirrors them)."""
+    with Engine(load_config(config)) as engine:
+        engine.write_many("notes", [(i, f"note {i}", f"2026-01-01T00:00:{i % 60:02d}.5Z")
+                                    for i in range(rows)])
+
+
+def test_verify_reports_drift_and_reconcile_repairs_it(tmp_path: Path,
+                                                       mirror_db: MirrorDb) -> None:
+    config = setup(tmp_path, mirror_db)
+    fill(config, 300)
+    once = run_sqlwarden("run", str(config), "--once", "--no-progress")
+    assert once.returncode == 0, once.stderr
+    assert "mirror: caught up (outbox empty)" in once.stdout
+    assert mirror_count(mirror_db) == 300
+
+    clean = run_sqlwarden("mirror", "verify", str(config))
+    assert clean.returncode == 0, clean.stderr
+    assert "notes: 300 rows in SQLite, 300 in the mirror; in sync" in clean.stdout
+
+    mirror_db.server.query("UPDATE notes SET text = 'edited behind our back' WHERE id = 120",
+                           database=mirror_db.database)
+    mirror_db.server.query("INSERT INTO notes (sw_scope, id, text) VALUES ('dev-cli', 9999, "
+                           "'orphan')", database=mirror_db.database)
+    drift = run_sqlwarden("mirror", "verify", str(config))
+    assert drift.returncode == 1, drift.stderr
+    assert "2 of 7 key ranges differ" in drift.stdout
+    assert "keys from after 99 up to 149" in drift.stdout
+    assert mirror_count(mirror_db) == 301  # verify changed nothing
+
+    fixed = run_sqlwarden("mirror", "reconcile", str(config))
+    assert fixed.returncode == 0, fixed.stderr
+    assert "copied 1, deleted 1" in fixed.stdout
+    assert mirror_count(mirror_db) == 300
+    again = run_sqlwarden("mirror", "verify", str(config))
+    assert again.returncode == 0 and "in sync" in again.stdout
+
+
+def test_reconcile_asks_the_running_engine(tmp_path: Path, mirror_db: MirrorDb) -> None:
+    config = setup(tmp_path, mirror_db, status=True)
+    fill(config, 40)
+    server = sqlwarden("run", str(config), "--no-progress")
+    try:
+        loaded = load_config(config)
+        wait_until(lambda: running_engine(loaded) is not None, what="the engine to serve")
+        done = run_sqlwarden("mirror", "reconcile", str(config))
+        assert done.returncode == 0, done.stderr
+        assert "asked the running engine" in done.stdout
+        assert "notes: 40 rows in SQLite, 40 in the mirror; in sync" in done.stdout
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    assert server.returncode == 0
+
+
+def test_bad_mirror_input_is_one_line_and_changes_nothing(tmp_path: Path,
+                                                          mirror_db: MirrorDb) -> None:
+    config = setup(tmp_path, mirror_db)
+    fill(config, 5)
+    before = data_files(tmp_path)
+    closed = setup(tmp_path, mirror_db, status=True,
+                   dsn=mirror_db.dsn.replace(f":{mirror_db.server.port}/", ":1/"))
+    unreachable = run_sqlwarden("mirror", "verify", str(closed))
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.strip().splitlines() == [unreachable.stderr.strip()]
+    assert "127.0.0.1:1" in unreachable.stderr and "2003" in unreachable.stderr
+
+    wrong = setup(tmp_path, mirror_db, dsn=mirror_db.dsn.replace("${SW_MYSQL_PASSWORD}",
+                                                                 "not-the-password"))
+    denied = run_sqlwarden("mirror", "verify", str(wrong))
+    assert denied.returncode == 2
+    assert len(denied.stderr.strip().splitlines()) == 1 and "1045" in denied.stderr
+    assert "not-the-password" not in denied.stderr + denied.stdout
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"database: {{path: {tmp_path}/data/dev.db}}\n")
+    none = run_sqlwarden("mirror", "reconcile", str(plain))
+    assert none.returncode == 2 and "no enabled `mirror:` section" in none.stderr
+    assert data_files(tmp_path) == before
+
+
+def data_files(root: Path) -> dict[str, bytes]:
+    """Everything under `root` but the config files a test writes."""
+    return {name: data for name, data in files_under(root).items()
+            if not name.endswith(".yaml")}
