@@ -327,8 +327,9 @@ class MirrorSession:
     def apply_batch(self, batch: DrainBatch) -> None:
         """Write one drain batch to the server in one transaction."""
         assert self.literals is not None
-        cursor = self._cursor()
+        cursor = None
         try:
+            cursor = self._cursor()
             for table in self.tables:
                 for sql in delete_statements(table, self.mirror, self.literals,
                                              batch.deletes.get(table.name, []),
@@ -343,7 +344,9 @@ class MirrorSession:
             self._rollback()
             raise self.error(exc, "drain") from None
         finally:
-            cursor.close()
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
 
     def _rollback(self) -> None:
         with contextlib.suppress(Exception):  # gone: the server rolled back for us
@@ -686,7 +689,12 @@ class MirrorWorker:
                     if not self._step():
                         self._wake.wait(self.mirror.poll_ms / 1000)
                         self._wake.clear()
-                except MirrorError as exc:
+                except (Stopped, EngineStopped):
+                    raise
+                except Exception as exc:
+                    # Whatever went wrong, the worker lives on: classified, reported, retried.
+                    if not isinstance(exc, MirrorError):
+                        exc = self.session.error(exc, "mirror")
                     self.session.close()
                     attempt += 1
                     wait = backoff if exc.retryable else None

@@ -217,7 +217,9 @@ def outbox_trigger_sql(table: TableConfig) -> dict[str, str]:
 
     def key(row: str) -> str:
         if len(table.primary_key) == 1:
-            return f"{row}.{quote(table.primary_key[0])}"
+            # Unary + drops the column's affinity: compared with `k` (no affinity) it
+            # would otherwise convert every `k` and scan the outbox instead of its index.
+            return f"+{row}.{quote(table.primary_key[0])}"
         return "json_array(" + ", ".join(f"{row}.{quote(c)}" for c in table.primary_key) + ")"
 
     def record(row: str, op: str, when: str = "") -> str:
