@@ -144,7 +144,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import apsw
 import pykka
@@ -387,7 +387,28 @@ def last_seen_digest(path: Path) -> tuple[str, int]:
 Sent = tuple[float, pykka.Future[Any]]
 
 
-class ForegroundWriter:
+class _Threads:
+    """Starts `_threads` on enter; on exit stops them and raises the first error they hit."""
+
+    _threads: tuple[threading.Thread, ...]
+    _stop: threading.Event
+    _error: BaseException | None
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if self._error is not None and exc is None:
+            raise self._error
+
+
+class ForegroundWriter(_Threads):
     """Inserts one row into `fg` every `interval_s` through the engine, timing each commit.
 
     Sends are open loop: a write goes out on schedule even while earlier ones
@@ -406,19 +427,6 @@ class ForegroundWriter:
                          threading.Thread(target=self._collect, name="bench-fg-collect"))
         #: (sent at, latency), both in seconds on the perf_counter clock.
         self.samples: list[tuple[float, float]] = []
-
-    def __enter__(self) -> ForegroundWriter:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        if self._error is not None and exc is None:
-            raise self._error
 
     def latencies_ms(self, start: float, end: float) -> list[float]:
         """Latencies of the writes sent between `start` and `end`."""
@@ -1641,7 +1649,7 @@ def table_check_dict(view: Any) -> dict[str, Any]:
             "skipped": table.skipped}
 
 
-class LagProbe:
+class LagProbe(_Threads):
     """Once a second, upserts one row of its own (negative ids, so never one the ingest
     writes) and polls the server every 5 ms until the mirror has it: the lag from
     sending the write until the row can be read on the server, measured outside the
@@ -1659,19 +1667,6 @@ class LagProbe:
         self.probe_ms: list[float] = []
         #: (seconds since start, lag_p99_ms, lag_max_ms, drained_changes) per view sample.
         self.samples: list[tuple[float, float | None, float | None, int]] = []
-
-    def __enter__(self) -> LagProbe:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        if self._error is not None and exc is None:
-            raise self._error
 
     def sample(self) -> None:
         view = self._engine.mirror.view()
