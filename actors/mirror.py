@@ -9,6 +9,7 @@ the same result when its `mirror.reconciled` arrives.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -73,9 +74,7 @@ class MirrorActor(BaseActor):
             self.bus.fail(envelope, MirrorUnavailable("the engine is stopping"))
 
     def _set(self, **changes: Any) -> None:
-        fields = {name: getattr(self._view, name) for name in self._view.__dataclass_fields__}
-        fields.update(changes)
-        self._view = MirrorView(**fields)
+        self._view = dataclasses.replace(self._view, **changes)
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
         assert self.worker is not None

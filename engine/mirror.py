@@ -421,14 +421,12 @@ class MirrorSession:
                                        self.mirror.batch_rows)
         per_commit = max(1, _COPY_COMMIT_ROWS // self.mirror.batch_rows)
         cursor = self._cursor()
-        copied = 0
         try:
             for i, sql in enumerate(_ahead(statements), start=1):
                 cursor.execute(sql)
-                copied = min(total, i * self.mirror.batch_rows)
                 if i % per_commit == 0:
                     self.conn.commit()
-                    self._progress(table.name, copied, total)
+                    self._progress(table.name, min(total, i * self.mirror.batch_rows), total)
                     self._check_stop()
             self.conn.commit()
         finally:
