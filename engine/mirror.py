@@ -80,6 +80,8 @@ Key = tuple[Any, ...]
 ACTOR = "mirror"
 #: Keys per `IN (...)` list when reading rows from SQLite.
 _IN_KEYS = 500
+#: Outbox batches a verify sends first, so pending changes do not count as drift.
+VERIFY_DRAIN_BATCHES = 100
 #: Rows copied per MySQL transaction during a reconcile.
 _COPY_COMMIT_ROWS = 20_000
 
@@ -735,6 +737,11 @@ class MirrorWorker:
                     self._running = False
             return True
         if verify is not None:
+            # Changes still in the outbox are not drift: send what is pending first
+            # (bounded, so a busy device still gets its answer).
+            for _ in range(VERIFY_DRAIN_BATCHES):
+                if not self._drain():
+                    break
             self._reconcile(verify, verify=True)
             return True
         return self._drain()

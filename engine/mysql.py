@@ -44,6 +44,8 @@ from engine.sql import quote
 DIGEST_COLUMN = "sw_digest"
 TIMESTAMP_CHARS = 64
 BLOB_KEY_BYTES = 767
+#: Seconds a statement may take before the connection counts as lost.
+QUERY_TIMEOUT_S = 120
 
 _driver_lock = threading.Lock()
 _driver: Any = None
@@ -144,6 +146,9 @@ def connect(dsn: MysqlDsn, *, timeout_s: float) -> Any:
         "connection_timeout": max(1, round(timeout_s)), "autocommit": False,
         "charset": "utf8mb4", "collation": "utf8mb4_bin", "use_pure": not driver.HAVE_CEXT,
         "get_warnings": False, "raise_on_warnings": False,
+        # A server that stops answering (not one that refuses) must become `down`,
+        # not hang the mirror: no statement the mirror sends runs anywhere near this.
+        "read_timeout": QUERY_TIMEOUT_S, "write_timeout": QUERY_TIMEOUT_S,
     }
     if dsn.socket:
         args["unix_socket"] = dsn.socket
