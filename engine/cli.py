@@ -609,8 +609,8 @@ def _mirror_config(config: Config, file: str) -> None:
         raise ConfigError("there is no enabled `mirror:` section", file=file)
 
 
-def _print_checks(view: Any, *, verb: str) -> None:
-    for t in view.tables:
+def _print_checks(tables: Sequence[Any], *, verb: str) -> None:
+    for t in tables:
         if t.skipped:
             what = "in sync"
         elif verb == "verify":
@@ -670,7 +670,7 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
         return 0
     print(f"reconcile {view.number} of {config.mirror.dsn.where if config.mirror else ''} "
           f"took {view.seconds:.2f}s")
-    _print_checks(view, verb="reconcile")
+    _print_checks(view.tables, verb="reconcile")
     return 0
 
 
@@ -703,11 +703,7 @@ def cmd_mirror_verify(args: argparse.Namespace) -> int:
         return 1 if differs else 0
     print(f"verify of {config.mirror.dsn.where} (scope {config.mirror.scope!r}) took "
           f"{time.monotonic() - started:.2f}s")
-
-    class _View:
-        tables = checks
-
-    _print_checks(_View, verb="verify")
+    _print_checks(checks, verb="verify")
     if depth:
         print(f"  {depth:,} changes are still in the outbox; a running engine sends them "
               "shortly, so some differences may be only those")

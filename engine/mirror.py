@@ -130,16 +130,6 @@ class TableReport:
     skipped: bool = False
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"table": self.table, "sqlite_rows": self.sqlite_rows,
-                "mirror_rows": self.mirror_rows, "ranges": self.ranges,
-                "differing_ranges": [
-                    {"after": _shown(d.low), "upto": _shown(d.high),
-                     "sqlite_rows": d.sqlite_rows, "mirror_rows": d.mirror_rows}
-                    for d in self.differing],
-                "copied": self.copied, "deleted": self.deleted, "skipped": self.skipped,
-                "seconds": round(self.seconds, 3)}
-
 
 def _shown(key: Key | None) -> Any:
     if key is None:
@@ -630,6 +620,8 @@ class MirrorWorker:
         self._verifies: list[int] = []
         self._verify_ids = 0
         self._lags: deque[float] = deque(maxlen=5000)
+        self._backoff = self.mirror.backoff_initial_s
+        self._attempt = 0
         self._thread = threading.Thread(target=self._run, name="sqlwarden-mirror", daemon=True)
         self.session = MirrorSession(config, redactor=redactor,
                                      should_stop=self._stopping.is_set,
@@ -666,23 +658,17 @@ class MirrorWorker:
     # --- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = self.mirror.backoff_initial_s
-        attempt = 0
         try:
             while not self._stopping.is_set():
                 if self.session.conn is None:
                     try:
                         self.session.open()
                     except MirrorError as exc:
-                        attempt += 1
-                        wait = backoff if exc.retryable else None
-                        if exc.retryable:
-                            backoff = min(backoff * 2, self.mirror.backoff_max_s)
-                        self._down(exc, attempt, wait)
+                        self._down(exc)
                         continue
-                    backoff, attempt = self.mirror.backoff_initial_s, 0
+                    self._backoff, self._attempt = self.mirror.backoff_initial_s, 0
                     self._tell(ACTOR, MirrorUp(driver=self.session.driver,
-                                        server=self.session.server_version))
+                                               server=self.session.server_version))
                     with self._lock:  # one reconcile per successful connect
                         self._pending = True
                 try:
@@ -693,27 +679,27 @@ class MirrorWorker:
                     raise
                 except Exception as exc:
                     # Whatever went wrong, the worker lives on: classified, reported, retried.
-                    if not isinstance(exc, MirrorError):
-                        exc = self.session.error(exc, "mirror")
                     self.session.close()
-                    attempt += 1
-                    wait = backoff if exc.retryable else None
-                    if exc.retryable:
-                        backoff = min(backoff * 2, self.mirror.backoff_max_s)
-                    self._down(exc, attempt, wait)
+                    self._down(exc if isinstance(exc, MirrorError)
+                               else self.session.error(exc, "mirror"))
         except (Stopped, EngineStopped):
             pass
         finally:
             self.session.close()
 
-    def _down(self, exc: MirrorError, attempt: int, wait: float | None) -> None:
+    def _down(self, exc: MirrorError) -> None:
+        """Report the failure, then wait: the backoff when retryable, else until asked."""
+        self._attempt += 1
+        wait = self._backoff if exc.retryable else None
+        if exc.retryable:
+            self._backoff = min(self._backoff * 2, self.mirror.backoff_max_s)
         with self._lock:
             started = self._started
             verifies, self._verifies = self._verifies, []
         for number in verifies:
             self._tell(ACTOR, Reconciled(number=number, verify=True, error=str(exc)))
-        self._tell(ACTOR, MirrorDown(error=str(exc), retryable=exc.retryable, attempt=attempt,
-                              retry_in_s=wait, started=started))
+        self._tell(ACTOR, MirrorDown(error=str(exc), retryable=exc.retryable,
+                                     attempt=self._attempt, retry_in_s=wait, started=started))
         # An ask for a reconcile wakes this early: it is worth a try now.
         self._wake.wait(wait)
         self._wake.clear()

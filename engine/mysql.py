@@ -293,9 +293,9 @@ def expected_columns(table: TableConfig, config: MirrorConfig) -> list[str]:
 # --- statements -------------------------------------------------------------------------
 
 
-def key_after(columns: Sequence[str], quoter: Any, inclusive: bool = False) -> str:
-    """`(a, b) > (?, ?)` spelled out so both MySQL and SQLite use the index."""
-    return _compare(columns, quoter, ">=" if inclusive else ">")
+def key_after(columns: Sequence[str], quoter: Any) -> str:
+    """`(a, b) > (%s, %s)` spelled out so the server uses the index."""
+    return _compare(columns, quoter, ">")
 
 
 def key_upto(columns: Sequence[str], quoter: Any) -> str:
