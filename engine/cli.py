@@ -619,7 +619,7 @@ def _print_checks(tables: Sequence[Any], *, verb: str) -> None:
             what = (f"{t.differing} of {t.ranges} key ranges differed: copied {t.copied:,}, "
                     f"deleted {t.deleted:,}")
         print(f"  {t.table}: {t.sqlite_rows:,} rows in SQLite, {t.mirror_rows:,} in the mirror; "
-              f"{what} ({t.seconds:.2f}s)")
+              f"{what} ({t.seconds:.2f}s, {t.sqlite_read:,} rows read from SQLite)")
         for after, upto, mine, theirs in t.ranges_shown:
             low = "start" if after is None else f"after {after!r}"
             high = "end" if upto is None else f"up to {upto!r}"

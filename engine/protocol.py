@@ -287,6 +287,22 @@ class OutboxDrained(Message):
 
     kind: ClassVar[str] = "writer.outbox_drained"
     upto_seq: int
+    #: (table, ord) of stored mirror ranges holding drained keys: their digests are stale
+    stale_ranges: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaveMirrorRanges(Message):
+    """Replace a table's stored reconcile ranges (SQLite's side, read in one snapshot).
+
+    Each range is (hi, rows, digest): `hi` the last key (a JSON array for a
+    compound key, None for the last range, open above).
+    """
+
+    kind: ClassVar[str] = "writer.mirror_ranges"
+    table: str
+    shape: str
+    ranges: tuple[tuple[Any, int, int], ...]
 
 
 #: Messages the Writer may commit together in one transaction.
@@ -295,7 +311,8 @@ FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRow
 
 #: Small bookkeeping writes; they join group commits like foreground writes.
 BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta, StartSyncRun,
-                                                 EndSyncRun, ReapSyncRuns, OutboxDrained)
+                                                 EndSyncRun, ReapSyncRuns, OutboxDrained,
+                                                 SaveMirrorRanges)
 
 
 # --- Backfill ---------------------------------------------------------------------------
@@ -549,6 +566,8 @@ class TableCheck:
     deleted: int
     skipped: bool
     seconds: float
+    #: Rows read from SQLite: ranges unchanged since the last reconcile are not read again
+    sqlite_read: int = 0
     #: The first differing ranges: (after, upto, sqlite rows, mirror rows)
     ranges_shown: tuple[tuple[Any, Any, int, int], ...] = ()
 

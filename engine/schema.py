@@ -26,7 +26,7 @@ from engine.sqlite import transaction
 log = logging.getLogger(__name__)
 
 #: Version of the engine's own tables (`_sw_*`); stored in `_sw_meta`.
-ENGINE_SCHEMA_VERSION = 4
+ENGINE_SCHEMA_VERSION = 5
 META_TABLE = "_sw_meta"
 _META_DDL = (f"CREATE TABLE IF NOT EXISTS {META_TABLE} "
              "(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
@@ -124,6 +124,25 @@ _OUTBOX_DDL = (f"""CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (
     at REAL NOT NULL
 ) STRICT""", f"CREATE UNIQUE INDEX IF NOT EXISTS {OUTBOX_TABLE}_key ON {OUTBOX_TABLE} (tbl, k)")
 OUTBOX_TRIGGER_PREFIX = "_sw_outbox_"
+
+MIRROR_RANGES_TABLE = "_sw_mirror_ranges"
+#: SQLite's side of the last reconcile, so the next one need not read every
+#: row again: a mirrored table's keys cut into consecutive ranges, each with
+#: its row count and sum of row digests. Range `ord` holds the keys above
+#: range `ord - 1`'s `hi` up to its own `hi` (the key, or a JSON array for a
+#: compound key); the last range's `hi` is NULL, open above. `shape` names
+#: the row encoding the digests were computed with. A drained change sets its
+#: range's `digest` to NULL in the transaction that deletes it from the
+#: outbox, so a range with a digest and no pending change is unchanged.
+_MIRROR_RANGES_DDL = f"""CREATE TABLE IF NOT EXISTS {MIRROR_RANGES_TABLE} (
+    tbl TEXT NOT NULL,
+    ord INTEGER NOT NULL,
+    hi ANY,
+    rows INTEGER NOT NULL,
+    digest INTEGER,
+    shape TEXT NOT NULL,
+    PRIMARY KEY (tbl, ord)
+) STRICT"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,13 +272,20 @@ def _plan_outbox(objects: dict[str, tuple[str, str, str | None]],
         if kind == "trigger" and lowered.startswith(OUTBOX_TRIGGER_PREFIX) and not any(
                 lowered == w.lower() and _same_sql(sql, s) for w, s in wanted.items()):
             plan.append((f"DROP TRIGGER {quote(lowered)}", ""))
-    for trigger, sql in wanted.items():
-        current = objects.get(trigger.lower())
-        if current is None or not _same_sql(current[2], sql):
-            plan.append((sql, f"created mirror outbox trigger {trigger}"))
+    for name in mirrored:
+        triggers = outbox_trigger_sql(config.table(name))
+        missing = [t for t, sql in triggers.items()
+                   if not _same_sql(objects.get(t.lower(), (None, None, None))[2], sql)]
+        if missing:
+            # Changes made while a trigger was missing (a table dropped and made
+            # again, say) never reached the outbox: the stored digests may be stale.
+            plan.append((f"DELETE FROM {MIRROR_RANGES_TABLE} WHERE tbl = {literal(name)}", ""))
+        plan.extend((triggers[t], f"created mirror outbox trigger {t}") for t in missing)
     keep = ", ".join(literal(n) for n in mirrored) or "NULL"
-    # Changes of a table no longer mirrored have nowhere to go.
+    # Changes of a table no longer mirrored have nowhere to go, and its digests
+    # go stale from now on.
     plan.append((f"DELETE FROM {OUTBOX_TABLE} WHERE tbl NOT IN ({keep})", ""))
+    plan.append((f"DELETE FROM {MIRROR_RANGES_TABLE} WHERE tbl NOT IN ({keep})", ""))
     return plan
 
 
@@ -287,7 +313,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         conn.execute(_META_DDL)
         _check_engine_version(conn, actions)
         conn.execute(_TASKS_DDL)
-        for ddl in (*_SYNC_DDL, *_OUTBOX_DDL):
+        for ddl in (*_SYNC_DDL, *_OUTBOX_DDL, _MIRROR_RANGES_DDL):
             conn.execute(ddl)
         objects = _objects(conn)
         deferred = _deferred_fts(conn)

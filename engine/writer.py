@@ -45,6 +45,7 @@ from engine.protocol import (
     ReapSyncRuns,
     RestoreFts,
     RunChunk,
+    SaveMirrorRanges,
     SaveProgress,
     SaveTask,
     SetMeta,
@@ -56,7 +57,7 @@ from engine.protocol import (
     WriteResult,
     WriterState,
 )
-from engine.schema import META_TABLE, OUTBOX_TABLE
+from engine.schema import META_TABLE, MIRROR_RANGES_TABLE, OUTBOX_TABLE
 from engine.sql import insert_sql, rows_per_statement, upsert_sql
 from engine.sqlite import file_size, savepoint, transaction, variable_limit
 from engine.tasks import SAVE_PROGRESS_SQL, TaskPlan, load_callable, run_chunk, save_task_sql
@@ -233,9 +234,20 @@ class WriterCore:
                 return WriteResult(changes=sync.end_run(self.conn, message))
             case ReapSyncRuns():
                 return WriteResult(changes=sync.reap_runs(self.conn, message))
-            case OutboxDrained(upto_seq=upto):
+            case OutboxDrained(upto_seq=upto, stale_ranges=stale):
+                # One transaction: a drained change never leaves its range's digest standing.
+                self.conn.executemany(f"UPDATE {MIRROR_RANGES_TABLE} SET digest = NULL "
+                                      "WHERE tbl = ? AND ord = ?", stale)
                 self.conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE seq <= ?", (upto,))
                 return WriteResult(changes=self.conn.changes())
+            case SaveMirrorRanges(table=table, shape=shape, ranges=ranges):
+                self.conn.execute(f"DELETE FROM {MIRROR_RANGES_TABLE} WHERE tbl = ?", (table,))
+                self.conn.executemany(
+                    f"INSERT INTO {MIRROR_RANGES_TABLE} (tbl, ord, hi, rows, digest, shape) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(table, i, hi, rows, digest, shape)
+                     for i, (hi, rows, digest) in enumerate(ranges)])
+                return WriteResult(changes=len(ranges))
             case SetMeta(key=key, value=None):
                 self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
                 return WriteResult(changes=self.conn.changes())
