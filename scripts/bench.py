@@ -2140,7 +2140,7 @@ def print_mirror(result: dict[str, Any]) -> None:
     print(f"restart in sync: reconcile #{insync['number']} in {insync['seconds']:.2f} s (wall "
           f"from Engine start {insync['wall_s']:.2f} s), {insync['ranges']:,} ranges, "
           f"{insync['differing']} differing, skipped {insync['skipped']}, copied "
-          f"{insync['copied']}")
+          f"{insync['copied']}, {insync['sqlite_read']:,} rows read from SQLite")
     print(f"steady ingest: {ingest['rows_sent']:,} rows ({ingest['new_rows']:,} new, "
           f"{ingest['updates']:,} updates) in {ingest['seconds']:.1f} s = "
           f"{ingest['rows_s']:,.0f} rows/s; outbox empty {ingest['drain_after_s']:.2f} s after "
