@@ -189,3 +189,9 @@ class MirrorError(EngineError):
 
 class MirrorUnavailable(MirrorError):
     """A reconcile was asked for while the mirror cannot reach its server."""
+
+
+class ReplayError(EngineError):
+    """A message log that cannot be read as asked (missing file, bad filter value)."""
+
+    user_error = True

@@ -314,6 +314,12 @@ BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta
                                                  EndSyncRun, ReapSyncRuns, OutboxDrained,
                                                  SaveMirrorRanges)
 
+#: Every message that changes the database; only the Writer may receive these
+#: (protocol rule 1, checked on message logs by `sqlwarden replay --check`).
+DATABASE_WRITES: tuple[type[Message], ...] = (*FOREGROUND_WRITES, *BOOKKEEPING_WRITES, RunChunk,
+                                              DeferFts, RestoreFts, UpdateFtsDeferral,
+                                              Checkpoint)
+
 
 # --- Backfill ---------------------------------------------------------------------------
 

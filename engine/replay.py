@@ -1,0 +1,505 @@
+"""Reading message logs back: files in order, damaged lines, filters, summary, timeline.
+
+Everything here streams: records are read one line at a time and folded into
+counters whose size depends on how many actors, message kinds and runs there
+are, never on how long the log is. Handling times are kept as histograms with
+buckets 1/100 of a decade wide, so percentiles are exact to about 2.3%.
+
+A log is `messages.jsonl` plus its rotated files (`.1` newest ... `.N`
+oldest, any of them gzip-compressed as `.N.gz`). Files are read oldest first,
+ordered by the first sequence number each holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from engine.errors import ReplayError
+from engine.msglog import RECORD_KINDS
+
+Record = dict[str, Any]
+
+_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
+#: Examples kept of damaged lines and errors (the counts are always complete).
+EXAMPLES = 20
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def rotated_files(base: Path) -> list[Path]:
+    """`base`'s rotated files (plain or .gz), oldest first, then `base` if it exists."""
+    found: list[tuple[int, Path]] = []
+    if base.parent.is_dir():
+        for candidate in base.parent.iterdir():
+            match = _ROTATED.match(candidate.name)
+            if match and match["base"] == base.name:
+                found.append((int(match["n"]), candidate))
+    files = [p for _, p in sorted(found, key=lambda item: item[0], reverse=True)]
+    if base.is_file():
+        files.append(base)
+    return files
+
+
+def _first_seq(path: Path) -> int | None:
+    """The sequence number of the first readable record in `path`."""
+    try:
+        with _open(path) as handle:
+            for raw in handle:
+                try:
+                    seq = json.loads(raw).get("seq")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(seq, int):
+                    return seq
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    return None
+
+
+def log_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files of the logs named, oldest first.
+
+    A name may be a log's current file (its rotated files come along) or any
+    one file. Raises `ReplayError` when a name matches nothing.
+    """
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        one = _ROTATED.match(path.name) is not None and path.is_file()
+        found = [path] if one else rotated_files(path)
+        if not found:
+            raise ReplayError(f"{path}: no such message log")
+        for file in found:
+            if file not in files:
+                files.append(file)
+    firsts = {file: _first_seq(file) for file in files}
+    # Ordered by the first record's seq; files with none keep their place at the end.
+    return sorted(files, key=lambda f: (firsts[f] is None, firsts[f] or 0))
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """A line that is not a message record: where it is and what is wrong."""
+
+    file: str
+    line: int
+    offset: int
+    reason: str
+    after_seq: int | None
+
+    def __str__(self) -> str:
+        after = "" if self.after_seq is None else f" (after seq {self.after_seq})"
+        return f"{self.file}:{self.line} (byte {self.offset}): {self.reason}{after}"
+
+
+def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
+    """Every line of `files` in order: a record, or `Damaged` for one that is not."""
+    last_seq: int | None = None
+    for path in files:
+        offset = 0
+        try:
+            with _open(path) as handle:
+                for number, raw in enumerate(handle, start=1):
+                    start, offset = offset, offset + len(raw)
+                    if not raw.strip():
+                        continue
+                    try:
+                        record = json.loads(raw)
+                    except ValueError:
+                        torn = not raw.endswith(b"\n")
+                        yield Damaged(str(path), number, start,
+                                      "torn last line (cut short by a crash?)" if torn
+                                      else "not a JSON record", last_seq)
+                        continue
+                    if (type(record) is not dict or type(record.get("seq")) is not int
+                            or record.get("kind") not in RECORD_KINDS):
+                        yield Damaged(str(path), number, start,
+                                      "not a message record (no seq or kind)", last_seq)
+                        continue
+                    last_seq = record["seq"]
+                    yield record
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            yield Damaged(str(path), 0, offset, f"unreadable: {exc}", last_seq)
+
+
+# --- filters ----------------------------------------------------------------------------
+
+
+def parse_time(text: str, what: str) -> str:
+    """A user's time as the log writes it (UTC ISO-8601 with microseconds)."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(f"{what} {text!r}: not a time; use ISO-8601 such as "
+                          "2026-11-21T06:19:01 (UTC unless it names a zone)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Filter:
+    """Which records to show; everything when nothing is set."""
+
+    actors: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+    since: str | None = None
+    until: str | None = None
+    corr: int | None = None
+    run: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.actors or self.kinds or self.since or self.until
+                    or self.corr is not None or self.run)
+
+    def __call__(self, record: Record) -> bool:
+        if self.actors and record.get("sender") not in self.actors \
+                and record.get("receiver") not in self.actors:
+            return False
+        if self.kinds and not _kind_matches(record.get("message", ""), self.kinds):
+            return False
+        ts = record.get("ts", "")
+        if self.since is not None and ts < self.since:
+            return False
+        if self.until is not None and ts > self.until:
+            return False
+        if self.corr is not None and record.get("corr") != self.corr:
+            return False
+        return not (self.run is not None and record.get("run") != self.run)
+
+
+def _kind_matches(kind: str, wanted: frozenset[str]) -> bool:
+    # `writer` matches every writer.* message; `writer.chunk` just that one.
+    return kind in wanted or kind.partition(".")[0] in wanted
+
+
+# --- summary ----------------------------------------------------------------------------
+
+
+def _bucket(ms: float) -> int:
+    return -1000 if ms <= 0.001 else round(math.log10(ms) * 100)
+
+
+def _bucket_ms(bucket: int) -> float:
+    return 0.0 if bucket == -1000 else 10 ** (bucket / 100)
+
+
+def percentile(histogram: Counter[int], share: float) -> float | None:
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(share * total))
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return _bucket_ms(bucket)
+    return None  # unreachable: the ranks add up to total
+
+
+@dataclass(slots=True)
+class KindStats:
+    sent: int = 0
+    asks: int = 0
+    replies: int = 0
+    errors: int = 0
+    handling: Counter[int] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class RunStats:
+    first_ts: str
+    last_ts: str
+    records: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class ActorStats:
+    sent: int = 0
+    received: int = 0
+    handled: int = 0
+    errors: int = 0
+
+
+class Summary:
+    """Counts folded from records one at a time."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.first_ts: str | None = None
+        self.last_ts: str | None = None
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.runs: dict[str, RunStats] = {}
+        self.actors: dict[str, ActorStats] = {}
+        self.kinds: dict[str, KindStats] = {}
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.error_examples: list[Record] = []
+        self.damaged = 0
+        self.damaged_examples: list[Damaged] = []
+
+    def _actor(self, name: str) -> ActorStats:
+        stats = self.actors.get(name)
+        if stats is None:
+            stats = self.actors[name] = ActorStats()
+        return stats
+
+    def add(self, record: Record) -> None:
+        self.records += 1
+        ts, seq, run = record.get("ts", ""), record["seq"], record.get("run", "")
+        if self.first_ts is None:
+            self.first_ts, self.first_seq = ts, seq
+        self.last_ts, self.last_seq = ts, seq
+        stats = self.runs.get(run)
+        if stats is None:
+            stats = self.runs[run] = RunStats(first_ts=ts, last_ts=ts, first_seq=seq)
+        stats.records += 1
+        stats.last_ts, stats.last_seq = ts, seq
+        kind = record["kind"]
+        message = record.get("message", "?")
+        per_kind = self.kinds.get(message)
+        if per_kind is None:
+            per_kind = self.kinds[message] = KindStats()
+        if kind == "tell" or kind == "ask":
+            per_kind.sent += 1
+            if kind == "ask":
+                per_kind.asks += 1
+            self._actor(record.get("sender", "?")).sent += 1
+            self._actor(record.get("receiver", "?")).received += 1
+            return
+        handler = self._actor(record.get("sender", "?"))
+        handler.handled += 1
+        duration = record.get("duration_ms")
+        if duration is not None:
+            per_kind.handling[_bucket(duration)] += 1
+        if kind == "reply":
+            per_kind.replies += 1
+            return
+        per_kind.errors += 1
+        handler.errors += 1
+        error = record.get("error") or {}
+        self.errors[(message, str(error.get("type", "?")))] += 1
+        if len(self.error_examples) < EXAMPLES:
+            self.error_examples.append(record)
+
+    def add_damaged(self, damaged: Damaged) -> None:
+        self.damaged += 1
+        if len(self.damaged_examples) < EXAMPLES:
+            self.damaged_examples.append(damaged)
+
+    # --- output -------------------------------------------------------------------------
+
+    def as_dict(self, files: Sequence[Path] = ()) -> dict[str, Any]:
+        return {
+            "files": [str(f) for f in files],
+            "records": self.records,
+            "first_seq": self.first_seq, "last_seq": self.last_seq,
+            "first_ts": self.first_ts, "last_ts": self.last_ts,
+            "span_s": _span_s(self.first_ts, self.last_ts),
+            "runs": {run: {"first_ts": r.first_ts, "last_ts": r.last_ts, "records": r.records,
+                           "first_seq": r.first_seq, "last_seq": r.last_seq}
+                     for run, r in self.runs.items()},
+            "actors": {name: {"sent": a.sent, "received": a.received, "handled": a.handled,
+                              "errors": a.errors} for name, a in sorted(self.actors.items())},
+            "messages": {kind: {"sent": k.sent, "asks": k.asks, "replies": k.replies,
+                                "errors": k.errors,
+                                "p50_ms": _rounded(percentile(k.handling, 0.50)),
+                                "p99_ms": _rounded(percentile(k.handling, 0.99))}
+                         for kind, k in sorted(self.kinds.items())},
+            "errors": [{"message": m, "type": t, "count": n}
+                       for (m, t), n in self.errors.most_common()],
+            "error_examples": [{"seq": r["seq"], "message": r.get("message"),
+                                "error": r.get("error")} for r in self.error_examples],
+            "damaged": self.damaged,
+            "damaged_examples": [str(d) for d in self.damaged_examples],
+        }
+
+    def lines(self, files: Sequence[Path] = ()) -> list[str]:
+        out = []
+        if files:
+            more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
+            out.append(f"log: {files[-1]}{more}")
+        if not self.records:
+            out.append("no records")
+        else:
+            span = _span_s(self.first_ts, self.last_ts)
+            out.append(f"{self.records:,} records, seq {self.first_seq}..{self.last_seq}, "
+                       f"{self.first_ts} .. {self.last_ts} ({_duration(span)}), "
+                       f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}")
+            for run, r in self.runs.items():
+                out.append(f"  run {run}: seq {r.first_seq}..{r.last_seq}, {r.records:,} "
+                           f"records, {r.first_ts} .. {r.last_ts}")
+            out.append("")
+            width = max(len(n) for n in self.actors)
+            out.append(f"{'actor':<{width}}  {'sent':>9}  {'received':>9}  {'handled':>9}  "
+                       f"{'errors':>7}")
+            for name, a in sorted(self.actors.items()):
+                out.append(f"{name:<{width}}  {a.sent:>9,}  {a.received:>9,}  {a.handled:>9,}  "
+                           f"{a.errors:>7,}")
+            out.append("")
+            width = max(len(n) for n in self.kinds)
+            out.append(f"{'message':<{width}}  {'sent':>9}  {'asks':>9}  {'errors':>7}  "
+                       f"{'p50 ms':>9}  {'p99 ms':>9}")
+            for kind, k in sorted(self.kinds.items(), key=lambda item: -item[1].sent):
+                out.append(f"{kind:<{width}}  {k.sent:>9,}  {k.asks:>9,}  {k.errors:>7,}  "
+                           f"{_ms(percentile(k.handling, 0.50)):>9}  "
+                           f"{_ms(percentile(k.handling, 0.99)):>9}")
+        out.append("")
+        if not self.errors:
+            out.append("errors: none")
+        else:
+            out.append(f"errors: {sum(self.errors.values()):,}")
+            for (message, kind), count in self.errors.most_common():
+                out.append(f"  {count:>7,}  {message}  {kind}")
+            for record in self.error_examples[:5]:
+                error = record.get("error") or {}
+                out.append(f"  seq {record['seq']}: {record.get('message')}: "
+                           f"{error.get('type')}: {error.get('message')}")
+        if self.damaged:
+            out.append(f"damaged lines: {self.damaged:,} (skipped)")
+            out.extend(f"  {d}" for d in self.damaged_examples)
+        return out
+
+
+def _span_s(first: str | None, last: str | None) -> float | None:
+    if not first or not last:
+        return None
+    try:
+        return round((datetime.fromisoformat(last) - datetime.fromisoformat(first))
+                     .total_seconds(), 6)
+    except ValueError:
+        return None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.3f} s"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) + " h"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:,.1f}"
+
+
+# --- timeline ---------------------------------------------------------------------------
+
+
+_ARROWS = {"tell": "->", "ask": "=>", "reply": "<-", "error": "<!"}
+_FIELD_CHARS = 160
+
+
+def timeline_line(record: Record) -> str:
+    """One record as a line: time, seq, run, what went where, fields, duration."""
+    kind = record["kind"]
+    ts = str(record.get("ts", ""))
+    clock = ts[11:26] if len(ts) >= 26 else ts
+    fields = record.get("fields") or {}
+    text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(text) > _FIELD_CHARS:
+        text = text[:_FIELD_CHARS - 3] + "..."
+    line = (f"{clock} {record['seq']:>8} {kind:<5} {record.get('sender', '?'):>9} "
+            f"{_ARROWS.get(kind, '--')} {record.get('receiver', '?'):<9} "
+            f"{record.get('message', '?')} #{record.get('corr')}")
+    if kind in ("reply", "error") and record.get("duration_ms") is not None:
+        line += f" {record['duration_ms']:.3f}ms"
+    if kind == "error":
+        error = record.get("error") or {}
+        return f"{line} {error.get('type')}: {error.get('message')}"
+    return f"{line} {text}" if fields else line
+
+
+# --- follow -----------------------------------------------------------------------------
+
+
+def follow(base: Path, emit: Callable[[Record | Damaged], None], *, last: int = 10,
+           poll_s: float = 0.2, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Like `tail -f`: the last `last` records of the live file, then each new one.
+
+    A rotation (the file replaced by a new, shorter one) is followed to the
+    new file. Runs until `should_stop()` or Ctrl-C.
+    """
+    if not base.exists():
+        raise ReplayError(f"{base}: no such message log")
+    tail: list[Record | Damaged] = []
+    handle = open(base, "rb")  # noqa: SIM115 - reopened on rotation, closed at the end
+    try:
+        pending = b""
+        number = 0
+        inode = os.fstat(handle.fileno()).st_ino
+        first = True
+        while not should_stop():
+            chunk = handle.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    number += 1
+                    item = _parse_line(raw, str(base), number)
+                    if item is None:
+                        continue
+                    if first:
+                        tail.append(item)
+                        del tail[:-last]
+                    else:
+                        emit(item)
+                continue
+            if first:
+                for item in tail:
+                    emit(item)
+                first = False
+            try:
+                now = os.stat(base)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_ino != inode or now.st_size < handle.tell()):
+                handle.close()
+                handle = open(base, "rb")  # noqa: SIM115
+                inode, pending, number = os.fstat(handle.fileno()).st_ino, b"", 0
+                continue
+            time.sleep(poll_s)
+    finally:
+        handle.close()
+
+
+def _parse_line(raw: bytes, file: str, number: int) -> Record | Damaged | None:
+    if not raw.strip():
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return Damaged(file, number, 0, "not a JSON record", None)
+    if type(record) is not dict or type(record.get("seq")) is not int:
+        return Damaged(file, number, 0, "not a message record (no seq or kind)", None)
+    return record
