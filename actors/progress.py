@@ -97,7 +97,8 @@ class ProgressActor(BaseActor):
         message = SaveProgress(task=event.name, version=event.version, rate_rows_s=rate,
                                eta_s=None if event.terminal else job.meter.eta_s(now,
                                                                                  event.total),
-                               waiting=event.waiting, at=self._wall(), terminal=event.terminal)
+                               waiting=event.waiting, at=self._wall(), terminal=event.terminal,
+                               clock_s=now)
         self.request("writer", message, lambda answer: self._persisted(job, answer))
 
     def _persisted(self, job: _Job, answer: Answer) -> None:

@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "full) to a fresh database built from CONFIG and compare "
                             "per-table checksums with CONFIG's database; exit 1 if any "
                             "differs")
+    replay.add_argument("--keep-db", metavar="PATH",
+                        help="with --reexecute: leave the re-executed database at PATH (a "
+                             "new file) instead of deleting it")
     replay.add_argument("--json", action="store_true",
                         help="print JSON instead of text (summary, check, reexecute)")
     replay.set_defaults(func=cmd_replay)
@@ -883,10 +886,6 @@ def _progress(label: str, total: int, *, disabled: bool) -> Any:
                 disable=True if disabled else None, file=sys.stderr)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # --- replay ------------------------------------------------------------------------------
 
 
@@ -903,6 +902,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (args.check or args.reexecute) and chosen.active:
         raise ReplayError("--check and --reexecute read the whole log; drop the filters "
                           "(--actor, --kind, --since, --until, --corr, --run)")
+    if args.keep_db and not args.reexecute:
+        raise ReplayError("--keep-db goes with --reexecute")
     if args.follow:
         return _replay_follow(args, chosen)
     files = log_files(args.logs)
@@ -917,7 +918,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.reexecute:
         from engine.reexecute import reexecute
 
-        result = reexecute(files, load_config(args.reexecute))
+        result = reexecute(files, load_config(args.reexecute), keep=args.keep_db)
         if args.json:
             print(json.dumps(result.as_dict(), indent=2))
         else:
@@ -985,3 +986,7 @@ def _replay_follow(args: argparse.Namespace, chosen: Any) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -230,6 +230,10 @@ class MessageLog:
     def _open(self) -> None:
         self._file = open(self._path, "ab")  # noqa: SIM115 - kept open for the run
         self._size = self._file.tell()
+        if self._size and not _ends_with_newline(self._path):
+            # A line torn by a crash: end it, so the first record of this run is whole.
+            self._file.write(b"\n")
+            self._size += 1
 
     def _rotate(self) -> None:
         self._file.close()
@@ -257,6 +261,12 @@ class NullMessageLog(MessageLog):
                corr: int, *, duration_ms: float | None = None,
                error: BaseException | None = None) -> int:
         return next(self._seq)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def _rotated(path: Path, index: int) -> Path:

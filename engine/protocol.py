@@ -158,6 +158,9 @@ class SaveProgress(Message):
     waiting: str | None
     at: float
     terminal: bool = False
+    #: The Progress actor's own clock (monotonic) when it decided to save: what the
+    #: once-a-second limit is kept by, and what `replay --check` judges it by.
+    clock_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -157,7 +157,10 @@ class Checker:
 
     def _on_progress(self, record: Record, seq: int) -> None:
         fields = record.get("fields") or {}
-        at = fields.get("at")
+        # The limiter's own clock when logged (a wall clock may step back), else `at`.
+        at = fields.get("clock_s")
+        if not isinstance(at, (int, float)):
+            at = fields.get("at")
         if not isinstance(at, (int, float)):
             try:
                 at = datetime.fromisoformat(record.get("ts", "")).timestamp()

@@ -1,7 +1,9 @@
 """Opening SQLite connections: setup is a list of small named functions.
 
 Only `open_writer` opens the database read-write, and only the Writer actor
-calls it; everything else reads through `open_reader`.
+calls it; everything else reads through `open_reader`. `open_scratch` makes a
+new private database (`sqlwarden replay --reexecute` rebuilds a device's
+state in one), never an existing file.
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ READER_SETUP: tuple[Setup, ...] = (
 
 def open_writer(db: DatabaseConfig) -> apsw.Connection:
     """Open the one read-write connection (the Writer actor's), creating the file."""
+    db.path.parent.mkdir(parents=True, exist_ok=True)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    return _open(db, flags, WRITER_SETUP)
+
+
+def open_scratch(db: DatabaseConfig) -> apsw.Connection:
+    """Create a new database at `db.path` and open it read-write; refuses an existing file."""
+    if Path(db.path).exists():
+        raise DatabaseError(f"{db.path} already exists; a scratch database must be new",
+                            path=db.path)
     db.path.parent.mkdir(parents=True, exist_ok=True)
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     return _open(db, flags, WRITER_SETUP)

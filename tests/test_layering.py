@@ -102,6 +102,9 @@ def test_only_the_sqlite_module_opens_connections_and_only_the_writer_opens_read
     assert all("sqlite3" not in imported(tree) for tree in everything.values())
     writers = {name for name, tree in everything.items() if calls_to(tree, "open_writer")}
     assert writers == {"actors/writer.py"}
+    # A new private database only: the replay tool's re-execution.
+    scratch = {name for name, tree in everything.items() if calls_to(tree, "open_scratch")}
+    assert scratch == {"engine/reexecute.py"}
 
 
 def our_connections(path: Path) -> list[apsw.Connection]:
