@@ -26,6 +26,7 @@ from engine.protocol import (
     RestoreFts,
     RunChunk,
     SyncBatch,
+    TableChecksums,
     UpdateFtsDeferral,
     UpsertRows,
     WriterStatus,
@@ -130,6 +131,8 @@ class WriterActor(BaseActor):
                 return self.core.checkpoint(mode)
             case WriterStatus():
                 return self.core.state()
+            case TableChecksums():
+                return self.core.checksums()
             case DeferFts():
                 return self._after(self.core.fts_defer(message))
             case RestoreFts():

@@ -75,6 +75,7 @@ from engine.protocol import (
     SyncBoot,
     SyncRunView,
     SyncStatus,
+    TableChecksums,
     TasksStatus,
     TaskView,
     UpsertRows,
@@ -237,15 +238,30 @@ class Engine:
             with contextlib.suppress(EngineError):
                 self._ask("writer", SetMeta(key="status_url", value=None),
                           timeout=STOP_TIMEOUT_S)
-        self._shutdown()
+        self._shutdown(checksums=self._state == "running")
 
-    def _shutdown(self) -> None:
+    def _record_checksums(self) -> None:
+        """End the log with every table's checksum, for `replay --reexecute` to compare.
+
+        Only when the log keeps full payloads (a debugging setting): reading
+        every row costs a moment at stop. Every other actor has stopped, so
+        this is the state the log ends in.
+        """
+        log_config = self.config.message_log
+        if not (log_config.enabled and log_config.payload == "full"):
+            return
+        with contextlib.suppress(EngineError, pykka.Timeout):
+            self._ask("writer", TableChecksums(), timeout=STOP_TIMEOUT_S)
+
+    def _shutdown(self, *, checksums: bool = False) -> None:
         if self._status_server is not None:
             self._status_server.stop()
             self._status_server = None
         if self._readers is not None:
             self._readers.close()
         for name, ref in reversed(self._actors):
+            if name == "writer" and checksums and ref.is_alive():
+                self._record_checksums()
             if self._bus is not None:
                 self._bus.unregister(name)
             if ref.is_alive():

@@ -219,7 +219,10 @@ class MessageLog:
             if self._full:
                 return [self._value(v, depth + 1) for v in value]
             if len(value) <= _SEQUENCE_SUMMARY_ITEMS and all(
-                    v is None or isinstance(v, (bool, int, float, str)) for v in value):
+                    _plain(v) or (isinstance(v, tuple) and len(v) <= _SEQUENCE_SUMMARY_ITEMS
+                                  and all(_plain(w) for w in v)) for v in value):
+                # Short, and plain values or short tuples of them (name/value pairs
+                # such as a task's saved fields): shown as they are.
                 return [self._value(v, depth + 1) for v in value]
             return {"items": len(value)}
         if isinstance(value, dict):
@@ -261,6 +264,10 @@ class NullMessageLog(MessageLog):
                corr: int, *, duration_ms: float | None = None,
                error: BaseException | None = None) -> int:
         return next(self._seq)
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _ends_with_newline(path: Path) -> bool:

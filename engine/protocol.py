@@ -308,6 +308,17 @@ class SaveMirrorRanges(Message):
     ranges: tuple[tuple[Any, int, int], ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableChecksums(Message):
+    """Checksum every declared table as committed now (a read; changes nothing).
+
+    The engine asks this at stop when the message log keeps full payloads, so
+    the log ends with the state `sqlwarden replay --reexecute` must reproduce.
+    """
+
+    kind: ClassVar[str] = "writer.checksums"
+
+
 #: Messages the Writer may commit together in one transaction.
 FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRows, UpsertRows,
                                                 SyncBatch)
@@ -742,6 +753,20 @@ class FtsDeferralView:
     hwm: tuple[tuple[str, int | None], ...]
     last_error: str | None = None
     attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableChecksum:
+    """A table's row count and SHA-256 of its rows in primary-key order."""
+
+    table: str
+    rows: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChecksumsResult:
+    tables: tuple[TableChecksum, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

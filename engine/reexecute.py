@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 import tempfile
@@ -43,7 +42,8 @@ from typing import Any
 
 import apsw
 
-from engine.config import Config, TableConfig
+from engine.checksum import table_checksum
+from engine.config import Config
 from engine.errors import EngineError, ReplayError, UnexpectedMessage
 from engine.protocol import (
     BOOKKEEPING_WRITES,
@@ -63,6 +63,8 @@ from engine.protocol import (
     SetMeta,
     StartSyncRun,
     SyncBatchResult,
+    TableChecksum,
+    TableChecksums,
     UpdateFtsDeferral,
     WriteResult,
     WriterStatus,
@@ -71,7 +73,6 @@ from engine.protocol import (
 from engine.redact import REDACTED
 from engine.replay import EXAMPLES, Damaged, Record, read_records
 from engine.schema import apply_schema
-from engine.sql import column_list, quote
 from engine.sqlite import new_database_undone_on_error, open_reader, open_scratch
 from engine.tasks import TaskPlan
 from engine.writer import WriterCore
@@ -304,55 +305,32 @@ def _is_dml(sql: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Checksum:
-    """A table's row count and SHA-256 of its rows in primary-key order."""
-
-    rows: int
-    digest: str
-
-
-def _canonical(value: Any) -> bytes:
-    """One value with its storage class, unambiguous next to its neighbours."""
-    if value is None:
-        return b"N"
-    if isinstance(value, int):
-        return b"I%d;" % value
-    if isinstance(value, float):
-        # The exact bits, so 1.0 and 1.0000000000000002 stay apart.
-        return b"F" + value.hex().encode("ascii") + b";"
-    if isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-        return b"T%d:" % len(data) + data
-    data = bytes(value)
-    return b"B%d:" % len(data) + data
-
-
-def table_checksum(conn: apsw.Connection, table: TableConfig) -> Checksum:
-    """`table`'s checksum over its declared columns, read in primary-key order."""
-    digest = hashlib.sha256()
-    rows = 0
-    for row in conn.execute(f"SELECT {column_list(table.column_names)} FROM "
-                            f"{quote(table.name)} ORDER BY {column_list(table.primary_key)}"):
-        rows += 1
-        digest.update(b"R")
-        for value in row:
-            digest.update(_canonical(value))
-    return Checksum(rows=rows, digest=digest.hexdigest())
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class TableComparison:
     """One declared table in the re-executed database and in the live one."""
 
     table: str
-    replay: Checksum
-    live: Checksum | None
+    replay: TableChecksum
+    live: TableChecksum | None
     #: Why there is no live checksum (no live database, the table cannot be read).
     problem: str | None = None
 
     @property
     def same(self) -> bool:
         return self.live is not None and self.live == self.replay
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecordedCheck:
+    """Checksums the engine recorded in the log (at a stop), and the replay's at that point."""
+
+    seq: int
+    run: str
+    #: (recorded, replayed; None when the table is not declared in the config)
+    tables: tuple[tuple[TableChecksum, TableChecksum | None], ...]
+
+    @property
+    def same(self) -> bool:
+        return all(replayed == recorded for recorded, replayed in self.tables)
 
 
 # --- the result -------------------------------------------------------------------------
@@ -397,13 +375,20 @@ class Reexecution:
     redacted: int = 0
     live_exists: bool = False
     tables: list[TableComparison] = dataclasses.field(default_factory=list)
+    #: Checksums the engine recorded at each stop (a log with full payloads).
+    recorded: list[RecordedCheck] = dataclasses.field(default_factory=list)
     #: Where the re-executed database was kept (None: it was deleted).
     kept: Path | None = None
 
     @property
     def matches(self) -> bool:
-        """Every declared table equals the live database's."""
-        return self.live_exists and all(t.same for t in self.tables)
+        """Every declared table equals the live database's, and every checksum recorded
+        in the log equals the replay's at that point; at least one of the two compared."""
+        if self.live_exists and not all(t.same for t in self.tables):
+            return False
+        if not all(check.same for check in self.recorded):
+            return False
+        return self.live_exists or bool(self.recorded)
 
     def failed(self, seq: int, kind: str, why: str) -> None:
         self.failures += 1
@@ -479,6 +464,7 @@ class Reexecution:
         out.extend(f"note: {note}" for note in self.notes())
         out.append("")
         out.extend(self._table_lines())
+        out.extend(self._recorded_lines())
         if self.kept is not None:
             out.append(f"the re-executed database is kept at {self.kept}")
         return out
@@ -509,6 +495,26 @@ class Reexecution:
                             "database")
         return out
 
+    def _recorded_lines(self) -> list[str]:
+        if not self.recorded:
+            return ["checksums recorded in the log: none (the engine records them at stop "
+                    "when the log keeps full payloads)"]
+        out = []
+        for check in self.recorded:
+            if check.same:
+                out.append(f"checksums recorded at seq {check.seq} (run {check.run}, at stop): "
+                           f"all {len(check.tables)} tables same")
+                continue
+            out.append(f"checksums recorded at seq {check.seq} (run {check.run}, at stop):")
+            for recorded, replayed in check.tables:
+                if replayed is None:
+                    out.append(f"  {recorded.table}: not declared in the config")
+                elif replayed != recorded:
+                    out.append(f"  {recorded.table}: {recorded.rows:,} rows recorded "
+                               f"({recorded.digest[:_SHOWN_DIGEST]}), {replayed.rows:,} in the "
+                               f"replay ({replayed.digest[:_SHOWN_DIGEST]}) DIFFERS")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": [str(f) for f in self.files],
@@ -531,6 +537,12 @@ class Reexecution:
                         "live_rows": t.live.rows if t.live is not None else None,
                         "live_checksum": t.live.digest if t.live is not None else None,
                         "same": t.same, "problem": t.problem} for t in self.tables],
+            "recorded": [{"seq": c.seq, "run": c.run, "same": c.same,
+                          "tables": [{"table": r.table, "recorded_rows": r.rows,
+                                      "recorded_checksum": r.digest,
+                                      "replay_rows": None if p is None else p.rows,
+                                      "replay_checksum": None if p is None else p.digest}
+                                     for r, p in c.tables]} for c in self.recorded],
             "matches": self.matches,
             "kept": str(self.kept) if self.kept is not None else None,
         }
@@ -607,6 +619,9 @@ class _Replay:
 
     def _apply(self, sent: _Sent, answer: Record) -> None:
         result = self._result
+        if sent.message == TableChecksums.kind:
+            self._check_recorded(sent, answer)
+            return
         if sent.message in SKIPPED:
             result.skipped[sent.message] += 1
             return
@@ -628,6 +643,28 @@ class _Replay:
             return
         result.applied[sent.message] += 1
         self._compare(sent, message, outcome, answer.get("fields"))
+
+    def _check_recorded(self, sent: _Sent, answer: Record) -> None:
+        """Compare the checksums the engine recorded with the replay's, at this point."""
+        logged = (answer.get("fields") or {}).get("tables")
+        if not isinstance(logged, list):
+            self._result.failed(sent.seq, sent.message, "recorded checksums are summarised")
+            return
+        declared = {table.name: table for table in self._config.tables}
+        pairs = []
+        for item in logged:
+            try:
+                recorded = TableChecksum(table=str(item["table"]), rows=int(item["rows"]),
+                                         digest=str(item["digest"]))
+            except (KeyError, TypeError, ValueError):
+                self._result.failed(sent.seq, sent.message, f"unreadable checksum {item!r:.80}")
+                continue
+            table = declared.get(recorded.table)
+            pairs.append((recorded, None if table is None
+                          else table_checksum(self._core.conn, table)))
+        self._result.recorded.append(RecordedCheck(seq=answer["seq"],
+                                                   run=str(answer.get("run", "")),
+                                                   tables=tuple(pairs)))
 
     def _run(self, message: Message) -> Any:
         """Apply one message as the Writer does: one transaction of its own."""
@@ -682,10 +719,10 @@ def _fresh_database(config: Config, keep: str | os.PathLike[str] | None) -> Iter
         yield path
 
 
-def _compare_live(config: Config, replayed: Mapping[str, Checksum],
+def _compare_live(config: Config, replayed: Mapping[str, TableChecksum],
                   result: Reexecution) -> None:
     """Checksum the live database read-only and set `result.tables`."""
-    live: dict[str, Checksum] = {}
+    live: dict[str, TableChecksum] = {}
     problems: dict[str, str] = {}
     result.live_exists = config.database.path.exists()
     if result.live_exists:

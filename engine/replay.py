@@ -31,6 +31,7 @@ from engine.msglog import RECORD_KINDS
 Record = dict[str, Any]
 
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
+NOT_A_RECORD = "not a message record (a key is missing or of the wrong type)"
 #: Examples kept of damaged lines and errors (the counts are always complete).
 EXAMPLES = 20
 
@@ -132,15 +133,21 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
                                       "torn last line (cut short by a crash?)" if torn
                                       else "not a JSON record", last_seq)
                         continue
-                    if (type(record) is not dict or type(record.get("seq")) is not int
-                            or record.get("kind") not in RECORD_KINDS):
+                    if not _is_record(record):
                         yield Damaged(str(path), number, start,
-                                      "not a message record (no seq or kind)", last_seq)
+                                      NOT_A_RECORD, last_seq)
                         continue
                     last_seq = record["seq"]
                     yield record
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             yield Damaged(str(path), 0, offset, f"unreadable: {exc}", last_seq)
+
+
+def _is_record(record: Any) -> bool:
+    get = record.get if type(record) is dict else None
+    return (get is not None and type(get("seq")) is int and get("kind") in RECORD_KINDS
+            and type(get("ts")) is str and type(get("sender")) is str
+            and type(get("receiver")) is str and type(get("message")) is str)
 
 
 # --- filters ----------------------------------------------------------------------------
@@ -500,6 +507,6 @@ def _parse_line(raw: bytes, file: str, number: int) -> Record | Damaged | None:
         record = json.loads(raw)
     except ValueError:
         return Damaged(file, number, 0, "not a JSON record", None)
-    if type(record) is not dict or type(record.get("seq")) is not int:
-        return Damaged(file, number, 0, "not a message record (no seq or kind)", None)
+    if not _is_record(record):
+        return Damaged(file, number, 0, NOT_A_RECORD, None)
     return record

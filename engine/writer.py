@@ -20,6 +20,7 @@ from itertools import chain
 import apsw
 
 from engine import fts, sync
+from engine.checksum import table_checksum
 from engine.config import Config, TableConfig
 from engine.errors import (
     BadRowError,
@@ -31,6 +32,7 @@ from engine.errors import (
 )
 from engine.protocol import (
     CheckpointResult,
+    ChecksumsResult,
     ChunkResult,
     DeferFts,
     EndSyncRun,
@@ -467,6 +469,11 @@ class WriterCore:
 
     def wal_file_bytes(self) -> int:
         return file_size(self._wal_path)
+
+    def checksums(self) -> ChecksumsResult:
+        """Every declared table's checksum, as committed now."""
+        return ChecksumsResult(tables=tuple(table_checksum(self.conn, table)
+                                            for table in self.config.tables))
 
     def state(self) -> WriterState:
         return WriterState(

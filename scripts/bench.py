@@ -11,6 +11,7 @@
                        [--workdir DIR]
     scripts/bench mirror [--rows N] [--ingest-seconds S] [--peer-rows N] [--repeat N]
                          [--json PATH] [--workdir DIR]
+    scripts/bench replay [--records N] [--repeat N] [--json PATH] [--workdir DIR]
 
 `ingest`: N rows through `Engine.write_many` (one call per batch, waiting for
 each) against raw apsw `executemany` in transactions of the same size, on the
@@ -113,6 +114,26 @@ cold_rows_s, raw_rows_s, vs_raw, peer_rows_s, vs_peer, insync_check_s,
 insync_vs_cold, lag_p99_ms, peak_rss_mb (the engine process's VmHWM over
 (a) to (c)) (a contract; targets: vs_raw >= 0.7, insync_vs_cold <= 0.05,
 peak_rss_mb <= 150), plus everything else under `details`.
+
+`replay`: `sqlwarden replay` over a made-up message log of a busy engine: N
+records (1,000,000 by default; at least 20,000) from a seeded event
+simulation of two engine runs (the second continues the seq), about 20,000
+records a second of log time, rotated at 64 MB into messages.jsonl.3 ...
+.1 and messages.jsonl. Mostly facade writer.execute asks, answered by a
+Writer that takes asks in arrival order and joins foreground writes into
+group commits; with them a source pumping writer.sync_batch asks (three
+unanswered at most), a backfill of two tasks (one writer.chunk in flight,
+progress saved at most once a second plus the terminal save), the mirror's
+worker (a reconcile at boot, a verify halfway, outbox drains), status polls,
+one FTS deferral and its restore, and a few failed writes. The log must pass
+`--check` (untimed) before anything is timed. Two cases, each a fresh
+interpreter timed from start to exit, peak RSS from wait4's ru_maxrss:
+`summary` (`replay LOG --json`, which must count N records in seq 1..N, none
+damaged) and `check` (`replay LOG --check --json`, which must exit 0 with no
+violations). JSON keys: summary_msgs_s, check_msgs_s, peak_rss_mb (the
+largest of the runs) (a contract; targets: both rates >= 100,000 msgs/s,
+peak_rss_mb <= 100), plus the log, the mix, a 1,000-record baseline run and
+the runs under `details`.
 """
 
 from __future__ import annotations
@@ -124,6 +145,7 @@ import engine as _loads_mysql_libs  # noqa: F401
 # isort: on
 import argparse
 import hashlib
+import heapq
 import itertools
 import json
 import math
@@ -2169,6 +2191,999 @@ def print_mirror(result: dict[str, Any]) -> None:
           f"wall {details['wall_s']:.0f} s")
 
 
+# --- replay -------------------------------------------------------------------------------
+
+REPLAY_RECORDS = 1_000_000
+#: Fewer leave no room for two runs' boots and stops.
+REPLAY_MIN_RECORDS = 20_000
+REPLAY_SEED = 8
+REPLAY_CASES = ("summary", "check")
+REPLAY_MSGS_TARGET = 100_000
+REPLAY_RSS_TARGET_MB = 100.0
+#: Rotate as `message_log.max_mb: 64` does.
+REPLAY_FILE_BYTES = 64 * 1024 * 1024
+#: Records of the log `baseline` runs the summary over: interpreter start and imports.
+REPLAY_BASELINE_RECORDS = 1_000
+REPLAY_EPOCH_US = 1_795_000_000_000_000  # 2026-11-18T09:46:40Z
+#: The Progress actor's monotonic clock (`clock_s` of its saves) at REPLAY_EPOCH_US.
+REPLAY_MONOTONIC_S = 86_412.25
+#: Records per second of log time the mix is tuned to (most are facade writes).
+REPLAY_RATE = 20_000
+#: The first engine run writes this share of the records; the second continues the seq.
+REPLAY_FIRST_RUN_SHARE = 0.6
+#: The second run stops this many records before the end: what is in flight is answered,
+#: then facade writes, one at a time, make the count exact.
+REPLAY_STOP_MARGIN = 2_000
+REPLAY_RESTART_US = 1_500_000
+#: The simulated engine, in microseconds of log time. Facade writer.execute asks arrive
+#: at random, one every EXEC_US on average; the Writer answers in arrival order, joining
+#: consecutive foreground writes into one group commit.
+EXEC_US = 104
+EXEC_WRITE_US = 18
+COMMIT_US = 250
+GROUP_MAX = 500
+EXEC_ERROR_SHARE = 1 / 10_000
+PICKUP_US = 15
+HANDLE_DELAY_US = 30
+HANDLE_US = 20
+STATUS_POLL_US = 1_000_000
+CLOCK_US = 5_000
+#: The source: batches of SYNC_ROWS read in SYNC_READ_US, at most SYNC_WINDOW unanswered;
+#: the first run's first sync run catches up a backlog under FTS deferral.
+SYNC_SOURCE_NAME = "plant_feed"
+SYNC_ROWS = 1_000
+SYNC_READ_US = 25_000
+SYNC_WINDOW = 3
+SYNC_BATCH_US = (4_000, 8_000)  # FTS deferred, live
+SYNC_EVERY_US = 2_000_000
+SYNC_CATCHUP_SHARE = 0.45
+SYNC_RUN_BATCHES = (5, 25)
+FTS_RESTORE_US = 300_000
+#: Backfill: one chunk in flight, tasks taken in turn; a chunk's rows double from 100 up
+#: to what fits CHUNK_TARGET_US, then CHUNK_YIELD_US until the next one.
+CHUNK_TARGET_US = 12_000
+CHUNK_ROW_US = 6
+CHUNK_BASE_US = 300
+CHUNK_YIELD_US = 30_000
+CHUNKS_PER_S = 20
+PROGRESS_SAVE_US = 1_000_000
+#: The mirror's worker: a reconcile at boot, a verify asked halfway, outbox drains of at
+#: most DRAIN_MAX changes, polling every DRAIN_POLL_US when the outbox is empty.
+MIRROR_CONNECT_US = 40_000
+RECONCILE_US = 900_000
+VERIFY_US = 1_200_000
+DRAIN_MAX = 1_000
+DRAIN_POLL_US = 100_000
+DRAIN_APPLY_US = 2_000
+DRAIN_ENTRY_US = 15
+REPLAY_TASKS = ((("registry_last_seen", 1, 0.35), ("observation_units", 1, 0.5)),
+                (("org_directory", 1, 0.35), ("registry_last_seen", 2, 0.5)))
+#: (sql, bound parameters, weight, changes a registry row: an outbox entry for the mirror)
+REPLAY_EXECUTES = (
+    ("UPDATE registry SET body = ?, updated_at = ? WHERE id = ?", 3, 5, True),
+    ("INSERT INTO observations (registry_id, observed_at, value, unit) VALUES (?, ?, ?, ?)",
+     4, 8, False),
+    ("UPDATE registry SET last_seen = ? WHERE id = ?", 2, 3, True),
+    ("DELETE FROM observations WHERE registry_id = ? AND observed_at < ?", 2, 1, False),
+    ("INSERT INTO orgs (name, first_site) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", 2, 1,
+     False),
+)
+REPLAY_WRITE_ERRORS = ("UNIQUE constraint failed: orgs.name",
+                       "NOT NULL constraint failed: observations.unit",
+                       "FOREIGN KEY constraint failed")
+FACADE, WRITER, SYNC, FTS, BACKFILL, PROGRESS, MIRROR = (
+    "facade", "writer", "sync", "fts", "backfill", "progress", "mirror")
+OK_WRITE = '{"changes":1,"last_rowid":0}'
+
+
+def replay_fail(message: str) -> SystemExit:
+    return bench_fail("replay", message)
+
+
+def jsonl(value: Any) -> str:
+    """`value` as the message log writes it: compact, not ASCII-escaped."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class RotatingFiles:
+    """Lines into a message log's files as `MessageLog` rotates them: a file is full when the
+    next line would take it past `max_bytes`. Closed, the newest is `base`, the one before
+    `base.1`, and so on."""
+
+    def __init__(self, base: Path, max_bytes: int) -> None:
+        self.base = base
+        self.max_bytes = max_bytes
+        self.parts: list[Path] = []
+        self.bytes = 0
+        self._size = 0
+        self._file = self._open()
+
+    def _open(self) -> Any:
+        self.parts.append(self.base.with_name(f"{self.base.name}.part{len(self.parts)}"))
+        self._size = 0
+        return open(self.parts[-1], "wb", buffering=1 << 20)
+
+    def write(self, line: str) -> None:
+        data = line.encode()
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._file.close()
+            self._file = self._open()
+        self._file.write(data)
+        self._size += len(data)
+        self.bytes += len(data)
+
+    def close(self) -> list[Path]:
+        """Close the last file and give every file its rotated name; returns them oldest first."""
+        self._file.close()
+        files = []
+        for age, part in enumerate(reversed(self.parts)):
+            files.append(self.base if age == 0 else self.base.with_name(f"{self.base.name}.{age}"))
+            part.rename(files[-1])
+        return files[::-1]
+
+
+@dataclass(slots=True)
+class _Job:
+    """An ask waiting at the simulated Writer, and what its answer will be."""
+
+    corr: int
+    sender: str
+    message: str
+    service_us: int
+    answer: str
+    then: Callable[[], None] | None = None
+    #: A foreground write: consecutive ones commit together.
+    group: bool = False
+    #: The `error` of the error record that answers it, when it fails.
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Task:
+    name: str
+    version: int
+    bound: int
+    after: int | None = None
+    processed: int = 0
+    rows: int = 100
+    started_us: int = 0
+    last_chunk_us: int = 0
+    last_save_us: int | None = None
+
+
+class ReplayLog:
+    """A busy engine's message log, made up: exactly `records` records, the same each time.
+
+    An event simulation of the actors in two engine runs (the second continues the seq):
+    facade writer.execute asks answered by a Writer that takes asks in arrival order and
+    joins consecutive foreground writes into one commit; a source pumping writer.sync_batch
+    asks, three unanswered at most, with sync.pumped and progress.event; a backfill of two
+    tasks taken in turn, one writer.chunk in flight, progress saved at most once a second
+    plus the terminal save; the mirror's worker (a reconcile at boot, a verify asked
+    halfway, writer.outbox_drained asks and mirror.drained tells); status polls; one FTS
+    deferral and its restore around the first run's catch-up; a few failed writes.
+    """
+
+    def __init__(self, base: Path, records: int, seed: int = REPLAY_SEED) -> None:
+        self.files = RotatingFiles(base, REPLAY_FILE_BYTES)
+        self.records = records
+        self.rng = random.Random(seed)
+        self.seq = 0
+        self.now = REPLAY_EPOCH_US
+        self.last_ts = 0
+        self.runs: list[str] = []
+        self.run = ""
+        self._sec = -1
+        self._prefix = ""
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._corr = itertools.count(1)
+        self._queue: deque[_Job] = deque()
+        self._writer_busy = False
+        self.stopping = False
+        self._stop_at = 0
+        self._run_us = 0
+        self._draws: list[int] = []
+        self._execs = [(jsonl({"sql": sql, "params": {"items": params}}), registry)
+                       for sql, params, _, registry in REPLAY_EXECUTES]
+        self._exec_weights = list(itertools.accumulate(w for _, _, w, _ in REPLAY_EXECUTES))
+        self._errors = [jsonl({"type": "WriteError", "message": f"writer.execute failed: "
+                               f"ConstraintError: {text}"}) for text in REPLAY_WRITE_ERRORS]
+        self.rowid = 5_000_000
+        self.writer_messages = 0
+        self.transactions = 0
+        self.failed = 0
+        self.outbox_pending = 0
+        self.outbox_seq = 0
+        self.mirror_number = 0
+        self._verify: tuple[int, int] | None = None  # the facade's mirror.verify: corr, start
+        self.sync_run = 0
+        self._sync_token = 0
+        self._catchup = True
+        self._deferred = False
+        self._restore_ms: float | None = None
+        self._tasks: list[_Task] = []
+        self._next_task = 0
+        self._lease: dict[str, Any] = {}
+        self._sync_batches = self._sync_total = self._sync_sent = self._sync_rows = 0
+        self._sync_in_flight = self._sync_pending = self._sync_read_at = 0
+        self._sync_active = self._sync_reading = self._sync_blocked = False
+
+    # --- records ------------------------------------------------------------------------
+
+    def _emit(self, kind: str, sender: str, receiver: str, message: str, payload: str,
+              corr: int, started: int | None = None, error: str | None = None) -> None:
+        self.seq += 1
+        ts = self.now if self.now > self.last_ts else self.last_ts + 1
+        self.now = self.last_ts = ts
+        sec, micro = divmod(ts, 1_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        line = (f'{{"seq":{self.seq},"ts":"{self._prefix}.{micro:06d}+00:00","run":"{self.run}",'
+                f'"kind":"{kind}","sender":"{sender}","receiver":"{receiver}",'
+                f'"message":"{message}","fields":{payload},"corr":{corr}')
+        if started is not None:
+            line += f',"duration_ms":{round((ts - started) / 1000, 3)!r}'
+        if error is not None:
+            line += f',"error":{error}'
+        self.files.write(line + "}\n")
+
+    def tell(self, sender: str, receiver: str, message: str, payload: str = "{}") -> int:
+        corr = next(self._corr)
+        self._emit("tell", sender, receiver, message, payload, corr)
+        return corr
+
+    def ask(self, sender: str, receiver: str, message: str, payload: str = "{}") -> int:
+        corr = next(self._corr)
+        self._emit("ask", sender, receiver, message, payload, corr)
+        return corr
+
+    def reply(self, handler: str, sender: str, message: str, corr: int, payload: str,
+              started: int) -> None:
+        self._emit("reply", handler, sender, message, payload, corr, started)
+
+    def later(self, delay_us: int, then: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (self.now + delay_us, next(self._order), then))
+
+    def handle(self, handler: str, sender: str, message: str, corr: int, answer: str = "{}",
+               work: Callable[[], None] | None = None) -> None:
+        """`handler` handles the message soon: `work` (which may send), then the reply."""
+        def run() -> None:
+            started = self.now
+            if work is not None:
+                work()
+            self.now += HANDLE_US
+            self.reply(handler, sender, message, corr, answer, started)
+        self.later(HANDLE_DELAY_US, run)
+
+    def notify(self, sender: str, receiver: str, message: str, payload: str = "{}",
+               work: Callable[[], None] | None = None) -> None:
+        """A tell, handled and answered soon."""
+        corr = self.tell(sender, receiver, message, payload)
+        self.handle(receiver, sender, message, corr, work=work)
+
+    # --- the Writer ---------------------------------------------------------------------
+
+    def write(self, sender: str, message: str, payload: str, service_us: int, answer: str,
+              then: Callable[[], None] | None = None, *, group: bool = False,
+              error: str | None = None) -> None:
+        """Ask the Writer; it answers in arrival order (which keeps rule 2)."""
+        corr = self.ask(sender, WRITER, message, payload)
+        self._queue.append(_Job(corr, sender, message, service_us, answer, then, group, error))
+        if not self._writer_busy:
+            self._writer_busy = True
+            self.later(PICKUP_US, self._writer_start)
+
+    def _writer_start(self) -> None:
+        queue = self._queue
+        jobs = [queue.popleft()]
+        service = jobs[0].service_us
+        if jobs[0].group:
+            service += COMMIT_US
+            while queue and queue[0].group and len(jobs) < GROUP_MAX:
+                jobs.append(queue.popleft())
+                service += jobs[-1].service_us
+        started = self.now
+        self.later(service, lambda: self._writer_done(jobs, started))
+
+    def _writer_done(self, jobs: list[_Job], started: int) -> None:
+        self.transactions += 1
+        for job in jobs:
+            self.writer_messages += 1
+            if job.error is None:
+                self._emit("reply", WRITER, job.sender, job.message, job.answer, job.corr,
+                           started)
+            else:
+                self.failed += 1
+                self._emit("error", WRITER, job.sender, job.message, "{}", job.corr, started,
+                           job.error)
+            if job.then is not None:
+                job.then()
+        if self._queue:
+            self.later(PICKUP_US, self._writer_start)
+        else:
+            self._writer_busy = False
+
+    def _writer_status(self) -> str:
+        return jsonl({"messages": self.writer_messages, "transactions": self.transactions,
+                      "rows_written": self.writer_messages * 3, "failed_messages": self.failed,
+                      "wal_frames": 4_000 + self.seq % 12_000, "wal_file_bytes": 67_108_864,
+                      "wal_threshold_bytes": 67_108_864, "checkpoints": self.transactions // 900,
+                      "forced_checkpoints": self.transactions // 900, "busy_checkpoints": 0,
+                      "page_size": 4096, "variable_limit": 32766})
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def generate(self) -> list[Path]:
+        """Write the log; returns its files, oldest first."""
+        first = max(1, round(self.records * REPLAY_FIRST_RUN_SHARE))
+        try:
+            self._engine_run(first)
+            self.now += REPLAY_RESTART_US
+            self._engine_run(self.records - REPLAY_STOP_MARGIN)
+            self._top_up()
+        finally:
+            files = self.files.close()
+        return files
+
+    def _engine_run(self, stop_at: int) -> None:
+        """One engine run from boot until everything is answered, stopping at seq `stop_at`."""
+        self.run = f"{self.rng.getrandbits(48):012x}"
+        self.runs.append(self.run)
+        self._corr = itertools.count(1)
+        self.stopping = False
+        self._stop_at = stop_at
+        self._run_us = max(1, stop_at - self.seq) * 1_000_000 // REPLAY_RATE
+        self._boot()
+        while self._events:
+            when, _, then = heapq.heappop(self._events)
+            if when > self.now:
+                self.now = when
+            then()
+        # Timers that found the run stopping fired later than its last record.
+        self.now = self.last_ts
+        if self._queue or self._deferred or self._verify is not None:
+            raise replay_fail("the generator ended a run with work in flight (a bug in the "
+                              "generator)")
+
+    def _top_up(self) -> None:
+        """Facade writes one at a time until the log holds exactly `records` records."""
+        left = self.records - self.seq
+        if left < 0:
+            raise replay_fail(f"the generator's last run wrote {-left:,} records too many; "
+                              "raise REPLAY_STOP_MARGIN")
+        payload, _ = self._execs[1]
+        while left >= 2:
+            self.now += 60 + self.rng.randrange(80)
+            corr = self.ask(FACADE, WRITER, "writer.execute", payload)
+            self.now += 40
+            started = self.now - 30
+            self.rowid += 1
+            self.reply(WRITER, FACADE, "writer.execute", corr,
+                       f'{{"changes":1,"last_rowid":{self.rowid}}}', started)
+            left -= 2
+        if left:
+            # The Writer's idle timer fires as the log is read: its reply is not written yet.
+            self.now += 1_000_000
+            self.tell(WRITER, WRITER, "writer.idle_check")
+
+    def _clock(self) -> None:
+        if self.seq >= self._stop_at:
+            self.stopping = True
+        else:
+            self.later(CLOCK_US, self._clock)
+
+    def _boot(self) -> None:
+        """As `Engine.start` does: meta, FTS boot check, sync boot, mirror, tasks."""
+        def meta_url() -> None:
+            self.write(FACADE, "writer.meta", jsonl({"key": "status_url",
+                                                     "value": "http://127.0.0.1:8765/"}),
+                       150, OK_WRITE, fts_tick)
+
+        def fts_tick() -> None:
+            corr = self.ask(FACADE, FTS, "fts.tick")
+            started = self.now
+
+            def answered() -> None:
+                self.reply(FTS, FACADE, "fts.tick", corr, "{}", started)
+                sync_boot()
+            self.write(FTS, "writer.fts_inspect", "{}", 600,
+                       '{"tables":{"items":1},"deferral":null}', answered)
+
+        def sync_boot() -> None:
+            corr = self.ask(FACADE, SYNC, "sync.boot")
+            started = self.now
+
+            def answered() -> None:
+                self.reply(SYNC, FACADE, "sync.boot", corr, '{"value":0}', started)
+                mirror_boot()
+            self.write(SYNC, "writer.sync_reap", jsonl({"engine_run": self.run,
+                                                        "ended_at": self.now / 1e6}),
+                       150, '{"changes":0,"last_rowid":0}', answered)
+
+        def mirror_boot() -> None:
+            corr = self.ask(FACADE, MIRROR, "mirror.boot")
+            self.handle(MIRROR, FACADE, "mirror.boot", corr, work=lambda: self.later(
+                MIRROR_CONNECT_US, self._mirror_up))
+            self.later(HANDLE_DELAY_US * 3, running)
+
+        def running() -> None:
+            self.notify(FACADE, BACKFILL, "backfill.start", work=self._backfill_start)
+            self.later(50, self._facade_write)
+            self.later(200, self._sync_tick)
+            self.later(STATUS_POLL_US, self._status_poll)
+            self.later(self._run_us // 2, self._facade_verify)
+            self._clock()
+
+        self.write(FACADE, "writer.meta", jsonl({"key": "run_id", "value": self.run}), 250,
+                   OK_WRITE, meta_url)
+
+    # --- facade -------------------------------------------------------------------------
+
+    def _facade_write(self) -> None:
+        if self.stopping:
+            return
+        if not self._draws:
+            self._draws = self.rng.choices(range(len(self._execs)),
+                                           cum_weights=self._exec_weights, k=4096)
+        which = self._draws.pop()
+        payload, registry = self._execs[which]
+        rng = self.rng
+        if rng.random() < EXEC_ERROR_SHARE:
+            self.write(FACADE, "writer.execute", payload, EXEC_WRITE_US, "", group=True,
+                       error=self._errors[self.seq % len(self._errors)])
+        else:
+            if which == 1:
+                self.rowid += 1
+            changes = (self.seq % 4) if which == 3 else int(which != 4 or self.seq % 3 == 0)
+            self.write(FACADE, "writer.execute", payload, EXEC_WRITE_US,
+                       f'{{"changes":{changes},"last_rowid":{self.rowid}}}',
+                       self._outboxed if registry else None, group=True)
+        self.later(int(rng.expovariate(1 / EXEC_US)) + 1, self._facade_write)
+
+    def _outboxed(self) -> None:
+        self.outbox_pending += 1
+
+    def _status_poll(self) -> None:
+        if self.stopping:
+            return
+        corr = self.ask(FACADE, PROGRESS, "progress.snapshot")
+        self.handle(PROGRESS, FACADE, "progress.snapshot", corr,
+                    jsonl({"value": {"items": 1 + len(self._tasks)}}))
+        self.write(FACADE, "writer.status", "{}", 40, self._writer_status())
+        self.later(STATUS_POLL_US, self._status_poll)
+
+    def _facade_verify(self) -> None:
+        if self.stopping:
+            return
+        self._verify = (self.ask(FACADE, MIRROR, "mirror.verify"), self.now)
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def _sync_tick(self) -> None:
+        if self.stopping:
+            return
+        self._sync_token += 1
+        self.notify(SYNC, SYNC, "sync.tick", jsonl({"source": SYNC_SOURCE_NAME,
+                                                     "token": self._sync_token}),
+                    work=self._sync_start)
+
+    def _sync_start(self) -> None:
+        self.sync_run += 1
+        if self._catchup:
+            seconds = self._run_us / 1e6 * SYNC_CATCHUP_SHARE
+            self._sync_batches = max(3, int(seconds * 1e6 / SYNC_READ_US))
+        else:
+            self._sync_batches = self.rng.randint(*SYNC_RUN_BATCHES)
+        self._sync_total = self._sync_batches * SYNC_ROWS
+        self.write(SYNC, "writer.sync_start", jsonl({
+            "source": SYNC_SOURCE_NAME, "mode": "full" if self._catchup else "incremental",
+            "reason": "schedule",
+            "attempt": 1, "engine_run": self.run, "started_at": self.now / 1e6,
+            "cursor": f"part-{self.sync_run:05d}.ndjson:0"}),
+            200, jsonl({"changes": 1, "last_rowid": self.sync_run}), self._sync_lease)
+
+    def _sync_lease(self) -> None:
+        corr = self.ask(SYNC, FTS, "fts.begin", jsonl({"source": SYNC_SOURCE_NAME,
+                                                       "backlog_rows": self._sync_total}))
+        defer = self._catchup and not self.stopping
+        self._catchup = False
+        lease = {"source": SYNC_SOURCE_NAME, "deferred": defer,
+                 "reason": f"backlog of {self._sync_total:,} rows" if defer else
+                 f"backlog of {self._sync_total:,} rows is below threshold_rows",
+                 "tables": ["registry_fts"] if defer else []}
+        self._lease = lease
+
+        def run() -> None:
+            started = self.now
+
+            def leased() -> None:
+                self.reply(FTS, SYNC, "fts.begin", corr, jsonl(lease), started)
+                self.later(HANDLE_DELAY_US, self._sync_pump)
+            if defer:
+                self._deferred = True
+                sources = jsonl({"sources": {"items": 1}, "started_at": self.now / 1e6})
+                answer = sources[:-1] + (',"tables":["registry_fts"],"hwm":{"items":1},'
+                                         '"last_error":null,"attempts":0}')
+                self.write(FTS, "writer.fts_defer", sources, 1_300, answer, leased)
+            else:
+                self.now += HANDLE_US
+                leased()
+        self.later(HANDLE_DELAY_US, run)
+
+    def _sync_pump(self) -> None:
+        self._sync_sent = 0
+        self._sync_rows = 0
+        self._sync_in_flight = 0
+        self._sync_pending = 0
+        self._sync_blocked = False
+        self._sync_active = True
+        self._sync_reading = True
+        self._sync_read_at = self.now
+        self.later(SYNC_READ_US, self._sync_read)
+
+    def _sync_more(self) -> bool:
+        return not self.stopping and self._sync_sent < self._sync_batches
+
+    def _sync_read(self) -> None:
+        self._sync_reading = False
+        if not self._sync_more():
+            self._sync_maybe_end()
+        elif self._sync_in_flight >= SYNC_WINDOW:
+            self._sync_blocked = True
+        else:
+            self._sync_send()
+
+    def _sync_send(self) -> None:
+        self._sync_in_flight += 1
+        self._sync_pending += 1
+        payload = jsonl({"source": SYNC_SOURCE_NAME, "run": self.sync_run,
+                        "seq": self._sync_sent, "tables": {"items": 1}, "rejects": [],
+                        "files": {"items": 1}, "on_reject": "keep", "at": self.now / 1e6})
+        service = SYNC_BATCH_US[0 if self._deferred else 1] + self.rng.randrange(1_500)
+        self.write(SYNC, "writer.sync_batch", payload, service,
+                   f'{{"rows":{SYNC_ROWS},"rejects":0}}', self._sync_answered, group=True)
+        self._sync_sent += 1
+        if self._sync_more():
+            self._sync_reading = True
+            self.later(SYNC_READ_US + self.rng.randrange(5_000), self._sync_read)
+
+    def _sync_answered(self) -> None:
+        self._sync_in_flight -= 1
+        self.later(400, self._sync_pumped)
+        if self._sync_blocked:
+            self._sync_blocked = False
+            if self._sync_more():
+                self._sync_send()
+
+    def _sync_pumped(self) -> None:
+        self._sync_pending -= 1
+        self._sync_rows += SYNC_ROWS
+        batch_s = (self.now - self._sync_read_at) / 1e6
+        self._sync_read_at = self.now
+        rows, total = self._sync_rows, self._sync_total
+        self.notify(SYNC, SYNC, "sync.pumped", jsonl({
+            "source": SYNC_SOURCE_NAME, "run": self.sync_run, "rows": rows, "rejects": 0,
+            "batch_rows": SYNC_ROWS, "batch_s": batch_s, "total": total}),
+            work=lambda: self._progress(SYNC, None, {
+                "scope": "sync", "name": SYNC_SOURCE_NAME, "version": 0, "processed": rows,
+                "total": total, "state": "running", "waiting": None, "chunk_rows": SYNC_ROWS,
+                "chunk_s": batch_s, "terminal": False, "error": None}))
+        self._sync_maybe_end()
+
+    def _sync_maybe_end(self) -> None:
+        if (self._sync_active and not self._sync_pending and not self._sync_in_flight
+                and not self._sync_reading and not self._sync_blocked
+                and not self._sync_more()):
+            self._sync_active = False
+            self._sync_release()
+
+    def _fts_view(self) -> str:
+        restore = (None if self._restore_ms is None
+                   else {"tables": {"items": 1}, "duration_ms": self._restore_ms})
+        return jsonl({"state": "live", "sources": [], "since": None, "tables": [],
+                      "error": None, "attempts": 0, "retry_in_s": None,
+                      "last_restore": restore, "not_deferrable": []})
+
+    def _sync_release(self) -> None:
+        corr = self.ask(SYNC, FTS, "fts.end", jsonl({"source": SYNC_SOURCE_NAME}))
+
+        def run() -> None:
+            started = self.now
+
+            def released() -> None:
+                self.reply(FTS, SYNC, "fts.end", corr, self._fts_view(), started)
+                self.later(HANDLE_DELAY_US, self._sync_end)
+            if self._deferred:
+                self._restore_ms = (FTS_RESTORE_US + self.rng.randrange(50_000)) / 1000.3
+                answer = jsonl({"tables": {"items": 1}, "duration_ms": self._restore_ms})
+
+                def restored() -> None:
+                    self._deferred = False
+                    released()
+                self.write(FTS, "writer.fts_restore", '{"rebuild_share":0.95,'
+                           '"buffer_bytes":16777216}', int(self._restore_ms * 1000) + 40,
+                           answer, restored)
+            else:
+                self.now += HANDLE_US
+                released()
+        self.later(HANDLE_DELAY_US, run)
+
+    def _sync_end(self) -> None:
+        stopped = self._sync_sent < self._sync_batches
+        status = "stopped" if stopped else "ok"
+        rows = self._sync_rows
+        payload = jsonl({"source": SYNC_SOURCE_NAME, "run": self.sync_run, "rows": rows,
+                        "rejects": 0, "error": None, "failure": None, "retry_after_s": None,
+                        "note": None, "stopped": stopped, "fts_lease": self._lease,
+                        "fts_after": json.loads(self._fts_view())})
+
+        def run() -> None:
+            note = (f"FTS upkeep of registry_fts deferred ({self._lease['reason']})"
+                    if self._lease["deferred"] else None)
+            self.write(SYNC, "writer.sync_end", jsonl({
+                "run": self.sync_run, "status": status, "ended_at": self.now / 1e6,
+                "error": None, "note": note}), 200, OK_WRITE, self._sync_ended)
+            self._progress(SYNC, None, {
+                "scope": "sync", "name": SYNC_SOURCE_NAME, "version": 0, "processed": rows,
+                "total": self._sync_total, "state": status, "waiting": None, "chunk_rows": 0,
+                "chunk_s": 0.0, "terminal": True, "error": None})
+        self.notify(SYNC, SYNC, "sync.pump_end", payload, work=run)
+
+    def _sync_ended(self) -> None:
+        if not self.stopping:
+            self.later(SYNC_EVERY_US, self._sync_tick)
+
+    # --- progress -----------------------------------------------------------------------
+
+    def _progress(self, sender: str, task: _Task | None, event: dict[str, Any]) -> None:
+        """Tell the Progress actor; for a task it saves the progress at most once a second,
+        and the terminal event always."""
+        def work() -> None:
+            if task is None:
+                return
+            now = self.now
+            if not (event["terminal"] or task.last_save_us is None
+                    or now - task.last_save_us >= PROGRESS_SAVE_US):
+                return
+            rate = (event["processed"] / max(1e-3, (now - task.started_us) / 1e6)
+                    if event["processed"] else None)
+            left = event["total"] - event["processed"]
+            task.last_save_us = now
+            self.write(PROGRESS, "writer.task_progress", jsonl({
+                "task": task.name, "version": task.version, "rate_rows_s": rate,
+                "eta_s": None if event["terminal"] or not rate else left / rate,
+                "waiting": None, "at": now / 1e6, "terminal": event["terminal"],
+                "clock_s": (now - REPLAY_EPOCH_US) / 1e6 + REPLAY_MONOTONIC_S}),
+                120, OK_WRITE)
+        self.notify(sender, PROGRESS, "progress.event", jsonl(event), work=work)
+
+    # --- backfill -----------------------------------------------------------------------
+
+    def _backfill_start(self) -> None:
+        plan = REPLAY_TASKS[min(len(self.runs), len(REPLAY_TASKS)) - 1]
+        # Sized to end at about 85% of the run: the chunks a run has time for, shared.
+        chunks = self._run_us / 1e6 * CHUNKS_PER_S * 0.85
+        full = CHUNK_TARGET_US // CHUNK_ROW_US
+        self._tasks = [_Task(name, version, max(1_000, int(chunks * share) * full),
+                             started_us=self.now, last_chunk_us=self.now)
+                       for name, version, share in plan]
+        self._next_task = 0
+        for task in self._tasks:
+            self.write(BACKFILL, "writer.task_state", jsonl({
+                "task": task.name, "version": task.version, "fields": {"items": 15}}),
+                300, OK_WRITE)
+            self._task_event(task, 0, 0.0, "running")
+        self._chunk()
+
+    def _task_event(self, task: _Task, rows: int, seconds: float, state: str) -> None:
+        self._progress(BACKFILL, task, {
+            "scope": "task", "name": task.name, "version": task.version,
+            "processed": task.processed, "total": task.bound, "state": state, "waiting": None,
+            "chunk_rows": rows, "chunk_s": seconds, "terminal": state == "done",
+            "error": None})
+
+    def _chunk(self) -> None:
+        if self.stopping or not self._tasks:
+            return
+        task = self._tasks[self._next_task % len(self._tasks)]
+        self._next_task += 1
+        after = task.after or 0
+        last = min(task.bound, after + task.rows)
+        scanned = last - after
+        processed = scanned if task.name != "observation_units" else scanned * 3 // 10
+        exhausted = last >= task.bound
+        service = CHUNK_BASE_US + scanned * CHUNK_ROW_US + self.rng.randrange(800)
+        answer = jsonl({"after": task.after, "last": last, "scanned": scanned,
+                        "processed": processed, "exhausted": exhausted,
+                        "duration_ms": service / 1043.7, "yielded_to": len(self._queue),
+                        "checkpoint": None})
+        payload = jsonl({"task": task.name, "version": task.version, "run_id": self.run,
+                        "after": task.after, "bound": task.bound, "rows": task.rows})
+        self.write(BACKFILL, "writer.chunk", payload, service, answer,
+                   lambda: self._chunk_done(task, last, processed, exhausted))
+
+    def _chunk_done(self, task: _Task, last: int, processed: int, exhausted: bool) -> None:
+        task.after = last
+        task.processed += processed
+        task.rows = min(task.rows * 2, CHUNK_TARGET_US // CHUNK_ROW_US)
+        seconds = (self.now - task.last_chunk_us) / 1e6
+        task.last_chunk_us = self.now
+        self._task_event(task, processed, seconds, "done" if exhausted else "running")
+        if exhausted:
+            self._tasks.remove(task)
+            self.write(BACKFILL, "writer.task_state", jsonl({
+                "task": task.name, "version": task.version, "fields": {"items": 6}}),
+                300, OK_WRITE)
+        if self._tasks and not self.stopping:
+            self.later(CHUNK_YIELD_US, self._backfill_next)
+
+    def _backfill_next(self) -> None:
+        if not self.stopping:
+            self.notify(BACKFILL, BACKFILL, "backfill.next", work=self._chunk)
+
+    # --- mirror -------------------------------------------------------------------------
+
+    def _mirror_up(self) -> None:
+        self.notify(MIRROR, MIRROR, "mirror.up", '{"driver":"mysql-connector (C extension)",'
+                    '"server":"MariaDB 11.4.2"}')
+        self._reconcile(verify=False)
+
+    def _reconcile(self, *, verify: bool) -> None:
+        self.mirror_number += 1
+        number = self.mirror_number
+        self.notify(MIRROR, MIRROR, "mirror.reconcile_begun",
+                    jsonl({"number": number, "verify": verify}))
+        started = self.now
+
+        def ended() -> None:
+            view = jsonl({"number": number, "verify": verify, "tables": {"items": 1},
+                          "error": None, "seconds": round((self.now - started) / 1e6, 3)})
+
+            def answer_verify() -> None:
+                if verify and self._verify is not None:
+                    corr, asked = self._verify
+                    self._verify = None
+                    self.reply(MIRROR, FACADE, "mirror.verify", corr, view, asked)
+            self.notify(MIRROR, MIRROR, "mirror.reconciled", view, work=answer_verify)
+            self.later(200, self._mirror_poll)
+
+        if verify:
+            self.later(VERIFY_US + self.rng.randrange(100_000), ended)
+        else:
+            self.later(RECONCILE_US + self.rng.randrange(100_000), lambda: self.write(
+                MIRROR, "writer.mirror_ranges", '{"table":"registry","shape":"5d0c3a1e:212",'
+                '"ranges":{"items":101}}', 2_500, '{"changes":101,"last_rowid":0}', ended))
+
+    def _mirror_poll(self) -> None:
+        if self._verify is not None:
+            if not self.stopping:
+                self._reconcile(verify=True)
+                return
+            corr, asked = self._verify
+            self._verify = None
+            self._emit("error", MIRROR, FACADE, "mirror.verify", "{}", corr, asked,
+                       '{"type":"EngineStopped","message":"the engine is stopping: mirror '
+                       'no longer accepts messages"}')
+        if self.stopping:
+            return
+        entries = min(self.outbox_pending, DRAIN_MAX)
+        if not entries:
+            self.later(DRAIN_POLL_US, self._mirror_poll)
+            return
+        self.outbox_pending -= entries
+        self.outbox_seq += entries
+        upto = self.outbox_seq
+        self.later(DRAIN_APPLY_US + entries * DRAIN_ENTRY_US,
+                   lambda: self._mirror_drained(entries, upto))
+
+    def _mirror_drained(self, entries: int, upto: int) -> None:
+        stale = 1 + upto % 4
+        payload = f'{{"upto_seq":{upto},"stale_ranges":{{"items":{stale}}}}}'
+
+        def drained() -> None:
+            p50 = round(6 + entries * 0.02 + self.rng.random() * 4, 1)
+            self.notify(MIRROR, MIRROR, "mirror.drained", jsonl({
+                "entries": entries, "upserts": entries, "deletes": 0, "upto_seq": upto,
+                "lag_p50_ms": p50, "lag_p99_ms": round(p50 * 3.1, 1),
+                "lag_max_ms": round(p50 * 4.7, 1)}))
+            self.later(100, self._mirror_poll)
+        self.write(MIRROR, "writer.outbox_drained", payload, 300 + entries * 3,
+                   f'{{"changes":{entries + stale},"last_rowid":{self.rowid}}}', drained)
+
+
+def write_replay_log(base: Path, records: int) -> dict[str, Any]:
+    """Generate the log into `base`'s directory (emptied first); what was made, and how fast."""
+    if base.parent.exists():
+        shutil.rmtree(base.parent)
+    base.parent.mkdir(parents=True)
+    started = time.perf_counter()
+    log = ReplayLog(base, records)
+    files = log.generate()
+    seconds = time.perf_counter() - started
+    if log.seq != records:
+        raise replay_fail(f"the generator wrote {log.seq:,} records, expected {records:,}")
+    span_s = (log.last_ts - REPLAY_EPOCH_US) / 1e6
+    return {"records": records, "bytes": log.files.bytes,
+            "mb": round(log.files.bytes / 1024 / 1024, 1),
+            "files": [{"name": f.name, "mb": round(f.stat().st_size / 1024 / 1024, 1)}
+                      for f in files],
+            "runs": log.runs, "span_s": round(span_s, 3),
+            "records_per_log_s": round(records / span_s),
+            "generator_s": round(seconds, 2), "generator_records_s": round(records / seconds)}
+
+
+def run_replay_case(case: str, base: Path, out: Path) -> dict[str, Any]:
+    """`python -m engine.cli replay LOG --json` (summary) or with `--check`, in a fresh
+    interpreter: wall time, peak RSS (ru_maxrss from wait4), exit status and the parsed
+    output."""
+    command = [sys.executable, "-m", "engine.cli", "replay", str(base), "--json"]
+    if case == "check":
+        command.append("--check")
+    with out.open("wb") as stdout:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=stdout, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        output = json.loads(out.read_text())
+    except ValueError:
+        raise replay_fail(f"`replay {'--check' if case == 'check' else '--json'}` exited "
+                          f"{child.returncode} without JSON output (its stderr is above)"
+                          ) from None
+    finally:
+        out.unlink(missing_ok=True)
+    return {"case": case, "seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "exit": child.returncode, "output": output}
+
+
+def replay_lines(files: Sequence[Path], seqs: set[int]) -> list[str]:
+    """The log lines holding records `seqs`, as written."""
+    found = []
+    for path in files:
+        with path.open("rb") as handle:
+            for raw in handle:
+                seq = int(raw[7:raw.index(b",")])
+                if seq in seqs:
+                    found.append(raw.decode().rstrip())
+    return found
+
+
+def check_replay_summary(run: dict[str, Any], records: int, files: int) -> None:
+    output = run["output"]
+    got = (output["records"], output["first_seq"], output["last_seq"], output["damaged"],
+           len(output["files"]))
+    if run["exit"] != 0 or got != (records, 1, records, 0, files):
+        raise replay_fail(f"the summary exited {run['exit']} and counted {got[0]:,} records, "
+                          f"seq {got[1]}..{got[2]}, {got[3]:,} damaged lines, {got[4]} files; "
+                          f"expected {records:,} records, seq 1..{records}, none damaged, "
+                          f"{files} files")
+
+
+def check_replay_check(run: dict[str, Any], records: int, files: Sequence[Path]) -> None:
+    output = run["output"]
+    if run["exit"] == 0 and output["violations"] == 0 and output["records"] == records:
+        return
+    shown = output.get("shown", [])[:5]
+    lines = replay_lines(files, {seq for v in shown for seq in v["seqs"]})
+    raise replay_fail(
+        f"--check exited {run['exit']} with {output['violations']:,} violations in "
+        f"{output['records']:,} records (expected none in {records:,}); per rule "
+        f"{output['per_rule']}:\n" + "\n".join(
+            f"  rule {v['rule']} at seq {v['seqs']}: {v['text']}" for v in shown)
+        + "\nrecords:\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def bench_replay(args: argparse.Namespace) -> dict[str, Any]:
+    return in_workdir(args, _bench_replay)
+
+
+def _bench_replay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    base = workdir / "replay-log" / "messages.jsonl"
+    out = workdir / "replay-output.json"
+    log = write_replay_log(base, args.records)
+    files = log_files_of(base)
+    print(f"  generated {log['records']:,} records, {log['mb']:,.0f} MB in "
+          f"{plural(len(files), 'file')}, in {log['generator_s']:.1f} s", file=sys.stderr)
+    # Untimed: the log must be valid before anything is timed (and is then cached).
+    validation = run_replay_case("check", base, out)
+    check_replay_check(validation, args.records, files)
+    baseline_base = workdir / "replay-baseline" / "messages.jsonl"
+    baseline_base.parent.mkdir(parents=True, exist_ok=True)
+    with files[0].open("rb") as source:
+        baseline_base.write_bytes(b"".join(itertools.islice(source, REPLAY_BASELINE_RECORDS)))
+    baseline = run_replay_case("summary", baseline_base, out)
+    shutil.rmtree(baseline_base.parent)
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeat):
+        for case in REPLAY_CASES if repeat % 2 == 0 else REPLAY_CASES[::-1]:
+            run = run_replay_case(case, base, out)
+            if case == "summary":
+                check_replay_summary(run, args.records, len(files))
+            else:
+                check_replay_check(run, args.records, files)
+            run["msgs_s"] = round(args.records / run["seconds"], 1)
+            runs.append(run)
+            print(f"  {case}: {run['seconds']:.2f} s, {run['msgs_s']:,.0f} msgs/s, peak "
+                  f"RSS {run['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    best = {case: min((r for r in runs if r["case"] == case), key=lambda r: r["seconds"])
+            for case in REPLAY_CASES}
+    summary = best["summary"]["output"]
+    for run in runs:
+        run["best"] = any(run is b for b in best.values())
+        run["seconds"] = round(run["seconds"], 3)
+        del run["output"]
+    return {
+        "summary_msgs_s": best["summary"]["msgs_s"],
+        "check_msgs_s": best["check"]["msgs_s"],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "details": {
+            "bench": "replay",
+            "summary_s": best["summary"]["seconds"],
+            "check_s": best["check"]["seconds"],
+            "baseline": {"records": REPLAY_BASELINE_RECORDS,
+                         "seconds": round(baseline["seconds"], 3),
+                         "peak_rss_mb": baseline["peak_rss_mb"]},
+            "log": log,
+            "mix": {kind: m["sent"] for kind, m in sorted(
+                summary["messages"].items(), key=lambda item: -item[1]["sent"])},
+            "errors": sum(e["count"] for e in summary["errors"]),
+            "notes": validation["output"]["notes"],
+            "command": "python -m engine.cli replay LOG --json [--check]",
+            "params": {"records": args.records, "repeat": args.repeat,
+                       "file_mb": REPLAY_FILE_BYTES // 1024 // 1024, "seed": REPLAY_SEED},
+            "runs": runs,
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def log_files_of(base: Path) -> list[Path]:
+    """`base` and its rotated files, oldest first (as the generator named them)."""
+    rotated = sorted(base.parent.glob(base.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+    return [*rotated, base]
+
+
+def print_replay(result: dict[str, Any]) -> None:
+    details = result["details"]
+    log, params = details["log"], details["params"]
+    print(f"bench replay: {log['records']:,} records ({log['mb']:,.0f} MB in "
+          f"{plural(len(log['files']), 'file')} of at most {params['file_mb']} MB, "
+          f"{len(log['runs'])} runs, {log['span_s']:.1f} s of log time, "
+          f"{plural(details['errors'], 'error')}) generated in {log['generator_s']:.1f} s; "
+          f"each case in its own process, best of {params['repeat']}")
+    best = {run["case"]: run for run in details["runs"] if run["best"]}
+    labels = {"summary": "summary (replay LOG --json)", "check": "check (replay LOG --check)"}
+    print(f"{'case':<30} {'records':>10} {'seconds':>9} {'msgs/s':>10} {'peak RSS MB':>12}")
+    for case in REPLAY_CASES:
+        run = best[case]
+        print(f"{labels[case]:<30} {log['records']:>10,} {run['seconds']:>9.2f} "
+              f"{run['msgs_s']:>10,.0f} {run['peak_rss_mb']:>12.0f}")
+    baseline = details["baseline"]
+    print(f"{'  baseline (summary, ' + format(baseline['records'], ',') + ')':<30} "
+          f"{baseline['records']:>10,} {baseline['seconds']:>9.2f} {'':>10} "
+          f"{baseline['peak_rss_mb']:>12.0f}")
+
+    def target(name: str, value: float) -> str:
+        ok = value >= REPLAY_MSGS_TARGET
+        return (f"{name} {value:,.0f} msgs/s (target >= {REPLAY_MSGS_TARGET:,}: "
+                f"{'met' if ok else 'NOT met'})")
+
+    rss = result["peak_rss_mb"]
+    print(f"{target('summary', result['summary_msgs_s'])}   "
+          f"{target('check', result['check_msgs_s'])}   peak RSS {rss:.0f} MB (target <= "
+          f"{REPLAY_RSS_TARGET_MB:.0f}: {'met' if rss <= REPLAY_RSS_TARGET_MB else 'NOT met'})")
+    print(f"checks: the summary counted {log['records']:,} records, seq 1..{log['records']}, "
+          f"in {plural(len(log['files']), 'file')}, none damaged; --check found no violations")
+
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2266,6 +3281,17 @@ def main(argv: list[str] | None = None) -> int:
     mirror.add_argument("--workdir", type=Path, default=None,
                         help="where the SQLite files go, kept there (default: a temporary "
                         "directory, removed afterwards; the server's always is)")
+    replay = names.add_parser("replay", help="sqlwarden replay's summary and --check over a "
+                              "generated busy engine's message log")
+    replay.add_argument("--records", type=int, default=REPLAY_RECORDS,
+                        help="records in the generated log (default: %(default)s)")
+    replay.add_argument("--repeat", type=int, default=1,
+                        help="runs per case; the fastest counts (default: %(default)s)")
+    replay.add_argument("--json", type=Path, default=Path("var/bench/replay.json"),
+                        help="where to write the JSON result (default: %(default)s)")
+    replay.add_argument("--workdir", type=Path, default=None,
+                        help="where the log goes, kept there (default: a temporary "
+                        "directory, removed afterwards)")
     # One `mirror` case in a fresh process (not listed: `mirror` runs it).
     mirror_one = names.add_parser("_mirror_case")
     mirror_one.add_argument("case", choices=("engine", "raw"))
@@ -2309,6 +3335,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--files must not exceed --rows")
         result = bench_sync(args)
         print_sync(result)
+    elif args.name == "replay":
+        if args.records < REPLAY_MIN_RECORDS or args.repeat < 1:
+            parser.error(f"--records must be at least {REPLAY_MIN_RECORDS:,} and --repeat "
+                         "positive")
+        result = bench_replay(args)
+        print_replay(result)
     elif args.name == "mirror":
         if min(args.rows, args.repeat) < 1 or args.ingest_seconds <= 0 or args.peer_rows < 0:
             parser.error("--rows, --repeat and --ingest-seconds must be positive, --peer-rows "

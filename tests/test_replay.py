@@ -411,8 +411,8 @@ def test_damaged_lines_go_to_stderr_and_the_timeline_skips_them(
     assert [int(line.split()[1]) for line in out.splitlines()] == [1, 2, 3, 4, 5, 6]
     assert err.splitlines() == [
         f"damaged line skipped: {where(garbage)}: not a JSON record (after seq 2)",
-        f"damaged line skipped: {where(not_a_record)}: not a message record (no seq or kind) "
-        "(after seq 4)",
+        f"damaged line skipped: {where(not_a_record)}: not a message record (a key is "
+        "missing or of the wrong type) (after seq 4)",
         f"damaged line skipped: {where(torn)}: torn last line (cut short by a crash?) "
         "(after seq 6)"]
 

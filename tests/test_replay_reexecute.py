@@ -10,6 +10,7 @@ import apsw
 
 from engine.config import Config, parse_config
 from engine.facade import Engine
+from engine.msglog import iter_records
 from engine.reexecute import reexecute
 from engine.replay import log_files
 
@@ -268,3 +269,40 @@ def test_the_fresh_database_can_be_kept_and_a_torn_line_is_skipped(tmp_path: Pat
         assert hits == 300
     finally:
         conn.close()
+
+
+def test_the_checksums_recorded_at_stop_stand_in_for_a_missing_live_database(
+        tmp_path: Path) -> None:
+    config_path, config = device(tmp_path)
+    first_run(config)
+    second_run(config)
+    recorded = [r for r in iter_records(config.message_log_path)
+                if r["message"] == "writer.checksums" and r["kind"] == "reply"]
+    assert len(recorded) == 2  # one at each stop
+    # The device's database is gone; the log still says what it held.
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{config.database.path}{suffix}").unlink(missing_ok=True)
+
+    done = replay(config_path, config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is missing; nothing to compare with" in done.stdout
+    seqs = [r["seq"] for r in recorded]
+    for seq in seqs:
+        assert f"checksums recorded at seq {seq} " in done.stdout
+    assert done.stdout.count(f"all {len(TABLES)} tables same") == 2
+
+    # A log whose recorded checksum disagrees with the replay is reported.
+    path = config.message_log_path
+    lines = path.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        if record["seq"] == seqs[-1]:
+            for table in record["fields"]["tables"]:
+                if table["table"] == "notes":
+                    table["rows"] += 1
+            lines[i] = json.dumps(record) + "\n"
+    path.write_text("".join(lines))
+    changed = replay(config_path, config)
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert "  notes: 6 rows recorded" in changed.stdout
+    assert "DIFFERS" in changed.stdout
