@@ -328,6 +328,8 @@ class MirrorSession:
         self.driver = driver_name()
         self.server_version = ""
         self.ranges_table = False
+        #: Stored range bounds by table: (ords, highs of all but the last range).
+        self._bounds: dict[str, tuple[list[int], list[Key]]] = {}
         #: Mirror tables not on the server (only when opened with `create=False`).
         self.missing: set[str] = set()
 
@@ -357,6 +359,7 @@ class MirrorSession:
         except Exception as exc:
             self.close()
             raise self.error(exc, "creating the mirror tables") from None
+        self._bounds.clear()
         if self.reader is None:
             self.reader = open_mirror_reader(self.config)
             # A read-only verify may meet a database no engine of this version opened.
@@ -535,6 +538,7 @@ class MirrorSession:
     def _store(self, table: TableConfig, ranges: list[KeyRange]) -> None:
         if self.on_ranges is None or not self.ranges_table:
             return
+        self._bounds.pop(table.name, None)
         self.on_ranges(SaveMirrorRanges(
             table=table.name, shape=range_shape(table),
             ranges=tuple((_stored_key(table, r.high), r.rows, cast(int, r.digest))
@@ -627,18 +631,28 @@ class MirrorSession:
         return ranges
 
     def _ranges_holding(self, table: TableConfig, keys: Sequence[Key]) -> list[int]:
-        """`ord` of the stored ranges with a digest that hold any of `keys`."""
+        """`ord` of the stored ranges that hold any of `keys`.
+
+        The bounds are read once per stored set: only this session stores
+        ranges, and clearing a digest leaves the bounds as they are.
+        """
         assert self.reader is not None
         if not self.ranges_table:
             return []
-        rows = list(self.reader.execute(
-            f"SELECT ord, hi, digest FROM {MIRROR_RANGES_TABLE} WHERE tbl = ? ORDER BY ord",
-            (table.name,)))
-        if not rows or any(hi is None for _, hi, _ in rows[:-1]):
-            return []  # unusable: the next reconcile reads the table whole anyway
-        highs = [_key_of(table, hi) for _, hi, _ in rows[:-1]]
-        hit = {bisect_left(highs, key) for key in keys}
-        return [rows[i][0] for i in sorted(hit) if rows[i][2] is not None]
+        bounds = self._bounds.get(table.name)
+        if bounds is None:
+            rows = list(self.reader.execute(
+                f"SELECT ord, hi FROM {MIRROR_RANGES_TABLE} WHERE tbl = ? ORDER BY ord",
+                (table.name,)))
+            if not rows or any(hi is None for _, hi in rows[:-1]):
+                bounds = ([], [])  # none, or unusable: the next reconcile reads it whole
+            else:
+                bounds = ([o for o, _ in rows], [_key_of(table, hi) for _, hi in rows[:-1]])
+            self._bounds[table.name] = bounds
+        ords, highs = bounds
+        if not ords:
+            return []
+        return [ords[i] for i in sorted({bisect_left(highs, key) for key in keys})]
 
     def _read_ranges(self, table: TableConfig, low: Key | None,
                      high: Key | None) -> Iterator[KeyRange]:

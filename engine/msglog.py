@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import itertools
 import json
 import os
 import queue
+import re
 import secrets
 import threading
 import time
@@ -32,7 +34,9 @@ RECORD_KINDS = ("tell", "ask", "reply", "error")
 
 #: Message fields that hold values bound to SQL; never logged in summary mode.
 BOUND_VALUE_FIELDS = frozenset({"params", "rows"})
-_STRING_SUMMARY_CHARS = 200
+#: In summary mode a longer string is cut to this many characters plus "...(N chars)".
+STRING_SUMMARY_CHARS = 200
+_TAIL_BLOCK = 65536
 _SEQUENCE_SUMMARY_ITEMS = 8
 
 
@@ -203,8 +207,8 @@ class MessageLog:
             return value
         if isinstance(value, str):
             value = self._redactor.text(value)
-            if not self._full and len(value) > _STRING_SUMMARY_CHARS:
-                return value[:_STRING_SUMMARY_CHARS] + f"...({len(value)} chars)"
+            if not self._full and len(value) > STRING_SUMMARY_CHARS:
+                return value[:STRING_SUMMARY_CHARS] + f"...({len(value)} chars)"
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             raw = bytes(value)
@@ -280,16 +284,21 @@ def _rotated(path: Path, index: int) -> Path:
     return path.with_name(f"{path.name}.{index}")
 
 
+#: A rotated file of a log: `<base>.<n>`, or `<base>.<n>.gz` when compressed.
+ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
+
+
 def log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The current file and its rotated predecessors, oldest first."""
+    """The log's rotated files (plain or .gz), oldest first, then the current file."""
     base = Path(path)
     rotated: list[tuple[int, Path]] = []
-    for candidate in base.parent.glob(base.name + ".*"):
-        suffix = candidate.name[len(base.name) + 1:]
-        if suffix.isdigit():
-            rotated.append((int(suffix), candidate))
-    files = [p for _, p in sorted(rotated, reverse=True)]
-    if base.exists():
+    if base.parent.is_dir():
+        for candidate in base.parent.iterdir():
+            match = ROTATED.match(candidate.name)
+            if match and match["base"] == base.name:
+                rotated.append((int(match["n"]), candidate))
+    files = [p for _, p in sorted(rotated, key=lambda item: item[0], reverse=True)]
+    if base.is_file():
         files.append(base)
     return files
 
@@ -318,13 +327,41 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 def _last_seq(path: Path) -> int:
     """The sequence number of the last complete record in the log at `path`, or 0."""
     for file in reversed(log_files(path)):
-        with open(file, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 65536))
-            tail = handle.read()
-        for raw in reversed(tail.split(b"\n")):
-            try:
-                return int(json.loads(raw)["seq"])
-            except (ValueError, KeyError, TypeError):
-                continue
+        seq = _file_last_seq(file)
+        if seq is not None:
+            return seq
     return 0
+
+
+def _seq_of(raw: bytes) -> int | None:
+    try:
+        seq = json.loads(raw)["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seq if type(seq) is int else None
+
+
+def _file_last_seq(file: Path) -> int | None:
+    """The last record's seq, read backwards block by block (a record may be large)."""
+    if file.suffix == ".gz":
+        last = None
+        with gzip.open(file, "rb") as compressed:
+            for raw in compressed:
+                last = _seq_of(raw) or last
+        return last
+    with open(file, "rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        partial = b""
+        while position > 0:
+            step = min(_TAIL_BLOCK, position)
+            position -= step
+            handle.seek(position)
+            lines = (handle.read(step) + partial).split(b"\n")
+            # The first piece may be the end of a line that starts further back.
+            whole = lines if position == 0 else lines[1:]
+            for raw in reversed(whole):
+                seq = _seq_of(raw)
+                if seq is not None:
+                    return seq
+            partial = lines[0]
+    return None

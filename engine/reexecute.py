@@ -45,6 +45,7 @@ import apsw
 from engine.checksum import table_checksum
 from engine.config import Config
 from engine.errors import EngineError, ReplayError, UnexpectedMessage
+from engine.msglog import STRING_SUMMARY_CHARS
 from engine.protocol import (
     BOOKKEEPING_WRITES,
     FOREGROUND_WRITES,
@@ -86,8 +87,6 @@ SKIPPED = {
     InspectFts.kind: "a read of the FTS state",
 }
 _GROUPED = FOREGROUND_WRITES + BOOKKEEPING_WRITES
-#: What the message log keeps of a long string in summary mode (see engine.msglog).
-_SUMMARY_PREFIX_CHARS = 200
 _CUT_SHORT = re.compile(r"\.\.\.\((\d+) chars\)\Z")
 _DML = frozenset({"insert", "update", "delete", "replace"})
 _SHOWN_DIGEST = 16
@@ -227,8 +226,8 @@ class _Rebuilder:
 
     def _text(self, value: str) -> str:
         cut = _CUT_SHORT.search(value)
-        if (cut is not None and cut.start() == _SUMMARY_PREFIX_CHARS
-                and int(cut.group(1)) > _SUMMARY_PREFIX_CHARS):
+        if (cut is not None and cut.start() == STRING_SUMMARY_CHARS
+                and int(cut.group(1)) > STRING_SUMMARY_CHARS):
             raise _Summarised
         if REDACTED in value:
             self.redacted += 1

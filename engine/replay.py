@@ -16,9 +16,8 @@ import gzip
 import json
 import math
 import os
-import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,11 +25,11 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from engine.errors import ReplayError
-from engine.msglog import RECORD_KINDS
+from engine.msglog import RECORD_KINDS, ROTATED
+from engine.msglog import log_files as rotated_files
 
 Record = dict[str, Any]
 
-_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
 NOT_A_RECORD = "not a message record (a key is missing or of the wrong type)"
 #: Examples kept of damaged lines and errors (the counts are always complete).
 EXAMPLES = 20
@@ -43,20 +42,6 @@ def _open(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
     return open(path, "rb")
-
-
-def rotated_files(base: Path) -> list[Path]:
-    """`base`'s rotated files (plain or .gz), oldest first, then `base` if it exists."""
-    found: list[tuple[int, Path]] = []
-    if base.parent.is_dir():
-        for candidate in base.parent.iterdir():
-            match = _ROTATED.match(candidate.name)
-            if match and match["base"] == base.name:
-                found.append((int(match["n"]), candidate))
-    files = [p for _, p in sorted(found, key=lambda item: item[0], reverse=True)]
-    if base.is_file():
-        files.append(base)
-    return files
 
 
 def _first_seq(path: Path) -> int | None:
@@ -84,7 +69,7 @@ def log_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for given in paths:
         path = Path(given)
-        one = _ROTATED.match(path.name) is not None and path.is_file()
+        one = ROTATED.match(path.name) is not None and path.is_file()
         found = [path] if one else rotated_files(path)
         if not found:
             raise ReplayError(f"{path}: no such message log")
@@ -143,11 +128,21 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
             yield Damaged(str(path), 0, offset, f"unreadable: {exc}", last_seq)
 
 
+_NUMBER = (int, float)
+
+
 def _is_record(record: Any) -> bool:
+    """Whether every key the tool reads is there (or optional) with the right type."""
     get = record.get if type(record) is dict else None
-    return (get is not None and type(get("seq")) is int and get("kind") in RECORD_KINDS
-            and type(get("ts")) is str and type(get("sender")) is str
-            and type(get("receiver")) is str and type(get("message")) is str)
+    if (get is None or type(get("seq")) is not int or get("kind") not in RECORD_KINDS
+            or type(get("ts")) is not str or type(get("sender")) is not str
+            or type(get("receiver")) is not str or type(get("message")) is not str
+            or type(get("fields", {})) is not dict or type(get("run", "")) is not str):
+        return False
+    corr, duration, error = get("corr"), get("duration_ms"), get("error")
+    return ((corr is None or type(corr) is int)
+            and (duration is None or (type(duration) in _NUMBER and math.isfinite(duration)))
+            and (error is None or type(error) is dict))
 
 
 # --- filters ----------------------------------------------------------------------------
@@ -423,6 +418,7 @@ def _ms(value: float | None) -> str:
 # --- timeline ---------------------------------------------------------------------------
 
 
+_FOLLOW_BLOCK = 1 << 20
 _ARROWS = {"tell": "->", "ask": "=>", "reply": "<-", "error": "<!"}
 _FIELD_CHARS = 160
 
@@ -454,50 +450,70 @@ def follow(base: Path, emit: Callable[[Record | Damaged], None], *, last: int = 
            poll_s: float = 0.2, should_stop: Callable[[], bool] = lambda: False) -> None:
     """Like `tail -f`: the last `last` records of the live file, then each new one.
 
-    A rotation (the file replaced by a new, shorter one) is followed to the
-    new file. Runs until `should_stop()` or Ctrl-C.
+    The file is read in blocks, so memory stays small whatever its size. On a
+    rotation (the name now holds another, new file) the old file is read to
+    its end first, then the new one from its start. Runs until `should_stop()`
+    or Ctrl-C.
     """
     if not base.exists():
         raise ReplayError(f"{base}: no such message log")
-    tail: list[Record | Damaged] = []
-    handle = open(base, "rb")  # noqa: SIM115 - reopened on rotation, closed at the end
+    tail: deque[Record | Damaged] = deque(maxlen=last)
+    reader = _LineReader(base)
     try:
-        pending = b""
-        number = 0
-        inode = os.fstat(handle.fileno()).st_ino
-        first = True
+        for item in reader.items():
+            tail.append(item)
+        for item in tail:
+            emit(item)
         while not should_stop():
-            chunk = handle.read()
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    number += 1
-                    item = _parse_line(raw, str(base), number)
-                    if item is None:
-                        continue
-                    if first:
-                        tail.append(item)
-                        del tail[:-last]
-                    else:
-                        emit(item)
+            fresh = False
+            for item in reader.items():
+                emit(item)
+                fresh = True
+            if fresh:
                 continue
-            if first:
-                for item in tail:
+            if reader.replaced():
+                for item in reader.items():  # what the old file got before it moved
                     emit(item)
-                first = False
-            try:
-                now = os.stat(base)
-            except FileNotFoundError:
-                now = None
-            if now is not None and (now.st_ino != inode or now.st_size < handle.tell()):
-                handle.close()
-                handle = open(base, "rb")  # noqa: SIM115
-                inode, pending, number = os.fstat(handle.fileno()).st_ino, b"", 0
+                reader.close()
+                reader = _LineReader(base)
                 continue
             time.sleep(poll_s)
     finally:
-        handle.close()
+        reader.close()
+
+
+class _LineReader:
+    """Whole lines appended to one open file, read in blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.inode = os.fstat(self.handle.fileno()).st_ino
+        self.pending = b""
+        self.number = 0
+
+    def items(self) -> Iterator[Record | Damaged]:
+        while True:
+            block = self.handle.read(_FOLLOW_BLOCK)
+            if not block:
+                return
+            *lines, self.pending = (self.pending + block).split(b"\n")
+            for raw in lines:
+                self.number += 1
+                item = _parse_line(raw, str(self.path), self.number)
+                if item is not None:
+                    yield item
+
+    def replaced(self) -> bool:
+        """Whether the name now holds another file (rotated) or a shorter one (truncated)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # between the rename and the new file; look again later
+        return now.st_ino != self.inode or now.st_size < self.handle.tell()
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 def _parse_line(raw: bytes, file: str, number: int) -> Record | Damaged | None:

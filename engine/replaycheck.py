@@ -167,8 +167,12 @@ class Checker:
             except ValueError:
                 return
         task = (fields.get("task"), fields.get("version"))
+        if fields.get("terminal"):
+            # The run's forced last save, outside the budget; a next run starts afresh.
+            self._progress.pop(task, None)
+            return
         last = self._progress.get(task)
-        if last is not None and not fields.get("terminal") and at - last[0] < PROGRESS_INTERVAL_S:
+        if last is not None and at - last[0] < PROGRESS_INTERVAL_S:
             self._report(6, (last[1], seq), f"progress of task {task[0]}@{task[1]} saved "
                          f"{at - last[0]:.3f} s after the save of seq {last[1]} (at most one "
                          "a second, plus the terminal one)")

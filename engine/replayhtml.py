@@ -756,7 +756,7 @@ h1 { font-size: 16px; margin: 0 0 4px; }
 .span.task, .key.task { fill: #4ac26b; background: #4ac26b; }
 .span.fts, .key.fts { fill: #d4a72c; background: #d4a72c; }
 .span.mirror, .key.mirror { fill: #a475f9; background: #a475f9; }
-.span.sync, .key.sync { fill: #ff8182; background: #ff8182; }
+.span.sync, .key.sync { fill: #76b7b2; background: #76b7b2; }
 .span.state-error { fill: #cf222e; }
 .span.state-open { fill-opacity: 0.55; stroke: #1f2328; stroke-dasharray: 3 2; }
 .span-label { font-size: 10px; fill: #1f2328; pointer-events: none; }

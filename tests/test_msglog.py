@@ -116,6 +116,28 @@ def test_a_record_cut_short_by_a_crash_is_skipped_but_others_are_not(tmp_path: P
         list(iter_records(path))
 
 
+def test_a_run_after_a_crash_continues_the_sequence_even_after_a_large_record(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    first = MessageLog(MessageLogConfig(payload="full"), path)
+    first.start()
+    first.record("ask", "a", "writer", "writer.execute", Execute(sql="SELECT 1", params=()), 1)
+    # Full payloads: one record of a few hundred rows is longer than any fixed tail.
+    first.record("ask", "a", "writer", "writer.execute",
+                 Execute(sql="SELECT ?", params=("x" * 200_000,)), 2)
+    first.close()
+    with path.open("ab") as handle:  # the crash: a record cut short
+        handle.write(b'{"seq": 3, "ts": "2026')
+
+    second = MessageLog(MessageLogConfig(payload="full"), path)
+    second.start()
+    second.record("tell", "a", "b", "x.y", None, 1)
+    second.close()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[2] == b'{"seq": 3, "ts": "2026'  # ended, so the next record is whole
+    assert [json.loads(line)["seq"] for line in (lines[0], lines[1], lines[3])] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("payload", ["summary", "full"])
 def test_secrets_never_reach_the_log(make_config: Callable[..., Config], payload: str) -> None:
     secret = "hunter2-very-secret"

@@ -632,3 +632,24 @@ def test_replay_help_shows_the_options(capsys: pytest.CaptureFixture[str]) -> No
     for option in ("LOG", "--actor", "--kind", "--since", "--until", "--corr", "--run",
                    "--timeline", "--follow", "--check", "--json"):
         assert option in out, option
+
+
+def test_records_with_a_key_of_the_wrong_type_are_damaged_lines_not_crashes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = HandLog()
+    log.call("facade", "writer", "writer.execute", {"sql": "INSERT"})
+    good = log.records[:]
+    bad = [{**good[1], "duration_ms": "5"}, {**good[1], "error": "boom", "kind": "error"},
+           {**good[0], "fields": [1]}, {**good[0], "corr": [1]}, {**good[0], "run": 7}]
+    path = tmp_path / "messages.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*good, *bad]))
+    code, out, err = replay(capsys, path)
+    assert (code, err) == (0, "")
+    assert f"damaged lines: {len(bad)} (skipped)" in out
+    assert "2 records" in out
+    code, out, err = replay(capsys, path, "--timeline")
+    assert code == 0 and len(out.splitlines()) == 2
+    assert err.count("not a message record") == len(bad)
+    code, out, err = replay(capsys, path, "--check")
+    assert code == 1 and err == ""
+    assert out.count("not a message record") == len(bad)

@@ -289,8 +289,9 @@ def valid_log() -> HandLog:
     log.answer(first, {"rows": 50})
     log.answer(write, {"changes": 1})
     log.call("backfill", "writer", "writer.chunk", {"task": "last_seen", "rows": 50})
-    # Progress saved a second apart, then the terminal save right after.
-    for at_s, terminal in ((1000.0, False), (1001.2, False), (1001.3, True)):
+    # Progress saved a second apart, the terminal save right after, then the first save
+    # of the task's next run (resumed after a cancel, say) straight away.
+    for at_s, terminal in ((1000.0, False), (1001.2, False), (1001.3, True), (1001.31, False)):
         log.call("progress", "writer", "writer.task_progress",
                  {"task": "last_seen", "version": 1, "at": at_s, "terminal": terminal})
     # The live mirror path.
