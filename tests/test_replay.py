@@ -653,3 +653,17 @@ def test_records_with_a_key_of_the_wrong_type_are_damaged_lines_not_crashes(
     code, out, err = replay(capsys, path, "--check")
     assert code == 1 and err == ""
     assert out.count("not a message record") == len(bad)
+
+
+def test_a_timeline_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    log = HandLog()
+    for i in range(3000):  # far more than a pipe holds
+        log.call("facade", "writer", "writer.execute", {"sql": f"INSERT {i}"})
+    path = log.write(tmp_path / "messages.jsonl")
+    process = sqlwarden("replay", str(path), "--timeline")
+    assert process.stdout is not None and process.stderr is not None
+    assert " 1 ask " in process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 0
+    assert err == ""
