@@ -25,6 +25,29 @@ from .mariadb import MariaDB, MirrorDb, available
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+#: The two tables the generator source fills, as lines under `tables:` (registry
+#: with an FTS index on name and body). A config template takes it through a
+#: `{generator_tables}` field.
+GENERATOR_TABLES = """\
+  registry:
+    columns:
+      id: {type: integer, primary_key: true}
+      org: {type: text, not_null: true}
+      name: {type: text, not_null: true}
+      body: text
+      updated_at: {type: timestamp, not_null: true}
+      last_seen: timestamp
+    fts: [name, body]
+  observations:
+    columns:
+      id: {type: integer, primary_key: true}
+      registry_id: {type: integer, not_null: true, references: registry.id}
+      observed_at: {type: timestamp, not_null: true}
+      value: real
+      unit: {type: text, not_null: true}
+"""
+
 #: A small schema with an FTS table, an index and a foreign key.
 SITES_YAML = """\
 database:

@@ -17,7 +17,7 @@ from engine.facade import Engine
 from engine.msglog import iter_records
 from engine.protocol import Reconcile
 
-from .conftest import count_rows, run_sqlwarden
+from .conftest import GENERATOR_TABLES, count_rows, run_sqlwarden
 from .mariadb import MirrorDb
 from .test_replay import HandLog, replay
 
@@ -34,23 +34,7 @@ FAST_MIRROR = """\
 ENGINE_YAML = """\
 database: {{path: {folder}/device.db}}
 tables:
-  registry:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      org: {{type: text, not_null: true}}
-      name: {{type: text, not_null: true}}
-      body: text
-      updated_at: {{type: timestamp, not_null: true}}
-      last_seen: timestamp
-    fts: [name, body]
-  observations:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      registry_id: {{type: integer, not_null: true, references: registry.id}}
-      observed_at: {{type: timestamp, not_null: true}}
-      value: real
-      unit: {{type: text, not_null: true}}
-  notes:
+{generator_tables}  notes:
     columns:
       id: {{type: integer, primary_key: true}}
       body: text
@@ -86,7 +70,8 @@ def engine_config(folder: Path, *, registry: int = 2000, observations: int = 600
     on it, a notes table for foreground writes and, with `mirror_dsn`, its mirror."""
     mirror = "" if mirror_dsn is None else (
         f"mirror:\n  dsn: {mirror_dsn}\n  scope: dev1\n  tables: [notes]\n{FAST_MIRROR}")
-    text = ENGINE_YAML.format(folder=folder, registry=registry, observations=observations,
+    text = ENGINE_YAML.format(generator_tables=GENERATOR_TABLES, folder=folder,
+                              registry=registry, observations=observations,
                               yield_ms=yield_ms, max_mb=max_mb, mirror=mirror)
     return parse_config(text, file="device.yaml", base_dir=folder)
 

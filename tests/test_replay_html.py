@@ -31,6 +31,8 @@ from engine.facade import Engine
 from engine.replay import Filter, log_files
 from engine.replayhtml import write_html
 
+from .conftest import GENERATOR_TABLES
+
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "var/test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,23 +46,7 @@ CONFIG = """\
 database:
   path: {data}/replay.db
 tables:
-  registry:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      org: {{type: text, not_null: true}}
-      name: {{type: text, not_null: true}}
-      body: text
-      updated_at: {{type: timestamp, not_null: true}}
-      last_seen: timestamp
-    fts: [name, body]
-  observations:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      registry_id: {{type: integer, not_null: true, references: registry.id}}
-      observed_at: {{type: timestamp, not_null: true}}
-      value: real
-      unit: {{type: text, not_null: true}}
-    indexes:
+{generator_tables}    indexes:
       - [registry_id, observed_at]
 tasks:
   last_seen:
@@ -94,8 +80,8 @@ message_log:
 def run_engine(base: Path, payload: str = "summary") -> Path:
     """Sync the source, run the task, write one hostile row and fail one write; the log."""
     data = base / "data"
-    config = parse_config(CONFIG.format(data=data, payload=payload), file="replay.yaml",
-                          base_dir=base)
+    text = CONFIG.format(generator_tables=GENERATOR_TABLES, data=data, payload=payload)
+    config = parse_config(text, file="replay.yaml", base_dir=base)
     with Engine(config, start_tasks=False) as engine:
         assert engine.sync.run("demo", timeout=60).status == "ok"
         engine.tasks.start()
