@@ -188,13 +188,6 @@ def _brief(record: Record, us: int, kept: bool, detail: bool) -> _Brief:
                   _name(record.get("run")), text, error, kept)
 
 
-def _keeps(keep: Filter, record: Record) -> bool:
-    try:
-        return keep(record)
-    except (TypeError, AttributeError):  # a field of the wrong type cannot match a filter
-        return False
-
-
 # --- spans -------------------------------------------------------------------------------
 
 
@@ -499,7 +492,7 @@ def _survey(files: Sequence[Path], keep: Filter) -> _Survey:
         if us is None:
             survey.damaged += 1
             continue
-        kept = _keeps(keep, item)
+        kept = keep(item)
         spans.add(item, us, kept)
         if not kept:
             continue
@@ -571,7 +564,7 @@ class _Page:
             us = _epoch_us(item.get("ts"))
             if us is None:
                 continue
-            kept = _keeps(keep, item)
+            kept = keep(item)
             spans.add(item, us, kept)
             if kept and self._sampled(item):
                 self._item([0, self._record(_brief(item, us, True, True))])
