@@ -160,6 +160,8 @@ class MessageLogConfig:
     payload: str = "summary"
     max_mb: float = 64.0
     backups: int = 5
+    #: gzip each rotated file (on its own thread, so logging never waits for it)
+    compress: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -505,7 +507,7 @@ def _database(at: _At, base: Path, check_paths: bool) -> DatabaseConfig:
 
 
 def _message_log(at: _At, base: Path, check_paths: bool) -> MessageLogConfig:
-    keys = at.mapping(("enabled", "path", "payload", "max_mb", "backups"))
+    keys = at.mapping(("enabled", "path", "payload", "max_mb", "backups", "compress"))
     defaults = MessageLogConfig()
     path = _resolve(base, keys["path"].string()) if "path" in keys else None
     enabled = _opt(keys, "enabled", _At.boolean, defaults.enabled)
@@ -517,6 +519,7 @@ def _message_log(at: _At, base: Path, check_paths: bool) -> MessageLogConfig:
         payload=_opt(keys, "payload", lambda a: a.choice(PAYLOAD_MODES), defaults.payload),
         max_mb=_opt(keys, "max_mb", lambda a: a.number(0.01, 100_000), defaults.max_mb),
         backups=_opt(keys, "backups", lambda a: a.integer(0, 1000), defaults.backups),
+        compress=_opt(keys, "compress", _At.boolean, defaults.compress),
     )
 
 

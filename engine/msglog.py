@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import glob
 import gzip
 import itertools
 import json
@@ -18,6 +19,7 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ BOUND_VALUE_FIELDS = frozenset({"params", "rows"})
 #: In summary mode a longer string is cut to this many characters plus "...(N chars)".
 STRING_SUMMARY_CHARS = 200
 _TAIL_BLOCK = 65536
+_PARTIAL = ".partial"
 _SEQUENCE_SUMMARY_ITEMS = 8
 
 
@@ -70,6 +73,7 @@ class MessageLog:
         #: The engine's run id, also stored with the task rows it writes.
         self._run = run or secrets.token_hex(4)
         self._thread: threading.Thread | None = None
+        self._compressor: threading.Thread | None = None
         self._file: Any = None
         self._size = 0
         self.write_errors = 0
@@ -87,6 +91,8 @@ class MessageLog:
     def start(self) -> None:
         """Open the file and start the log thread; sequence numbers continue the file's."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        for partial in self._path.parent.glob(f"{glob.escape(self._path.name)}.*{_PARTIAL}"):
+            partial.unlink()  # a compression cut short by a stop; its plain file is there
         self._seq = itertools.count(_last_seq(self._path) + 1)
         self._open()
         self._thread = threading.Thread(target=self._run_loop, name="sqlwarden-msglog",
@@ -121,6 +127,7 @@ class MessageLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._wait_compressor()
 
     # --- log thread ---------------------------------------------------------------------
 
@@ -244,18 +251,45 @@ class MessageLog:
 
     def _rotate(self) -> None:
         self._file.close()
+        # The last rotated file is compressed before the files move up one.
+        self._wait_compressor()
         backups = self._config.backups
         if backups == 0:
             self._path.unlink(missing_ok=True)
         else:
-            oldest = _rotated(self._path, backups)
-            oldest.unlink(missing_ok=True)
+            for suffix in ("", ".gz"):
+                _rotated(self._path, backups, suffix).unlink(missing_ok=True)
             for i in range(backups - 1, 0, -1):
-                src = _rotated(self._path, i)
-                if src.exists():
-                    src.rename(_rotated(self._path, i + 1))
+                for suffix in ("", ".gz"):
+                    src = _rotated(self._path, i, suffix)
+                    if src.exists():
+                        src.rename(_rotated(self._path, i + 1, suffix))
             self._path.rename(_rotated(self._path, 1))
+            if self._config.compress:
+                self._compressor = threading.Thread(
+                    target=self._compress, args=(_rotated(self._path, 1),),
+                    name="sqlwarden-msglog-gzip", daemon=True)
+                self._compressor.start()
         self._open()
+
+    def _compress(self, path: Path) -> None:
+        """`path` to `path.gz`; the plain file goes only once the whole .gz is in place
+        (readers take the plain one while both exist)."""
+        partial = path.with_name(path.name + ".gz" + _PARTIAL)
+        try:
+            with open(path, "rb") as source, gzip.open(partial, "wb", compresslevel=6) as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            os.replace(partial, path.with_name(path.name + ".gz"))
+            path.unlink()
+        except OSError as exc:  # the plain file stays, and is read as it is
+            partial.unlink(missing_ok=True)
+            self.write_errors += 1
+            self.last_write_error = f"compressing {path.name}: {type(exc).__name__}: {exc}"
+
+    def _wait_compressor(self) -> None:
+        if self._compressor is not None:
+            self._compressor.join()
+            self._compressor = None
 
 
 class NullMessageLog(MessageLog):
@@ -280,8 +314,8 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def _rotated(path: Path, index: int) -> Path:
-    return path.with_name(f"{path.name}.{index}")
+def _rotated(path: Path, index: int, suffix: str = "") -> Path:
+    return path.with_name(f"{path.name}.{index}{suffix}")
 
 
 #: A rotated file of a log: `<base>.<n>`, or `<base>.<n>.gz` when compressed.
@@ -291,13 +325,17 @@ ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
 def log_files(path: str | os.PathLike[str]) -> list[Path]:
     """The log's rotated files (plain or .gz), oldest first, then the current file."""
     base = Path(path)
-    rotated: list[tuple[int, Path]] = []
+    rotated: dict[int, Path] = {}
     if base.parent.is_dir():
         for candidate in base.parent.iterdir():
             match = ROTATED.match(candidate.name)
             if match and match["base"] == base.name:
-                rotated.append((int(match["n"]), candidate))
-    files = [p for _, p in sorted(rotated, key=lambda item: item[0], reverse=True)]
+                n = int(match["n"])
+                # Both: the .gz is being written (or was, before a crash); the plain one
+                # is whole.
+                if n not in rotated or not match["gz"]:
+                    rotated[n] = candidate
+    files = [rotated[n] for n in sorted(rotated, reverse=True)]
     if base.is_file():
         files.append(base)
     return files

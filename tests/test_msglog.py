@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from engine.facade import Engine
 from engine.msglog import MessageLog, iter_records, log_files
 from engine.protocol import Execute, Message
 from engine.redact import REDACTED, Redactor
+from engine.replay import read_records
 
 from .conftest import site_row
 
@@ -105,6 +107,39 @@ def test_the_log_rotates_by_size_and_reads_back_in_order(tmp_path: Path) -> None
     seqs = [r["seq"] for r in iter_records(path)]
     assert seqs == list(range(seqs[0], 401))
     assert seqs[0] > 1
+
+
+def test_rotated_files_can_be_compressed_and_are_read_back_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    log = MessageLog(MessageLogConfig(max_mb=0.01, backups=3, compress=True), path)
+    log.start()
+    for i in range(400):
+        log.record("tell", "a", "b", "x.y", Execute(sql="SELECT " + "9" * 50, params=(i,)), i)
+    log.close()
+    assert log.write_errors == 0
+    files = log_files(path)
+    assert [f.name for f in files] == ["log.jsonl.3.gz", "log.jsonl.2.gz", "log.jsonl.1.gz",
+                                       "log.jsonl"]
+    assert not list(tmp_path.glob("*.partial"))
+    seqs = [r["seq"] for r in read_records(files) if isinstance(r, dict)]
+    assert seqs == list(range(seqs[0], 401))
+
+    # A stop in the middle of compressing leaves the plain file whole beside a partial
+    # .gz: the plain one is read, once, and the next run cleans up.
+    with gzip.open(files[2], "rb") as packed:
+        plain = packed.read()
+    files[2].with_suffix("").write_bytes(plain)
+    files[2].with_name("log.jsonl.1.gz.partial").write_bytes(b"cut")
+    assert [f.name for f in log_files(path)] == ["log.jsonl.3.gz", "log.jsonl.2.gz",
+                                                 "log.jsonl.1", "log.jsonl"]
+    again = [r["seq"] for r in read_records(log_files(path)) if isinstance(r, dict)]
+    assert again == seqs
+    log = MessageLog(MessageLogConfig(max_mb=0.01, backups=3, compress=True), path)
+    log.start()
+    log.record("tell", "a", "b", "x.y", None, 1)
+    log.close()
+    assert not list(tmp_path.glob("*.partial"))
+    assert [r["seq"] for r in read_records(log_files(path)) if isinstance(r, dict)][-1] == 401
 
 
 def test_a_record_cut_short_by_a_crash_is_skipped_but_others_are_not(tmp_path: Path) -> None:
