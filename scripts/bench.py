@@ -1668,7 +1668,7 @@ def table_check_dict(view: Any) -> dict[str, Any]:
     return {"number": view.number, "seconds": view.seconds, "sqlite_rows": table.sqlite_rows,
             "mirror_rows": table.mirror_rows, "ranges": table.ranges,
             "differing": table.differing, "copied": table.copied, "deleted": table.deleted,
-            "skipped": table.skipped}
+            "skipped": table.skipped, "sqlite_read": table.sqlite_read}
 
 
 class LagProbe(_Threads):
