@@ -159,6 +159,8 @@ class MessageLog:
             line = json.dumps(self._to_record(entry), ensure_ascii=False,
                               separators=(",", ":"), default=str) + "\n"
             data = line.encode("utf-8")
+            if self._file is None or self._file.closed:
+                self._open()  # an earlier rotation could not reopen it; try again
             if self._size and self._size + len(data) > self._max_bytes:
                 self._rotate()
             self._file.write(data)
@@ -169,9 +171,9 @@ class MessageLog:
 
     def _flush_file(self) -> None:
         try:
-            if self._file is not None:
+            if self._file is not None and not self._file.closed:
                 self._file.flush()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self.write_errors += 1
             self.last_write_error = f"{type(exc).__name__}: {exc}"
 
@@ -251,6 +253,13 @@ class MessageLog:
 
     def _rotate(self) -> None:
         self._file.close()
+        try:
+            self._shift()
+        finally:
+            # Whatever failed, the log goes on in a file (or tries again next record).
+            self._open()
+
+    def _shift(self) -> None:
         # The last rotated file is compressed before the files move up one.
         self._wait_compressor()
         backups = self._config.backups
@@ -270,16 +279,19 @@ class MessageLog:
                     target=self._compress, args=(_rotated(self._path, 1),),
                     name="sqlwarden-msglog-gzip", daemon=True)
                 self._compressor.start()
-        self._open()
 
     def _compress(self, path: Path) -> None:
         """`path` to `path.gz`; the plain file goes only once the whole .gz is in place
         (readers take the plain one while both exist)."""
         partial = path.with_name(path.name + ".gz" + _PARTIAL)
         try:
-            with open(path, "rb") as source, gzip.open(partial, "wb", compresslevel=6) as out:
-                shutil.copyfileobj(source, out, 1 << 20)
+            with open(path, "rb") as source, open(partial, "wb") as raw:
+                with gzip.open(raw, "wb", compresslevel=6) as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                raw.flush()
+                os.fsync(raw.fileno())  # whole on disk before the plain file goes
             os.replace(partial, path.with_name(path.name + ".gz"))
+            _fsync_folder(path.parent)
             path.unlink()
         except OSError as exc:  # the plain file stays, and is read as it is
             partial.unlink(missing_ok=True)
@@ -306,6 +318,14 @@ class NullMessageLog(MessageLog):
 
 def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -365,7 +385,7 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 def _last_seq(path: Path) -> int:
     """The sequence number of the last complete record in the log at `path`, or 0."""
     for file in reversed(log_files(path)):
-        seq = _file_last_seq(file)
+        seq = file_last_seq(file)
         if seq is not None:
             return seq
     return 0
@@ -379,27 +399,31 @@ def _seq_of(raw: bytes) -> int | None:
     return seq if type(seq) is int else None
 
 
-def _file_last_seq(file: Path) -> int | None:
+def file_last_seq(file: Path) -> int | None:
     """The last record's seq, read backwards block by block (a record may be large)."""
     if file.suffix == ".gz":
         last = None
-        with gzip.open(file, "rb") as compressed:
-            for raw in compressed:
-                last = _seq_of(raw) or last
+        try:
+            with gzip.open(file, "rb") as compressed:
+                for raw in compressed:
+                    last = _seq_of(raw) or last
+        except (OSError, EOFError):  # cut short (a power loss): what was read stands
+            pass
         return last
     with open(file, "rb") as handle:
         position = handle.seek(0, os.SEEK_END)
-        partial = b""
+        #: The line being gathered, its pieces from last to first.
+        pieces: list[bytes] = []
         while position > 0:
             step = min(_TAIL_BLOCK, position)
             position -= step
             handle.seek(position)
-            lines = (handle.read(step) + partial).split(b"\n")
-            # The first piece may be the end of a line that starts further back.
-            whole = lines if position == 0 else lines[1:]
-            for raw in reversed(whole):
-                seq = _seq_of(raw)
+            block = handle.read(step)
+            cut = len(block)
+            while (newline := block.rfind(b"\n", 0, cut)) >= 0:
+                seq = _seq_of(block[newline + 1:cut] + b"".join(reversed(pieces)))
                 if seq is not None:
                     return seq
-            partial = lines[0]
-    return None
+                pieces, cut = [], newline
+            pieces.append(block[:cut])
+        return _seq_of(b"".join(reversed(pieces)))  # the file's first line

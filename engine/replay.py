@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from engine.errors import ReplayError
-from engine.msglog import RECORD_KINDS, ROTATED
+from engine.msglog import RECORD_KINDS, ROTATED, file_last_seq
 from engine.msglog import log_files as rotated_files
 
 Record = dict[str, Any]
@@ -41,7 +41,14 @@ EXAMPLES = 20
 def _open(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
-    return open(path, "rb")
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        # A rotated file the engine compressed since it was listed.
+        packed = path.with_name(path.name + ".gz")
+        if ROTATED.match(path.name) is None or not packed.exists():
+            raise
+        return cast(IO[bytes], gzip.open(packed, "rb"))
 
 
 def _first_seq(path: Path) -> int | None:
@@ -459,27 +466,53 @@ def follow(base: Path, emit: Callable[[Record | Damaged], None], *, last: int = 
         raise ReplayError(f"{base}: no such message log")
     tail: deque[Record | Damaged] = deque(maxlen=last)
     reader = _LineReader(base)
+    shown = 0  # the last seq emitted
+
+    def show(item: Record | Damaged) -> None:
+        nonlocal shown
+        if isinstance(item, dict):
+            shown = max(shown, item["seq"])
+        emit(item)
+
     try:
         for item in reader.items():
             tail.append(item)
         for item in tail:
-            emit(item)
+            show(item)
         while not should_stop():
             fresh = False
             for item in reader.items():
-                emit(item)
+                show(item)
                 fresh = True
             if fresh:
                 continue
             if reader.replaced():
                 for item in reader.items():  # what the old file got before it moved
-                    emit(item)
+                    show(item)
                 reader.close()
+                # Files rotated in and out since (more than one rotation between looks).
+                for item in read_records(_newer_rotated(base, shown)):
+                    if not isinstance(item, dict) or item["seq"] > shown:
+                        show(item)
                 reader = _LineReader(base)
                 continue
             time.sleep(poll_s)
     finally:
         reader.close()
+
+
+def _newer_rotated(base: Path, shown: int) -> list[Path]:
+    """Rotated files of `base` that hold records after seq `shown`, oldest first."""
+    newer: list[Path] = []
+    for file in reversed(rotated_files(base)[:-1] if base.exists() else rotated_files(base)):
+        last = file_last_seq(file)
+        if last is not None and last <= shown:
+            break  # this one and every older one was shown
+        newer.insert(0, file)
+        first = _first_seq(file)
+        if first is None or first <= shown:
+            break
+    return newer
 
 
 class _LineReader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,41 @@ def test_rotated_files_can_be_compressed_and_are_read_back_in_order(tmp_path: Pa
     log.close()
     assert not list(tmp_path.glob("*.partial"))
     assert [r["seq"] for r in read_records(log_files(path)) if isinstance(r, dict)][-1] == 401
+
+
+def test_a_rotation_that_fails_does_not_stop_the_log(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    path = folder / "log.jsonl"
+    log = MessageLog(MessageLogConfig(max_mb=0.01, backups=2), path)
+    log.start()
+    execute = Execute(sql="SELECT " + "9" * 50, params=())
+    for i in range(50):
+        log.record("tell", "a", "b", "x.y", execute, i)
+    assert log.flush()
+    shutil.rmtree(folder)  # the rotations that come now cannot rename or reopen
+    for i in range(400):
+        log.record("tell", "a", "b", "x.y", execute, i)
+    assert log.flush()
+    assert log.write_errors > 0
+    folder.mkdir()
+    last = log.record("tell", "a", "b", "x.y", None, 0)
+    assert log.flush()
+    log.close()
+    assert [r["seq"] for r in iter_records(path)][-1] == last
+
+
+def test_a_compressed_file_cut_short_by_a_power_loss_does_not_stop_the_next_start(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    lines = b"".join(json.dumps({"seq": seq}).encode() + b"\n" for seq in range(1, 2001))
+    packed = gzip.compress(lines)
+    path.with_name("log.jsonl.1.gz").write_bytes(packed[:len(packed) // 2])
+    path.write_bytes(b"")
+    log = MessageLog(MessageLogConfig(), path)
+    log.start()
+    seq = log.record("tell", "a", "b", "x.y", None, 1)
+    log.close()
+    assert 1 < seq <= 2001  # after the last record that could be read
 
 
 def test_a_record_cut_short_by_a_crash_is_skipped_but_others_are_not(tmp_path: Path) -> None:

@@ -667,3 +667,55 @@ def test_a_timeline_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: 
     err = process.stderr.read()
     assert process.wait(timeout=60) == 0
     assert err == ""
+
+
+def test_follow_shows_every_record_when_the_log_rotated_twice_between_looks(
+        tmp_path: Path) -> None:
+    from engine.replay import follow
+
+    log = HandLog()
+    for i in range(30):
+        log.call("facade", "writer", "writer.execute", {"sql": f"INSERT {i}"})
+    path = tmp_path / "messages.jsonl"
+    first, second, third = log.records[:20], log.records[20:40], log.records[40:]
+    log.write(path, first)
+
+    def rotate(then: list[Record]) -> None:
+        if path.with_name("messages.jsonl.1").exists():
+            path.with_name("messages.jsonl.1").rename(path.with_name("messages.jsonl.2"))
+        path.rename(path.with_name("messages.jsonl.1"))
+        log.write(path, then)
+
+    seen: list[int] = []
+    looks = itertools.count()
+
+    def between_looks() -> bool:
+        # Called before each look at the file: the second look finds two rotations done.
+        if next(looks) == 1:
+            rotate(second)
+            rotate(third)
+        return bool(seen) and seen[-1] == 60
+
+    follow(path, lambda item: seen.append(item["seq"]) if isinstance(item, dict) else None,
+           poll_s=0, should_stop=between_looks)
+    assert seen == list(range(11, 61))
+
+
+def test_a_rotated_file_compressed_while_the_log_is_read_is_still_read(
+        tmp_path: Path) -> None:
+    from engine.replay import log_files, read_records
+
+    log = HandLog()
+    for i in range(20):
+        log.call("facade", "writer", "writer.execute", {"sql": f"INSERT {i}"})
+    path = tmp_path / "messages.jsonl"
+    rotated = path.with_name("messages.jsonl.1")
+    log.write(rotated, log.records[:20])
+    log.write(path, log.records[20:])
+    files = log_files([path])
+    assert files == [rotated, path]
+    # The engine compresses .1 after it was listed and before it is opened.
+    with gzip.open(rotated.with_name("messages.jsonl.1.gz"), "wb") as packed:
+        packed.write(rotated.read_bytes())
+    rotated.unlink()
+    assert [r["seq"] for r in read_records(files)] == list(range(1, 41))
