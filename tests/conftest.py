@@ -48,6 +48,18 @@ GENERATOR_TABLES = """\
       unit: {type: text, not_null: true}
 """
 
+#: A chunked task over GENERATOR_TABLES, as lines under `tasks:` (without chunk
+#: sizes: a template adds its own keys right after it). Taken through `{last_seen_task}`.
+LAST_SEEN_TASK = """\
+  last_seen:
+    table: registry
+    set:
+      last_seen: "(SELECT max(o.observed_at) FROM observations o WHERE o.registry_id = registry.id)"
+    where: >-
+      last_seen IS NULL
+      AND EXISTS (SELECT 1 FROM observations o WHERE o.registry_id = registry.id)
+"""
+
 #: A small schema with an FTS table, an index and a foreign key.
 SITES_YAML = """\
 database:

@@ -17,7 +17,7 @@ from engine.facade import Engine
 from engine.msglog import iter_records
 from engine.protocol import Reconcile
 
-from .conftest import GENERATOR_TABLES, count_rows, run_sqlwarden
+from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK, count_rows, run_sqlwarden
 from .mariadb import MirrorDb
 from .test_replay import HandLog, replay
 
@@ -39,14 +39,7 @@ tables:
       id: {{type: integer, primary_key: true}}
       body: text
 tasks:
-  last_seen:
-    table: registry
-    set:
-      last_seen: "(SELECT max(o.observed_at) FROM observations o WHERE o.registry_id = registry.id)"
-    where: >-
-      last_seen IS NULL
-      AND EXISTS (SELECT 1 FROM observations o WHERE o.registry_id = registry.id)
-    min_rows: 50
+{last_seen_task}    min_rows: 50
     max_rows: 50
     yield_ms: {yield_ms}
 sources:
@@ -70,7 +63,8 @@ def engine_config(folder: Path, *, registry: int = 2000, observations: int = 600
     on it, a notes table for foreground writes and, with `mirror_dsn`, its mirror."""
     mirror = "" if mirror_dsn is None else (
         f"mirror:\n  dsn: {mirror_dsn}\n  scope: dev1\n  tables: [notes]\n{FAST_MIRROR}")
-    text = ENGINE_YAML.format(generator_tables=GENERATOR_TABLES, folder=folder,
+    text = ENGINE_YAML.format(generator_tables=GENERATOR_TABLES,
+                              last_seen_task=LAST_SEEN_TASK, folder=folder,
                               registry=registry, observations=observations,
                               yield_ms=yield_ms, max_mb=max_mb, mirror=mirror)
     return parse_config(text, file="device.yaml", base_dir=folder)

@@ -31,7 +31,7 @@ from engine.facade import Engine
 from engine.replay import Filter, log_files
 from engine.replayhtml import write_html
 
-from .conftest import GENERATOR_TABLES
+from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "var/test-artifacts"
@@ -49,14 +49,7 @@ tables:
 {generator_tables}    indexes:
       - [registry_id, observed_at]
 tasks:
-  last_seen:
-    version: 1
-    table: registry
-    set:
-      last_seen: "(SELECT max(o.observed_at) FROM observations o WHERE o.registry_id = registry.id)"
-    where: >-
-      last_seen IS NULL
-      AND EXISTS (SELECT 1 FROM observations o WHERE o.registry_id = registry.id)
+{last_seen_task}    version: 1
     min_rows: 100
     max_rows: 100
     yield_ms: 0
@@ -80,7 +73,8 @@ message_log:
 def run_engine(base: Path, payload: str = "summary") -> Path:
     """Sync the source, run the task, write one hostile row and fail one write; the log."""
     data = base / "data"
-    text = CONFIG.format(generator_tables=GENERATOR_TABLES, data=data, payload=payload)
+    text = CONFIG.format(generator_tables=GENERATOR_TABLES, last_seen_task=LAST_SEEN_TASK,
+                         data=data, payload=payload)
     config = parse_config(text, file="replay.yaml", base_dir=base)
     with Engine(config, start_tasks=False) as engine:
         assert engine.sync.run("demo", timeout=60).status == "ok"

@@ -14,32 +14,21 @@ from engine.msglog import iter_records
 from engine.reexecute import reexecute
 from engine.replay import log_files
 
-from .conftest import count_rows, read_only, run_sqlwarden, table_digest
+from .conftest import (
+    GENERATOR_TABLES,
+    LAST_SEEN_TASK,
+    count_rows,
+    read_only,
+    run_sqlwarden,
+    table_digest,
+)
 
 DEVICE_YAML = """\
 database:
   path: {root}/data/device.db
   checkpoint_idle_ms: 600000
 tables:
-  registry:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      org: {{type: text, not_null: true}}
-      name: {{type: text, not_null: true}}
-      body: text
-      updated_at: {{type: timestamp, not_null: true}}
-      last_seen: timestamp
-    indexes:
-      - [org]
-    fts: [name, body]
-  observations:
-    columns:
-      id: {{type: integer, primary_key: true}}
-      registry_id: {{type: integer, not_null: true, references: registry.id}}
-      observed_at: {{type: timestamp, not_null: true}}
-      value: real
-      unit: {{type: text, not_null: true}}
-  orgs:
+{generator_tables}  orgs:
     columns:
       name: {{type: text, primary_key: true}}
       first_site: {{type: integer, not_null: true}}
@@ -50,15 +39,7 @@ tables:
       score: real
       payload: blob
 tasks:
-  last_seen:
-    table: registry
-    set:
-      last_seen: >-
-        (SELECT max(o.observed_at) FROM observations o WHERE o.registry_id = registry.id)
-    where: >-
-        last_seen IS NULL
-        AND EXISTS (SELECT 1 FROM observations o WHERE o.registry_id = registry.id)
-    min_rows: 40
+{last_seen_task}    min_rows: 40
     max_rows: 40
   units:
     table: observations
@@ -97,7 +78,9 @@ TABLES = ("registry", "observations", "orgs", "notes")
 def device(tmp_path: Path, payload: str = "full") -> tuple[Path, Config]:
     """The config file of a device whose engine logs `payload`, and the config it holds."""
     path = tmp_path / "device.yaml"
-    path.write_text(DEVICE_YAML.format(root=tmp_path, payload=payload))
+    path.write_text(DEVICE_YAML.format(generator_tables=GENERATOR_TABLES,
+                                       last_seen_task=LAST_SEEN_TASK, root=tmp_path,
+                                       payload=payload))
     return path, parse_config(path.read_text(), file=str(path), base_dir=tmp_path)
 
 
