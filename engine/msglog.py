@@ -3,8 +3,8 @@
 Senders call `MessageLog.record()`, which only numbers the record and queues
 it; messages are immutable, so the log thread can summarise, redact and
 serialise them later without holding anyone up. Files rotate by size
-(`messages.jsonl`, `messages.jsonl.1`, ... oldest last) and `iter_records`
-reads them back in order for the replay tool.
+(`messages.jsonl`, `messages.jsonl.1`, ... oldest last); `engine.replay`
+reads them back in order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -359,27 +358,6 @@ def log_files(path: str | os.PathLike[str]) -> list[Path]:
     if base.is_file():
         files.append(base)
     return files
-
-
-def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Every record in the log at `path` and its rotated files, oldest first.
-
-    A last line cut short by a crash is skipped; any other unreadable line
-    raises `ValueError` naming the file and line.
-    """
-    for file in log_files(path):
-        with open(file, "rb") as handle:
-            lines = handle.read().split(b"\n")
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield json.loads(raw)
-            except ValueError:
-                is_last = all(not rest.strip() for rest in lines[number:])
-                if is_last:
-                    return
-                raise ValueError(f"{file}:{number}: not a JSON record") from None
 
 
 def _last_seq(path: Path) -> int:

@@ -30,6 +30,7 @@ from engine.msglog import log_files as rotated_files
 
 Record = dict[str, Any]
 
+TORN = "torn last line (cut short by a crash?)"
 NOT_A_RECORD = "not a message record (a key is missing or of the wrong type)"
 #: Examples kept of damaged lines and errors (the counts are always complete).
 EXAMPLES = 20
@@ -122,8 +123,7 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
                     except ValueError:
                         torn = not raw.endswith(b"\n")
                         yield Damaged(str(path), number, start,
-                                      "torn last line (cut short by a crash?)" if torn
-                                      else "not a JSON record", last_seq)
+                                      TORN if torn else "not a JSON record", last_seq)
                         continue
                     if not _is_record(record):
                         yield Damaged(str(path), number, start,
@@ -150,6 +150,19 @@ def _is_record(record: Any) -> bool:
     return ((corr is None or type(corr) is int)
             and (duration is None or (type(duration) in _NUMBER and math.isfinite(duration)))
             and (error is None or type(error) is dict))
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Every record of the log at `path` (with its rotated files), oldest first.
+
+    The strict reader: a torn last line is skipped, any other damaged line
+    raises `ValueError` naming its file and line.
+    """
+    for item in read_records(rotated_files(path)):
+        if isinstance(item, dict):
+            yield item
+        elif item.reason != TORN:
+            raise ValueError(f"{item.file}:{item.line}: {item.reason}")
 
 
 # --- filters ----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from engine.config import Config, parse_config
 from engine.errors import FtsError, NotReady
 from engine.facade import Engine
 from engine.fts import CAPTURE_PREFIX, read_deferral
-from engine.msglog import iter_records
 from engine.protocol import FtsTick
+from engine.replay import iter_records
 
 from .conftest import ROOT, read_only, run_sqlwarden, wait_until
 from .fts_driver import doc

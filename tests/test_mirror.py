@@ -25,8 +25,8 @@ import pytest
 from engine.config import Config, parse_config
 from engine.errors import MirrorError, MirrorUnavailable
 from engine.facade import Engine
-from engine.msglog import iter_records
 from engine.mysql import mariadb_real
+from engine.replay import iter_records
 
 from .conftest import ROOT, files_under, read_only
 from .mariadb import MirrorDb

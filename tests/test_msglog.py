@@ -16,10 +16,10 @@ import pytest
 from engine.config import Config, MessageLogConfig
 from engine.errors import UnexpectedMessage, WriteError
 from engine.facade import Engine
-from engine.msglog import MessageLog, iter_records, log_files
+from engine.msglog import MessageLog, log_files
 from engine.protocol import Execute, Message
 from engine.redact import REDACTED, Redactor
-from engine.replay import read_records
+from engine.replay import iter_records, read_records
 
 from .conftest import site_row
 
@@ -180,9 +180,11 @@ def test_a_compressed_file_cut_short_by_a_power_loss_does_not_stop_the_next_star
 
 def test_a_record_cut_short_by_a_crash_is_skipped_but_others_are_not(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
-    path.write_text(json.dumps({"seq": 1}) + "\n" + '{"seq": 2, "ki')
+    whole = {"ts": "2026-01-01T00:00:00.000000+00:00", "run": "r", "kind": "tell",
+             "sender": "a", "receiver": "b", "message": "x.y", "fields": {}, "corr": 1}
+    path.write_text(json.dumps({"seq": 1, **whole}) + "\n" + '{"seq": 2, "ki')
     assert [r["seq"] for r in iter_records(path)] == [1]
-    path.write_text('{"seq": 1\n' + json.dumps({"seq": 2}) + "\n")
+    path.write_text('{"seq": 1\n' + json.dumps({"seq": 2, **whole}) + "\n")
     with pytest.raises(ValueError, match=r"log\.jsonl:1: not a JSON record"):
         list(iter_records(path))
 

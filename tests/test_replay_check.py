@@ -14,8 +14,8 @@ import pytest
 
 from engine.config import Config, parse_config
 from engine.facade import Engine
-from engine.msglog import iter_records
 from engine.protocol import Reconcile
+from engine.replay import iter_records
 
 from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK, count_rows, run_sqlwarden
 from .mariadb import MirrorDb

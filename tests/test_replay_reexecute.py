@@ -10,9 +10,8 @@ import apsw
 
 from engine.config import Config, parse_config
 from engine.facade import Engine
-from engine.msglog import iter_records
 from engine.reexecute import reexecute
-from engine.replay import log_files
+from engine.replay import iter_records, log_files
 
 from .conftest import (
     GENERATOR_TABLES,

@@ -21,8 +21,8 @@ from engine.cli import main
 from engine.config import Config, TaskConfig, parse_config
 from engine.errors import ConfigError, NotReady, TaskConflict, UnknownTask
 from engine.facade import Engine
-from engine.msglog import iter_records
 from engine.protocol import ProgressEvent, WriterStatus
+from engine.replay import iter_records
 
 from .conftest import read_only, sqlwarden, table_digest, wait_until
 
