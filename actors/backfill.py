@@ -23,32 +23,29 @@ from typing import Any
 
 import apsw
 
-from actors.base import DEFERRED, BaseActor
-from engine.bus import Answer, Envelope
-from engine.config import Config
-from engine.errors import (
+from sqlwarden.actors.base import DEFERRED, BaseActor
+from sqlwarden.actors.bus import Answer, Envelope
+from sqlwarden.config import Config
+from sqlwarden.db.connect import open_reader
+from sqlwarden.errors import (
     EngineError,
     EngineStopped,
     TaskConflict,
     UnexpectedMessage,
     UnknownTask,
 )
-from engine.protocol import (
-    ChunkResult,
+from sqlwarden.protocol import (
     ControlTask,
     Message,
     NextChunk,
     ProgressEvent,
     RunChunk,
     SaveTask,
-    SqlValue,
     StartTasks,
     TasksStatus,
-    TaskView,
     WaitTasks,
 )
-from engine.sqlite import open_reader
-from engine.tasks import (
+from sqlwarden.tasks.chunks import (
     TERMINAL,
     ChunkSizer,
     TaskPlan,
@@ -60,6 +57,7 @@ from engine.tasks import (
     read_task_rows,
     snapshot_bound,
 )
+from sqlwarden.views import ChunkResult, SqlValue, TaskView
 
 log = logging.getLogger(__name__)
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pykka
 
-from engine.bus import Answer, Bus, Envelope
-from engine.errors import EngineStopped, UnexpectedMessage
-from engine.protocol import Message
-from engine.supervisor import Supervisor, is_fatal
+from sqlwarden.actors.bus import Answer, Bus, Envelope
+from sqlwarden.errors import EngineStopped, UnexpectedMessage
+from sqlwarden.futures import Future
+from sqlwarden.protocol import Message
+from sqlwarden.supervisor import Supervisor, is_fatal
 
 
 class _Deferred:
@@ -39,7 +39,7 @@ class BaseActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, *, bus: Bus, supervisor: Supervisor,
-                 ready: pykka.Future[None] | None = None) -> None:
+                 ready: Future[None] | None = None) -> None:
         super().__init__()
         self.bus = bus
         self.supervisor = supervisor
@@ -63,7 +63,7 @@ class BaseActor(pykka.ThreadingActor):
         except Exception as exc:
             self.supervisor.report(self.name, "start", exc)
             if self._ready is not None:
-                self._ready.set_exception(sys.exc_info())
+                self._ready.set_exception(exc)
             # Stopping, not raising: pykka would log a traceback for what is
             # often the user's input (a file that is not a database, say).
             self.stop()

@@ -24,27 +24,23 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from actors.base import DEFERRED, BaseActor
-from engine.bus import Answer, Envelope
-from engine.config import Config
-from engine.errors import EngineStopped, UnexpectedMessage
-from engine.protocol import (
+from sqlwarden.actors.base import DEFERRED, BaseActor
+from sqlwarden.actors.bus import Answer, Envelope
+from sqlwarden.config import Config
+from sqlwarden.errors import EngineStopped, UnexpectedMessage
+from sqlwarden.protocol import (
     BeginCatchUp,
     DeferFts,
     EndCatchUp,
-    FtsDeferralView,
-    FtsInspection,
-    FtsLease,
-    FtsRestoreResult,
     FtsStatus,
     FtsTick,
-    FtsView,
     InspectFts,
     Message,
     RestoreFts,
     RestoreFtsNow,
     UpdateFtsDeferral,
 )
+from sqlwarden.views import FtsDeferralView, FtsInspection, FtsLease, FtsRestoreResult, FtsView
 
 log = logging.getLogger(__name__)
 

@@ -15,26 +15,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.base import DEFERRED, BaseActor
-from engine.bus import Envelope
-from engine.config import Config
-from engine.errors import MirrorError, MirrorUnavailable, UnexpectedMessage
-from engine.mirror import ACTOR, MirrorWorker
-from engine.protocol import (
+from sqlwarden.actors.base import DEFERRED, BaseActor
+from sqlwarden.actors.bus import Envelope
+from sqlwarden.config import Config
+from sqlwarden.errors import MirrorError, MirrorUnavailable, UnexpectedMessage
+from sqlwarden.mirror.session import ACTOR, MirrorWorker
+from sqlwarden.protocol import (
     Drained,
     Message,
     MirrorBoot,
     MirrorDown,
     MirrorStatus,
     MirrorUp,
-    MirrorView,
     Reconcile,
     ReconcileBegun,
     Reconciled,
-    ReconcileView,
     Verify,
 )
-from engine.redact import Redactor
+from sqlwarden.redact import Redactor
+from sqlwarden.views import MirrorView, ReconcileView
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.base import BaseActor
-from engine.bus import Answer, Envelope
-from engine.config import Config
-from engine.errors import UnexpectedMessage
-from engine.protocol import (
-    Message,
-    ProgressEvent,
-    ProgressSnapshot,
-    ProgressView,
-    SaveProgress,
-)
-from engine.tasks import RateMeter
+from sqlwarden.actors.base import BaseActor
+from sqlwarden.actors.bus import Answer, Envelope
+from sqlwarden.config import Config
+from sqlwarden.errors import UnexpectedMessage
+from sqlwarden.protocol import Message, ProgressEvent, ProgressSnapshot, SaveProgress
+from sqlwarden.tasks.chunks import RateMeter
+from sqlwarden.views import ProgressView
 
 log = logging.getLogger(__name__)
 

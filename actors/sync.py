@@ -22,12 +22,12 @@ from typing import Any
 
 import apsw
 
-from actors.base import DEFERRED, BaseActor
-from engine import sync
-from engine.bus import Answer, Envelope
-from engine.config import Config, SourceConfig
-from engine.errors import EngineStopped, SyncBusy, UnexpectedMessage, UnknownSource
-from engine.protocol import (
+from sqlwarden.actors.base import DEFERRED, BaseActor
+from sqlwarden.actors.bus import Answer, Envelope
+from sqlwarden.config import Config, SourceConfig
+from sqlwarden.db.connect import open_reader
+from sqlwarden.errors import EngineStopped, SyncBusy, UnexpectedMessage, UnknownSource
+from sqlwarden.protocol import (
     EndSyncRun,
     Message,
     ProgressEvent,
@@ -35,16 +35,15 @@ from engine.protocol import (
     PumpProgress,
     ReapSyncRuns,
     RunSource,
-    SourceView,
     StartSyncRun,
     SyncBoot,
-    SyncRunView,
     SyncStatus,
     SyncTick,
     WaitSources,
 )
-from engine.redact import Redactor
-from engine.sqlite import open_reader
+from sqlwarden.redact import Redactor
+from sqlwarden.sync import runs as sync
+from sqlwarden.views import SourceView, SyncRunView
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.base import DEFERRED, BaseActor
-from engine.bus import Envelope
-from engine.config import Config
-from engine.errors import EngineStopped, UnexpectedMessage
-from engine.protocol import (
+from sqlwarden.actors.base import DEFERRED, BaseActor
+from sqlwarden.actors.bus import Envelope
+from sqlwarden.config import Config
+from sqlwarden.db.connect import new_database_undone_on_error, open_writer
+from sqlwarden.db.schema import apply_schema
+from sqlwarden.db.writer import WriterCore
+from sqlwarden.errors import EngineStopped, UnexpectedMessage
+from sqlwarden.protocol import (
     BOOKKEEPING_WRITES,
     FOREGROUND_WRITES,
     Checkpoint,
@@ -31,10 +34,7 @@ from engine.protocol import (
     UpsertRows,
     WriterStatus,
 )
-from engine.schema import apply_schema
-from engine.sqlite import new_database_undone_on_error, open_writer
-from engine.tasks import TaskPlan
-from engine.writer import WriterCore
+from sqlwarden.tasks.chunks import TaskPlan
 
 log = logging.getLogger(__name__)
 

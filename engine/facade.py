@@ -22,18 +22,17 @@ from typing import Any, Literal, cast, overload
 import apsw
 import pykka
 
-from actors.backfill import BackfillActor
-from actors.fts import FtsControllerActor
-from actors.mirror import MirrorActor
-from actors.progress import ProgressActor
-from actors.sync import SyncActor
-from actors.writer import WriterActor
-from engine import fts as fts_sql
-from engine import mirror as mirror_sql
-from engine import sync as sync_sql
-from engine.bus import Bus
-from engine.config import Config, TableConfig, TaskConfig, load_config, validate_task
-from engine.errors import (
+from sqlwarden.actors.backfill import BackfillActor
+from sqlwarden.actors.bus import Bus
+from sqlwarden.actors.fts import FtsControllerActor
+from sqlwarden.actors.mirror import MirrorActor
+from sqlwarden.actors.progress import ProgressActor
+from sqlwarden.actors.sync import SyncActor
+from sqlwarden.actors.writer import WriterActor
+from sqlwarden.config import Config, TableConfig, TaskConfig, load_config, validate_task
+from sqlwarden.db.connect import file_size
+from sqlwarden.db.readers import ReaderPool
+from sqlwarden.errors import (
     BadRowError,
     EngineError,
     EngineStopped,
@@ -43,55 +42,59 @@ from engine.errors import (
     TaskError,
     WriteError,
 )
-from engine.msglog import MessageLog, NullMessageLog
-from engine.protocol import (
+from sqlwarden.fts import deferral as fts_sql
+from sqlwarden.futures import Future, Timeout
+from sqlwarden.mirror import session as mirror_sql
+from sqlwarden.msglog.log import MessageLog, NullMessageLog
+from sqlwarden.protocol import (
     BeginCatchUp,
     Checkpoint,
-    CheckpointResult,
     ControlTask,
     EndCatchUp,
     Execute,
     ExecuteBatch,
-    FtsLease,
     FtsStatus,
     FtsTick,
-    FtsView,
     InsertRows,
     Message,
     MirrorBoot,
     MirrorStatus,
-    MirrorView,
     ProgressSnapshot,
-    ProgressView,
     Reconcile,
-    ReconcileView,
     RestoreFtsNow,
-    Row,
     RunSource,
     SetMeta,
-    SourceView,
     StartTasks,
     Statement,
     SyncBoot,
-    SyncRunView,
     SyncStatus,
     TableChecksums,
     TasksStatus,
-    TaskView,
     UpsertRows,
     Verify,
     WaitSources,
     WaitTasks,
-    WriteResult,
-    WriterState,
     WriterStatus,
 )
-from engine.readers import ReaderPool
-from engine.redact import Redactor
-from engine.sqlite import file_size
-from engine.statusd import StatusServer
-from engine.supervisor import Failure, Supervisor
-from engine.tasks import TaskPlan, read_task_rows
+from sqlwarden.redact import Redactor
+from sqlwarden.statusd import StatusServer
+from sqlwarden.supervisor import Failure, Supervisor
+from sqlwarden.sync import runs as sync_sql
+from sqlwarden.tasks.chunks import TaskPlan, read_task_rows
+from sqlwarden.views import (
+    CheckpointResult,
+    FtsLease,
+    FtsView,
+    MirrorView,
+    ProgressView,
+    ReconcileView,
+    Row,
+    SourceView,
+    SyncRunView,
+    TaskView,
+    WriteResult,
+    WriterState,
+)
 
 FACADE = "facade"
 #: How long stopping waits for an actor to commit what is queued and close.
@@ -223,7 +226,7 @@ class Engine:
 
     def _start_actor(self, actor_class: Any, **kwargs: Any) -> None:
         assert self._bus is not None
-        ready: pykka.Future[None] = pykka.ThreadingFuture()
+        ready: Future[None] = Future()
         ref = actor_class.start(bus=self._bus, supervisor=self.supervisor, ready=ready, **kwargs)
         self._actors.append((actor_class.name, ref))
         # No timeout: setup may rebuild a large index, and on_start always answers.
@@ -250,7 +253,7 @@ class Engine:
         log_config = self.config.message_log
         if not (log_config.enabled and log_config.payload == "full"):
             return
-        with contextlib.suppress(EngineError, pykka.Timeout):
+        with contextlib.suppress(EngineError):
             self._ask("writer", TableChecksums(), timeout=STOP_TIMEOUT_S)
 
     def _shutdown(self, *, checksums: bool = False) -> None:
@@ -309,11 +312,11 @@ class Engine:
     @overload
     def write_many(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
                    columns: Sequence[str] | None = None,
-                   wait: Literal[False]) -> pykka.Future[WriteResult]: ...
+                   wait: Literal[False]) -> Future[WriteResult]: ...
 
     def write_many(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
                    columns: Sequence[str] | None = None,
-                   wait: bool = True) -> WriteResult | pykka.Future[WriteResult]:
+                   wait: bool = True) -> WriteResult | Future[WriteResult]:
         """Insert rows (tuples in column order, or dicts) into a declared table.
 
         With `wait=False` returns a future at once; its `.get()` gives the
@@ -331,11 +334,11 @@ class Engine:
     @overload
     def upsert(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
                columns: Sequence[str] | None = None, key: Sequence[str] | None = None,
-               wait: Literal[False]) -> pykka.Future[WriteResult]: ...
+               wait: Literal[False]) -> Future[WriteResult]: ...
 
     def upsert(self, table: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]], *,
                columns: Sequence[str] | None = None, key: Sequence[str] | None = None,
-               wait: bool = True) -> WriteResult | pykka.Future[WriteResult]:
+               wait: bool = True) -> WriteResult | Future[WriteResult]:
         """Insert rows, updating the other columns where the key (default: primary key) exists."""
         spec = self._table(table, "writer.upsert_rows")
         cols, data = _rows(spec, rows, columns, "writer.upsert_rows")
@@ -410,7 +413,7 @@ class Engine:
                 state: WriterState = self._ask("writer", WriterStatus(),
                                                timeout=STATUS_TIMEOUT_S)
                 out["writer"] = dataclasses.asdict(state)
-            except pykka.Timeout:
+            except Timeout:
                 out["writer"] = {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
             except EngineError as exc:
                 out["writer"] = {"error": str(exc)}
@@ -442,7 +445,7 @@ class Engine:
         try:
             return tuple(self._ask(receiver, message, timeout=STATUS_TIMEOUT_S)
                          for receiver, message in asks)
-        except pykka.Timeout:
+        except Timeout:
             return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
         except EngineError as exc:
             return {"error": str(exc)}
@@ -558,7 +561,7 @@ class Engine:
         """Send any protocol message and wait for its answer (for tools and tests)."""
         return self._ask(receiver, message, timeout)
 
-    def ask_later(self, receiver: str, message: Message) -> pykka.Future[Any]:
+    def ask_later(self, receiver: str, message: Message) -> Future[Any]:
         """Send any protocol message; returns the future its answer goes to."""
         return self._send(receiver, message, False)
 
@@ -705,7 +708,7 @@ class Tasks:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._waiting: dict[tuple[str, ...], pykka.Future[Any]] = {}
+        self._waiting: dict[tuple[str, ...], Future[Any]] = {}
 
     def start(self) -> None:
         """Recover task rows left by earlier runs and start what should run."""
@@ -749,8 +752,8 @@ class Tasks:
                                                                    WaitTasks(tasks=names))
         try:
             views: tuple[TaskView, ...] = future.get(timeout=timeout)
-        except pykka.Timeout:
-            raise TimeoutError(f"tasks not settled within {timeout}s") from None
+        except Timeout:
+            raise Timeout(f"tasks not settled within {timeout}s") from None
         except BaseException:
             del self._waiting[names]  # answered, with an error
             raise
@@ -821,8 +824,8 @@ class Mirror:
         try:
             view: ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
                 timeout=timeout)
-        except pykka.Timeout:
-            raise TimeoutError(f"the reconcile has not ended within {timeout}s") from None
+        except Timeout:
+            raise Timeout(f"the reconcile has not ended within {timeout}s") from None
         return view
 
     def verify(self, timeout: float | None = None) -> ReconcileView:
@@ -831,8 +834,8 @@ class Mirror:
         try:
             view: ReconcileView = self._engine.ask_later("mirror", Verify()).get(
                 timeout=timeout)
-        except pykka.Timeout:
-            raise TimeoutError(f"the verify has not ended within {timeout}s") from None
+        except Timeout:
+            raise Timeout(f"the verify has not ended within {timeout}s") from None
         return view
 
     def status(self) -> dict[str, Any]:
@@ -862,15 +865,15 @@ def mirror_view_dict(view: MirrorView) -> dict[str, Any]:
 class RunHandle:
     """A source run asked for and not yet ended."""
 
-    def __init__(self, future: pykka.Future[Any]) -> None:
+    def __init__(self, future: Future[Any]) -> None:
         self._future = future
 
     def result(self, timeout: float | None = None) -> SyncRunView:
         """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
         try:
             view: SyncRunView = self._future.get(timeout=timeout)
-        except pykka.Timeout:
-            raise TimeoutError(f"the run has not ended within {timeout}s") from None
+        except Timeout:
+            raise Timeout(f"the run has not ended within {timeout}s") from None
         return view
 
 
@@ -903,8 +906,8 @@ class Sync:
         try:
             views: tuple[SourceView, ...] = self._engine.ask_later(
                 "sync", WaitSources(sources=sources)).get(timeout=timeout)
-        except pykka.Timeout:
-            raise TimeoutError(f"sources not idle within {timeout}s") from None
+        except Timeout:
+            raise Timeout(f"sources not idle within {timeout}s") from None
         return views
 
     def history(self, source: str | None = None, limit: int = 20) -> list[SyncRunView]:

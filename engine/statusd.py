@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from engine.errors import (
+from sqlwarden.errors import (
     EngineStopped,
     MirrorError,
     MirrorUnavailable,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import apsw
 
-from engine.redact import Redactor
+from sqlwarden.redact import Redactor
 
 #: SQLite failures after which the writer connection cannot be trusted.
 FATAL_SQLITE_ERRORS = (apsw.CorruptError, apsw.NotADBError, apsw.IOError, apsw.CantOpenError)

@@ -138,10 +138,13 @@ the runs under `details`.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the driver loads before the other imports)
 # isort: off
-# First: importing `engine` loads the MySQL connector's own OpenSSL for its C extension,
-# which fails once anything has loaded the system's (`hashlib` does, through `_hashlib`).
-import engine as _loads_mysql_libs  # noqa: F401
+# First: the MySQL connector's C extension loads only before anything has loaded the
+# system's OpenSSL (`hashlib` does, through `_hashlib`); see sqlwarden.mirror.driver.
+from sqlwarden.mirror.driver import load_driver
+
+load_driver()
 # isort: on
 import argparse
 import hashlib
@@ -171,8 +174,8 @@ from typing import Any, Self
 import apsw
 import pykka
 
-from engine.config import Config, FtsDeferralConfig, TaskConfig, parse_config
-from engine.facade import Engine
+from sqlwarden.config import Config, FtsDeferralConfig, TaskConfig, parse_config
+from sqlwarden.facade import Engine
 
 #: The repository: `tests.mariadb` (the private MariaDB server) is imported from there.
 ROOT = Path(__file__).resolve().parent.parent
@@ -1998,7 +2001,7 @@ def run_peer(tool: Path, db: Path, rows: int, server: Any, password: str,
 def reset_mirror_server(server: Any, config: Config) -> None:
     """Empty mirror, raw and peer tables: the mirror's table is dropped (the engine makes
     it), the raw one made like it, and the peer's database made anew."""
-    from engine.mysql import create_table_sql
+    from sqlwarden.mirror.dialect import create_table_sql
 
     assert config.mirror is not None
     server.query(f"DROP TABLE IF EXISTS `{MIRROR_TABLE}`, `{RAW_TABLE}`",
@@ -2017,7 +2020,7 @@ def bench_mirror(args: argparse.Namespace) -> dict[str, Any]:
 def _bench_mirror(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     bench_started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
-    from tests.mariadb import MariaDB, available
+    from tests.support.mariadb import MariaDB, available
 
     problem = available()
     if problem:
@@ -3015,10 +3018,10 @@ def write_replay_log(base: Path, records: int) -> dict[str, Any]:
 
 
 def run_replay_case(case: str, base: Path, out: Path) -> dict[str, Any]:
-    """`python -m engine.cli replay LOG --json` (summary) or with `--check`, in a fresh
+    """`python -m sqlwarden replay LOG --json` (summary) or with `--check`, in a fresh
     interpreter: wall time, peak RSS (ru_maxrss from wait4), exit status and the parsed
     output."""
-    command = [sys.executable, "-m", "engine.cli", "replay", str(base), "--json"]
+    command = [sys.executable, "-m", "sqlwarden", "replay", str(base), "--json"]
     if case == "check":
         command.append("--check")
     with out.open("wb") as stdout:
@@ -3131,7 +3134,7 @@ def _bench_replay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 summary["messages"].items(), key=lambda item: -item[1]["sent"])},
             "errors": sum(e["count"] for e in summary["errors"]),
             "notes": validation["output"]["notes"],
-            "command": "python -m engine.cli replay LOG --json [--check]",
+            "command": "python -m sqlwarden replay LOG --json [--check]",
             "params": {"records": args.records, "repeat": args.repeat,
                        "file_mb": REPLAY_FILE_BYTES // 1024 // 1024, "seed": REPLAY_SEED},
             "runs": runs,

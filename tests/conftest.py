@@ -18,10 +18,10 @@ import apsw
 import pykka
 import pytest
 
-from engine.config import Config, parse_config
-from engine.facade import Engine
+from sqlwarden.config import Config, parse_config
+from sqlwarden.facade import Engine
 
-from .mariadb import MariaDB, MirrorDb, available
+from .support.mariadb import MariaDB, MirrorDb, available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,14 +176,14 @@ def sqlwarden(*args: str, env: dict[str, str] | None = None,
               **kwargs: Any) -> subprocess.Popen[str]:
     """Start the `sqlwarden` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "sqlwarden", *args], cwd=ROOT,
                             env=full_env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **kwargs)
 
 
 def run_sqlwarden(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the `sqlwarden` command to completion."""
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "sqlwarden", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout_s)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from engine.cli import main
-from engine.schema import ENGINE_SCHEMA_VERSION
+from sqlwarden.cli import main
+from sqlwarden.db.schema import ENGINE_SCHEMA_VERSION
 
 from .conftest import (
     ROOT,

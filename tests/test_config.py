@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.config import load_config, parse_config
-from engine.errors import ConfigError
-from engine.yamldoc import parse_yaml
+from sqlwarden.cli import main
+from sqlwarden.config import load_config, parse_config
+from sqlwarden.config.yamldoc import parse_yaml
+from sqlwarden.errors import ConfigError
 
 from .conftest import ROOT, files_under
 

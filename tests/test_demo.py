@@ -8,9 +8,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from engine.config import GeneratorSourceConfig, load_config
-from engine.demo import DemoGenerator, complete, cursor
-from engine.facade import Engine
+from sqlwarden.config import GeneratorSourceConfig, load_config
+from sqlwarden.facade import Engine
+from sqlwarden.sync.sources.demo import DemoGenerator, complete, cursor
 
 from .conftest import ROOT, count_rows, read_only, run_sqlwarden, table_digest
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import apsw
 import pytest
 
-from engine.cli import main
-from engine.config import Config, parse_config
-from engine.errors import DatabaseError, EngineError, EngineStopped, SchemaError
-from engine.facade import Engine
+from sqlwarden.cli import main
+from sqlwarden.config import Config, parse_config
+from sqlwarden.errors import DatabaseError, EngineError, EngineStopped, SchemaError
+from sqlwarden.facade import Engine
 
 from .conftest import count_rows, run_sqlwarden, site_row, sites_yaml
 

@@ -15,15 +15,15 @@ from typing import Any
 import apsw
 import pytest
 
-from engine.config import Config, parse_config
-from engine.errors import FtsError, NotReady
-from engine.facade import Engine
-from engine.fts import CAPTURE_PREFIX, read_deferral
-from engine.protocol import FtsTick
-from engine.replay import iter_records
+from sqlwarden.config import Config, parse_config
+from sqlwarden.errors import FtsError, NotReady
+from sqlwarden.facade import Engine
+from sqlwarden.fts.deferral import CAPTURE_PREFIX, read_deferral
+from sqlwarden.protocol import FtsTick
+from sqlwarden.replay.read import iter_records
 
 from .conftest import ROOT, read_only, run_sqlwarden, wait_until
-from .fts_driver import doc
+from .support.fts_driver import doc
 
 #: Terms, phrases, prefixes, boolean and column queries; rows changed during
 #: the deferral are among the hits of several.
@@ -477,7 +477,7 @@ def test_a_catch_up_killed_at_any_point_recovers_at_the_next_boot(
         load(engine)
     saved = saved_triggers(path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fts_driver", str(tmp_path / "db" / "docs.yaml"),
+        [sys.executable, "-m", "tests.support.fts_driver", str(tmp_path / "db" / "docs.yaml"),
          "10001", "60000"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     assert proc.stdin is not None and proc.stdout is not None

@@ -1,23 +1,36 @@
-"""Layering: the core never reaches up into actors, and only the Writer writes."""
+"""Layering: the core never reaches up into actors or pykka, and only the Writer writes."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import apsw
 
-from engine.config import Config
-from engine.facade import Engine
+from sqlwarden.config import Config
+from sqlwarden.facade import Engine
 
 from .conftest import ROOT, site_row
 
-TOP_FLOOR = {"engine/facade.py", "engine/cli.py"}
+#: The folders that install as `sqlwarden` and `sqlwarden.actors`.
+FOLDERS = {"engine": "sqlwarden", "actors": "sqlwarden.actors"}
 
 
-def modules(package: str) -> dict[str, ast.Module]:
-    return {f"{package}/{p.name}": ast.parse(p.read_text(), filename=str(p))
-            for p in sorted((ROOT / package).glob("*.py"))}
+def modules(folder: str) -> dict[str, ast.Module]:
+    """Every module under `folder`, by its path from the repository root."""
+    return {p.relative_to(ROOT).as_posix(): ast.parse(p.read_text(), filename=str(p))
+            for p in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def top_floor(name: str) -> bool:
+    """The facade and the CLI: the only modules that build and drive actors."""
+    return name == "engine/facade.py" or name.startswith("engine/cli/")
+
+
+def uses(tree: ast.Module, package: str) -> bool:
+    return any(m == package or m.startswith(f"{package}.") for m in imported(tree))
 
 
 def imported(tree: ast.Module) -> set[str]:
@@ -43,33 +56,49 @@ def calls_to(tree: ast.Module, dotted: str) -> int:
     return count
 
 
-def test_only_the_facade_and_the_cli_import_actors() -> None:
-    offenders = [name for name, tree in modules("engine").items()
-                 if name not in TOP_FLOOR
-                 and any(m == "actors" or m.startswith("actors.") for m in imported(tree))]
-    assert offenders == []
+def test_only_the_facade_and_the_cli_import_the_actors() -> None:
+    users = {name for name, tree in modules("engine").items() if uses(tree, "sqlwarden.actors")}
+    assert users and all(top_floor(name) for name in users)
 
 
 def test_the_core_is_plain_code_without_pykka() -> None:
-    # The bus is the transport between actors; everything else in engine/ is
-    # logic a test drives synchronously.
-    users = {name for name, tree in modules("engine").items()
-             if any(m == "pykka" or m.startswith("pykka.") for m in imported(tree))}
-    assert users <= {"engine/bus.py", "engine/facade.py"}
+    # Everything below the top floor is logic a test drives synchronously; the
+    # bus and the actors carry the messages.
+    users = {name for name, tree in modules("engine").items() if uses(tree, "pykka")}
+    assert all(top_floor(name) for name in users)
 
 
 def test_actors_do_not_import_the_top_floor() -> None:
     offenders = [name for name, tree in modules("actors").items()
-                 if {"engine.facade", "engine.cli"} & imported(tree)]
+                 if uses(tree, "sqlwarden.facade") or uses(tree, "sqlwarden.cli")]
     assert offenders == []
 
 
-def test_the_engine_package_imports_nothing_eagerly() -> None:
-    # Only the stdlib-only module that must run before `ssl` is imported (see it).
-    found = modules("engine")
-    assert imported(found["engine/__init__.py"]) <= {"engine.driverlibs",
-                                                     "engine.driverlibs.preload"}
-    assert not {m for m in imported(found["engine/driverlibs.py"]) if m.startswith("engine")}
+def test_nothing_imports_the_folders_by_their_own_names() -> None:
+    # `engine` and `actors` are folder names; installed, they are `sqlwarden`.
+    everything = modules("engine") | modules("actors") | modules("tests")
+    offenders = {name for name, tree in everything.items()
+                 if any(uses(tree, folder) for folder in FOLDERS)}
+    assert offenders == set()
+
+
+def test_the_package_imports_nothing_eagerly() -> None:
+    # Every public name is loaded on first use (`__getattr__`); the imports under
+    # `if TYPE_CHECKING:` are for type checkers only.
+    tree = modules("engine")["engine/__init__.py"]
+    runtime = ast.Module(body=[node for node in tree.body if not (
+        isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING")], type_ignores=[])
+    assert imported(runtime) == {"__future__", "__future__.annotations", "importlib", "typing",
+                                 "typing.TYPE_CHECKING", "typing.Any"}
+
+
+def test_importing_sqlwarden_loads_neither_pykka_nor_the_mysql_connector() -> None:
+    probe = ("import sys, sqlwarden; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pykka', 'mysql', 'apsw'}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def code_nodes(node: ast.AST) -> list[ast.AST]:
@@ -97,14 +126,14 @@ def mentions(tree: ast.Module, name: str) -> bool:
 def test_only_the_sqlite_module_opens_connections_and_only_the_writer_opens_read_write() -> None:
     everything = modules("engine") | modules("actors")
     openers = {name for name, tree in everything.items() if mentions(tree, "Connection")
-               and name != "engine/sqlite.py"}
+               and name != "engine/db/connect.py"}
     assert openers == set()
     assert all("sqlite3" not in imported(tree) for tree in everything.values())
     writers = {name for name, tree in everything.items() if calls_to(tree, "open_writer")}
     assert writers == {"actors/writer.py"}
     # A new private database only: the replay tool's re-execution.
     scratch = {name for name, tree in everything.items() if calls_to(tree, "open_scratch")}
-    assert scratch == {"engine/reexecute.py"}
+    assert scratch == {"engine/replay/reexecute.py"}
 
 
 def our_connections(path: Path) -> list[apsw.Connection]:

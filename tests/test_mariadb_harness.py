@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import parse_dsn
+from sqlwarden.config import parse_dsn
 
-from .mariadb import MariaDB, MirrorDb, _connector
+from .support.mariadb import MariaDB, MirrorDb, _connector
 
 
 def test_the_server_listens_only_on_loopback_at_its_port(mariadb: MariaDB) -> None:

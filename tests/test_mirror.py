@@ -22,15 +22,15 @@ from typing import Any
 import apsw
 import pytest
 
-from engine.config import Config, parse_config
-from engine.errors import MirrorError, MirrorUnavailable
-from engine.facade import Engine
-from engine.mysql import mariadb_real
-from engine.replay import iter_records
+from sqlwarden.config import Config, parse_config
+from sqlwarden.errors import MirrorError, MirrorUnavailable
+from sqlwarden.facade import Engine
+from sqlwarden.mirror.dialect import mariadb_real
+from sqlwarden.replay.read import iter_records
 
 from .conftest import ROOT, files_under, read_only
-from .mariadb import MirrorDb
-from .mirror_driver import item
+from .support.mariadb import MirrorDb
+from .support.mirror_driver import item
 
 ITEMS = """\
   items:
@@ -571,7 +571,7 @@ def test_an_engine_killed_mid_drain_is_caught_up_by_the_next_one(
     config = parse_config(yaml_path.read_text(), file=str(yaml_path), base_dir=tmp_path)
     path = config.database.path
 
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mirror_driver", str(yaml_path),
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mirror_driver", str(yaml_path),
                              str(rows), "1000"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

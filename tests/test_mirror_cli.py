@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from engine.config import load_config
-from engine.dbstatus import running_engine
-from engine.facade import Engine
+from sqlwarden.config import load_config
+from sqlwarden.db.status import running_engine
+from sqlwarden.facade import Engine
 
 from .conftest import files_under, run_sqlwarden, sqlwarden, wait_until
-from .mariadb import MirrorDb
+from .support.mariadb import MirrorDb
 
 CONFIG = """\
 database: {{path: {root}/data/dev.db}}

@@ -10,12 +10,12 @@ from typing import Any
 
 import apsw
 
-from engine.config import Config, parse_config
-from engine.facade import Engine
-from engine.protocol import TableCheck
+from sqlwarden.config import Config, parse_config
+from sqlwarden.facade import Engine
+from sqlwarden.views import TableCheck
 
-from .mariadb import MirrorDb
-from .mirror_driver import item
+from .support.mariadb import MirrorDb
+from .support.mirror_driver import item
 from .test_mirror import (
     FAST,
     ITEMS,

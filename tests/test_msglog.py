@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config, MessageLogConfig
-from engine.errors import UnexpectedMessage, WriteError
-from engine.facade import Engine
-from engine.msglog import MessageLog, log_files
-from engine.protocol import Execute, Message
-from engine.redact import REDACTED, Redactor
-from engine.replay import iter_records, read_records
+from sqlwarden.config import Config, MessageLogConfig
+from sqlwarden.errors import UnexpectedMessage, WriteError
+from sqlwarden.facade import Engine
+from sqlwarden.msglog.log import MessageLog, log_files
+from sqlwarden.protocol import Execute, Message
+from sqlwarden.redact import REDACTED, Redactor
+from sqlwarden.replay.read import iter_records, read_records
 
 from .conftest import site_row
 

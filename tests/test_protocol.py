@@ -7,10 +7,10 @@ import typing
 
 import pytest
 
-from engine import protocol
-from engine.errors import UnexpectedMessage
-from engine.facade import Engine
-from engine.protocol import Execute, Message, message_kinds
+from sqlwarden import protocol
+from sqlwarden.errors import UnexpectedMessage
+from sqlwarden.facade import Engine
+from sqlwarden.protocol import Execute, Message, message_kinds
 
 from .conftest import count_rows
 

@@ -7,9 +7,9 @@ import threading
 import apsw
 import pytest
 
-from engine.errors import EngineStopped
-from engine.facade import Engine
-from engine.readers import ReaderPool
+from sqlwarden.db.readers import ReaderPool
+from sqlwarden.errors import EngineStopped
+from sqlwarden.facade import Engine
 
 from .conftest import site_row
 

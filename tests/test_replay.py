@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import pytest
 
-from engine.cli import main
+from sqlwarden.cli import main
 
 from .conftest import sqlwarden
 
@@ -671,7 +671,7 @@ def test_a_timeline_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: 
 
 def test_follow_shows_every_record_when_the_log_rotated_twice_between_looks(
         tmp_path: Path) -> None:
-    from engine.replay import follow
+    from sqlwarden.replay.read import follow
 
     log = HandLog()
     for i in range(30):
@@ -703,7 +703,7 @@ def test_follow_shows_every_record_when_the_log_rotated_twice_between_looks(
 
 def test_a_rotated_file_compressed_while_the_log_is_read_is_still_read(
         tmp_path: Path) -> None:
-    from engine.replay import log_files, read_records
+    from sqlwarden.replay.read import log_files, read_records
 
     log = HandLog()
     for i in range(20):

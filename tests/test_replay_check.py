@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from engine.config import Config, parse_config
-from engine.facade import Engine
-from engine.protocol import Reconcile
-from engine.replay import iter_records
+from sqlwarden.config import Config, parse_config
+from sqlwarden.facade import Engine
+from sqlwarden.protocol import Reconcile
+from sqlwarden.replay.read import iter_records
 
 from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK, count_rows, run_sqlwarden
-from .mariadb import MirrorDb
+from .support.mariadb import MirrorDb
 from .test_replay import HandLog, replay
 
 Record = dict[str, Any]

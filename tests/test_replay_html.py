@@ -24,12 +24,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from engine import replayhtml
-from engine.config import parse_config
-from engine.errors import EngineError
-from engine.facade import Engine
-from engine.replay import Filter, log_files
-from engine.replayhtml import write_html
+from sqlwarden.config import parse_config
+from sqlwarden.errors import EngineError
+from sqlwarden.facade import Engine
+from sqlwarden.replay import html as replayhtml
+from sqlwarden.replay.html import write_html
+from sqlwarden.replay.read import Filter, log_files
 
 from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK
 
@@ -142,7 +142,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     base = tmp_path_factory.mktemp("replay-html")
     log = run_engine(base)
     page = base / "timeline.html"
-    result = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(log), "--html",
+    result = subprocess.run([sys.executable, "-m", "sqlwarden", "replay", str(log), "--html",
                              str(page)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return Written(log, page, result)

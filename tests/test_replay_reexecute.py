@@ -8,10 +8,10 @@ from typing import Any
 
 import apsw
 
-from engine.config import Config, parse_config
-from engine.facade import Engine
-from engine.reexecute import reexecute
-from engine.replay import iter_records, log_files
+from sqlwarden.config import Config, parse_config
+from sqlwarden.facade import Engine
+from sqlwarden.replay.read import iter_records, log_files
+from sqlwarden.replay.reexecute import reexecute
 
 from .conftest import (
     GENERATOR_TABLES,
@@ -42,7 +42,7 @@ tasks:
     max_rows: 40
   units:
     table: observations
-    call: engine.demo:ucum_units
+    call: sqlwarden.sync.sources.demo:ucum_units
     reads: [unit]
     writes: [unit]
     where: "unit IN ('degC', '%RH')"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.config import Config, parse_config
-from engine.errors import SchemaError
-from engine.facade import Engine
-from engine.schema import ENGINE_SCHEMA_VERSION
+from sqlwarden.cli import main
+from sqlwarden.config import Config, parse_config
+from sqlwarden.db.schema import ENGINE_SCHEMA_VERSION
+from sqlwarden.errors import SchemaError
+from sqlwarden.facade import Engine
 
 from .conftest import files_under, read_only, site_row, sites_yaml
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.errors import EngineStopped, TaskConflict, UnknownTask
-from engine.statusd import StatusServer
+from sqlwarden.errors import EngineStopped, TaskConflict, UnknownTask
+from sqlwarden.statusd import StatusServer
 
 
 def task(**overrides: Any) -> dict[str, Any]:

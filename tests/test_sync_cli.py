@@ -6,8 +6,8 @@ import json
 import signal
 from pathlib import Path
 
-from engine.config import load_config
-from engine.dbstatus import read_sync, running_engine
+from sqlwarden.config import load_config
+from sqlwarden.db.status import read_sync, running_engine
 
 from .conftest import count_rows, files_under, run_sqlwarden, sqlwarden, wait_until
 

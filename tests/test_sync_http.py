@@ -15,9 +15,9 @@ from typing import Any
 import apsw
 import pytest
 
-from engine.config import Config, parse_config
-from engine.errors import SyncBusy
-from engine.facade import Engine
+from sqlwarden.config import Config, parse_config
+from sqlwarden.errors import SyncBusy
+from sqlwarden.facade import Engine
 
 from .conftest import read_only, table_digest
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import apsw
 
-from engine.config import Config, parse_config
-from engine.facade import Engine
-from engine.fts import read_deferral
-from engine.sources import RAW_KEEP
+from sqlwarden.config import Config, parse_config
+from sqlwarden.facade import Engine
+from sqlwarden.fts.deferral import read_deferral
+from sqlwarden.sync.sources.readers import RAW_KEEP
 
 from .conftest import ROOT, read_only, table_digest, wait_until
 
@@ -397,8 +397,9 @@ def test_a_run_killed_mid_file_resumes_where_its_last_batch_committed(tmp_path: 
     config = parse_config(yaml_path.read_text(), file=str(yaml_path), base_dir=tmp_path)
     path = config.database.path
 
-    proc = subprocess.Popen([sys.executable, "-m", "tests.sync_driver", str(yaml_path), "files"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.sync_driver", str(yaml_path),
+                             "files"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         def mid_run() -> bool:
             if proc.poll() is not None:

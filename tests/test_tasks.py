@@ -17,12 +17,12 @@ from typing import Any
 import apsw
 import pytest
 
-from engine.cli import main
-from engine.config import Config, TaskConfig, parse_config
-from engine.errors import ConfigError, NotReady, TaskConflict, UnknownTask
-from engine.facade import Engine
-from engine.protocol import ProgressEvent, WriterStatus
-from engine.replay import iter_records
+from sqlwarden.cli import main
+from sqlwarden.config import Config, TaskConfig, parse_config
+from sqlwarden.errors import ConfigError, NotReady, TaskConflict, UnknownTask
+from sqlwarden.facade import Engine
+from sqlwarden.protocol import ProgressEvent, WriterStatus
+from sqlwarden.replay.read import iter_records
 
 from .conftest import read_only, sqlwarden, table_digest, wait_until
 

@@ -11,13 +11,14 @@ from typing import Any
 import apsw
 import pytest
 
-from engine.config import Config, parse_config
-from engine.errors import BadRowError, WriteError
-from engine.facade import Engine
-from engine.protocol import Execute, InsertRows, UpsertRows, WriteResult
-from engine.schema import apply_schema
-from engine.sqlite import open_writer
-from engine.writer import WriterCore
+from sqlwarden.config import Config, parse_config
+from sqlwarden.db.connect import open_writer
+from sqlwarden.db.schema import apply_schema
+from sqlwarden.db.writer import WriterCore
+from sqlwarden.errors import BadRowError, WriteError
+from sqlwarden.facade import Engine
+from sqlwarden.protocol import Execute, InsertRows, UpsertRows
+from sqlwarden.views import WriteResult
 
 from .conftest import count_rows, site_row
 

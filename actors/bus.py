@@ -1,0 +1,171 @@
+"""The one send path: every message between actors, and from the facade, goes here.
+
+The bus wraps a message in an `Envelope` (sender, receiver, correlation id and,
+for an ask, the future the answer goes to), appends it to the message log and
+puts it in the receiver's pykka inbox. Replies come back through `reply` and
+`fail`, which log exactly one `reply` or `error` record per handled message.
+Because the receiver resolves the future itself, it may answer later than
+the handler returns: that is how the Writer commits a group of writes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from sqlwarden.errors import EngineStopped
+from sqlwarden.futures import Future
+from sqlwarden.msglog.log import MessageLog
+from sqlwarden.protocol import Message
+
+
+@dataclass(slots=True, eq=False)
+class Envelope:
+    """A message in transit, with what is needed to answer it and log it."""
+
+    message: Message
+    sender: str
+    receiver: str
+    corr: int
+    reply_to: Future[Any] | None
+    started_ns: int = 0
+    #: For a `Bus.request`: the actor whose inbox gets the `Answer`.
+    answer_to: str | None = None
+
+    @property
+    def is_ask(self) -> bool:
+        return self.reply_to is not None or self.answer_to is not None
+
+
+@dataclass(slots=True, frozen=True)
+class Answer:
+    """The answer to a `Bus.request`, delivered to the requester's inbox.
+
+    It is not logged again: the receiver's `reply` or `error` record, with
+    the same correlation id, already is the answer in the message log.
+    """
+
+    corr: int
+    request: Message
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Bus:
+    """Routes envelopes to registered actors and logs every step."""
+
+    def __init__(self, log: MessageLog, *, clock_ns: Any = time.perf_counter_ns) -> None:
+        self._log = log
+        self._clock_ns = clock_ns
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._depth: Counter[str] = Counter()
+        self._sent: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._queued = threading.Condition(self._lock)
+        self._corr = itertools.count(1)
+
+    def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+        with self._lock:
+            self._refs[name] = ref
+
+    def unregister(self, name: str) -> None:
+        """Refuse further messages to `name`; those already queued stay queued."""
+        with self._lock:
+            self._refs.pop(name, None)
+
+    def depth(self, name: str) -> int:
+        """Messages sent to `name` that it has not started handling yet."""
+        return self._depth[name]
+
+    def sent(self, name: str) -> int:
+        """Messages sent to `name` since the bus was made."""
+        return self._sent[name]
+
+    def wait_for_sent(self, name: str, count: int, timeout: float | None = None) -> bool:
+        """Block until `count` messages in all were sent to `name`; False on timeout."""
+        with self._queued:
+            return self._queued.wait_for(lambda: self._sent[name] >= count, timeout)
+
+    def tell(self, sender: str, receiver: str, message: Message) -> None:
+        """Send without waiting."""
+        self._send("tell", Envelope(message, sender, receiver, next(self._corr), None))
+
+    def ask(self, sender: str, receiver: str, message: Message) -> Future[Any]:
+        """Send and return the future the receiver will resolve."""
+        future: Future[Any] = Future()
+        self._send("ask", Envelope(message, sender, receiver, next(self._corr), future))
+        return future
+
+    def request(self, sender: str, receiver: str, message: Message) -> int:
+        """Send an ask whose answer comes back to `sender`'s inbox as an `Answer`.
+
+        This is how one actor asks another without blocking its handler.
+        Returns the correlation id the answer will carry.
+        """
+        corr = next(self._corr)
+        self._send("ask", Envelope(message, sender, receiver, corr, None, answer_to=sender))
+        return corr
+
+    def _send(self, kind: str, envelope: Envelope) -> None:
+        with self._lock:
+            ref = self._refs.get(envelope.receiver)
+            if ref is None:
+                raise EngineStopped(envelope.receiver)
+            self._log.record(kind, envelope.sender, envelope.receiver, envelope.message.kind,
+                             envelope.message, envelope.corr)
+            self._depth[envelope.receiver] += 1
+            self._sent[envelope.receiver] += 1
+            self._queued.notify_all()
+            try:
+                ref.tell(envelope)
+            except pykka.ActorDeadError:
+                self._depth[envelope.receiver] -= 1
+                error = EngineStopped(envelope.receiver)
+                self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
+                                 None, envelope.corr, duration_ms=0.0, error=error)
+                raise error from None
+
+    def received(self, envelope: Envelope) -> None:
+        """The receiver starts handling `envelope` (called on its thread)."""
+        envelope.started_ns = self._clock_ns()
+        with self._lock:
+            self._depth[envelope.receiver] -= 1
+
+    def reply(self, envelope: Envelope, result: Any) -> None:
+        """Handling ended well; answer an ask and log the outcome."""
+        self._log.record("reply", envelope.receiver, envelope.sender, envelope.message.kind,
+                         result, envelope.corr, duration_ms=self._elapsed_ms(envelope))
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(result)
+        if envelope.answer_to is not None:
+            self._deliver(envelope, Answer(envelope.corr, envelope.message, result=result))
+
+    def fail(self, envelope: Envelope, error: BaseException) -> None:
+        """Handling raised; hand the error to an asker and log it."""
+        self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
+                         None, envelope.corr, duration_ms=self._elapsed_ms(envelope),
+                         error=error)
+        if envelope.reply_to is not None:
+            envelope.reply_to.set_exception(error)
+        if envelope.answer_to is not None:
+            self._deliver(envelope, Answer(envelope.corr, envelope.message, error=error))
+
+    def _deliver(self, envelope: Envelope, answer: Answer) -> None:
+        # A requester that has stopped no longer needs its answer.
+        with self._lock:
+            ref = self._refs.get(envelope.answer_to or "")
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(answer)
+
+    def _elapsed_ms(self, envelope: Envelope) -> float:
+        if not envelope.started_ns:
+            return 0.0
+        return (self._clock_ns() - envelope.started_ns) / 1e6

@@ -1,0 +1,221 @@
+"""Opening SQLite connections: setup is a list of small named functions.
+
+Only `open_writer` opens the database read-write, and only the Writer actor
+calls it; everything else reads through `open_reader`. `open_scratch` makes a
+new private database (`sqlwarden replay --reexecute` rebuilds a device's
+state in one), never an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import apsw
+
+from sqlwarden.config import DatabaseConfig
+from sqlwarden.errors import DatabaseError
+
+Setup = Callable[[apsw.Connection, DatabaseConfig], None]
+
+
+def set_journal_mode(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """WAL lets readers work while the writer writes."""
+    mode = conn.pragma("journal_mode", db.journal_mode)
+    if str(mode).lower() != db.journal_mode:
+        raise DatabaseError(f"cannot set journal_mode={db.journal_mode} (got {mode})",
+                            path=db.path)
+
+
+def set_synchronous(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """NORMAL is durable across application crashes in WAL mode and far cheaper than FULL."""
+    conn.pragma("synchronous", db.synchronous)
+
+
+def set_busy_timeout(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Wait for other processes' locks instead of failing at once."""
+    conn.set_busy_timeout(db.busy_timeout_ms)
+
+
+def use_immediate_transactions(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Any `with conn:` also takes the write lock at BEGIN (the engine uses `transaction`)."""
+    conn.transaction_mode = "IMMEDIATE"
+
+
+def disable_autocheckpoint(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """The Writer checkpoints itself; an automatic one stalls a random commit."""
+    conn.pragma("wal_autocheckpoint", 0)
+
+
+def limit_wal_file(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """After a checkpoint resets the WAL, cut the file back to the threshold."""
+    conn.pragma("journal_size_limit", int(db.wal_threshold_mb * 1024 * 1024))
+
+
+def enable_recursive_triggers(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Else `INSERT OR REPLACE` skips delete triggers and FTS indexes keep stale rows."""
+    conn.pragma("recursive_triggers", True)
+
+
+def enable_foreign_keys(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Declared references are enforced, not decorative."""
+    conn.pragma("foreign_keys", True)
+
+
+def disable_double_quoted_strings(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """A misspelt "column" must be an error, not a string literal."""
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+
+
+def refuse_writes(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """Belt and braces on top of the read-only open flag."""
+    conn.pragma("query_only", True)
+
+
+WRITER_SETUP: tuple[Setup, ...] = (
+    set_busy_timeout,
+    set_journal_mode,
+    set_synchronous,
+    use_immediate_transactions,
+    disable_autocheckpoint,
+    limit_wal_file,
+    enable_recursive_triggers,
+    enable_foreign_keys,
+    disable_double_quoted_strings,
+)
+
+READER_SETUP: tuple[Setup, ...] = (
+    set_busy_timeout,
+    refuse_writes,
+    disable_double_quoted_strings,
+)
+
+
+def open_writer(db: DatabaseConfig) -> apsw.Connection:
+    """Open the one read-write connection (the Writer actor's), creating the file."""
+    db.path.parent.mkdir(parents=True, exist_ok=True)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    return _open(db, flags, WRITER_SETUP)
+
+
+def open_scratch(db: DatabaseConfig) -> apsw.Connection:
+    """Create a new database at `db.path` and open it read-write; refuses an existing file."""
+    if Path(db.path).exists():
+        raise DatabaseError(f"{db.path} already exists; a scratch database must be new",
+                            path=db.path)
+    db.path.parent.mkdir(parents=True, exist_ok=True)
+    flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    return _open(db, flags, WRITER_SETUP)
+
+
+def open_reader(db: DatabaseConfig) -> apsw.Connection:
+    """Open a read-only connection; the database must exist."""
+    if not Path(db.path).exists():
+        raise DatabaseError(f"database {db.path} does not exist (has the engine run yet?)",
+                            path=db.path)
+    return _open(db, apsw.SQLITE_OPEN_READONLY, READER_SETUP)
+
+
+def _open(db: DatabaseConfig, flags: int, setup: tuple[Setup, ...]) -> apsw.Connection:
+    try:
+        conn = apsw.Connection(str(db.path), flags=flags)
+    except apsw.Error as exc:
+        raise DatabaseError(f"cannot open database {db.path}: {exc}", path=db.path) from exc
+    try:
+        for step in setup:
+            step(conn, db)
+        # Fails here, not later, when the file is not a database.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except apsw.NotADBError as exc:
+        conn.close()
+        raise DatabaseError(f"{db.path} is not a SQLite database", path=db.path) from exc
+    except apsw.Error as exc:
+        conn.close()
+        raise DatabaseError(f"cannot set up database {db.path}: {exc}", path=db.path) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def new_database_undone_on_error(path: Path) -> Iterator[None]:
+    """If the block fails, remove the database file and folders it created.
+
+    A start that fails on bad input (a schema SQLite refuses) must leave
+    nothing behind; an existing database is never touched by this.
+    """
+    created_dirs = []
+    folder = path.parent
+    while not folder.exists():
+        created_dirs.append(folder)
+        folder = folder.parent
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            for folder in created_dirs:
+                with suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def file_size(path: str | Path) -> int:
+    """Size of a file in bytes; 0 when it does not exist."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def variable_limit(conn: apsw.Connection) -> int:
+    """The connection's real limit of bound variables per statement."""
+    return int(conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, -1))
+
+
+# The engine's own transaction statements carry a marker: apsw caches prepared
+# statements by their text, and a sender's plain "COMMIT" must be prepared
+# anew, where the Writer's authorizer refuses it, instead of reusing these.
+_BEGIN = "BEGIN IMMEDIATE -- sqlwarden"
+_COMMIT = "COMMIT -- sqlwarden"
+_ROLLBACK = "ROLLBACK -- sqlwarden"
+
+
+@contextmanager
+def transaction(conn: apsw.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, rolled back if the block raises.
+
+    Not apsw's `with conn:`: in apsw 3.54 its BEGIN keeps the GIL while
+    SQLite's busy handler sleeps, which froze every thread of the process
+    for the whole busy timeout when another process held the write lock
+    (seen in tests). Statements run through `execute` release the GIL.
+    """
+    conn.execute(_BEGIN)
+    try:
+        yield
+        conn.execute(_COMMIT)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(_ROLLBACK)
+        raise
+
+
+@contextmanager
+def savepoint(conn: apsw.Connection, name: str = "sw_message") -> Iterator[None]:
+    """A nested all-or-nothing step inside the current transaction."""
+    conn.execute(f"SAVEPOINT {name} -- sqlwarden")
+    try:
+        yield
+    except BaseException:
+        # The statement may have ended the whole transaction (and the savepoint).
+        if conn.in_transaction:
+            conn.execute(f"ROLLBACK TO {name} -- sqlwarden")
+            conn.execute(f"RELEASE {name} -- sqlwarden")
+        raise
+    conn.execute(f"RELEASE {name} -- sqlwarden")

@@ -1,0 +1,533 @@
+"""What the Writer does with its connection, as plain code a test can drive.
+
+`WriterCore` owns no thread: the Writer actor calls it. It commits a group of
+foreground writes in one transaction, each message all-or-nothing (see
+`commit_group`), keeps a sender's SQL from ending that transaction, picks
+the shape of bulk statements per table (see `engine.sql.rows_per_statement`),
+and manages the WAL: PASSIVE checkpoints when idle, RESTART once the WAL
+passes the configured threshold, TRUNCATE when readers let it grow past
+twice that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import chain
+
+import apsw
+
+from sqlwarden.config import Config, TableConfig
+from sqlwarden.db.checksum import table_checksum
+from sqlwarden.db.connect import file_size, savepoint, transaction, variable_limit
+from sqlwarden.db.schema import META_TABLE, MIRROR_RANGES_TABLE, OUTBOX_TABLE
+from sqlwarden.db.sql import insert_sql, rows_per_statement, upsert_sql
+from sqlwarden.errors import (
+    BadRowError,
+    EngineError,
+    FtsError,
+    TaskError,
+    UnexpectedMessage,
+    WriteError,
+)
+from sqlwarden.fts import deferral as fts
+from sqlwarden.protocol import (
+    DeferFts,
+    EndSyncRun,
+    Execute,
+    ExecuteBatch,
+    InsertRows,
+    Message,
+    OutboxDrained,
+    ReapSyncRuns,
+    RestoreFts,
+    RunChunk,
+    SaveMirrorRanges,
+    SaveProgress,
+    SaveTask,
+    SetMeta,
+    StartSyncRun,
+    SyncBatch,
+    UpdateFtsDeferral,
+    UpsertRows,
+)
+from sqlwarden.sync import runs as sync
+from sqlwarden.tasks.chunks import (
+    SAVE_PROGRESS_SQL,
+    TaskPlan,
+    load_callable,
+    run_chunk,
+    save_task_sql,
+)
+from sqlwarden.views import (
+    CheckpointResult,
+    ChecksumsResult,
+    ChunkResult,
+    FtsDeferralView,
+    FtsInspection,
+    FtsRestoreResult,
+    SyncBatchResult,
+    WriteResult,
+    WriterState,
+)
+
+CHECKPOINT_MODES = {
+    "passive": apsw.SQLITE_CHECKPOINT_PASSIVE,
+    "full": apsw.SQLITE_CHECKPOINT_FULL,
+    "restart": apsw.SQLITE_CHECKPOINT_RESTART,
+    "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
+}
+_RETRYABLE = (apsw.BusyError, apsw.LockedError)
+#: Connection settings the engine relies on; a sender's SQL may read, not set them.
+_ENGINE_PRAGMAS = frozenset({
+    "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit",
+    "foreign_keys", "recursive_triggers", "query_only", "busy_timeout", "writable_schema"})
+
+
+class _TransactionEnded(Exception):
+    """A message ended the group's transaction; the group runs again without it."""
+
+
+Outcome = WriteResult | SyncBatchResult | EngineError
+
+
+class WriterCore:
+    """Runs write messages and checkpoints on the one read-write connection."""
+
+    def __init__(self, conn: apsw.Connection, config: Config, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 tasks: Sequence[TaskPlan] = ()) -> None:
+        self.conn = conn
+        self.config = config
+        self.tasks = {plan.task.name: plan for plan in tasks}
+        self._callables: dict[str, Callable[..., object]] = {}
+        self._clock = clock
+        self._wal_path = str(config.database.path) + "-wal"
+        self.variable_limit = variable_limit(conn)
+        self._indexed = {t.name: has_secondary_index(t) for t in config.tables}
+        self.page_size = int(conn.pragma("page_size"))
+        self.wal_threshold_bytes = int(config.database.wal_threshold_mb * 1024 * 1024)
+        self.idle_after_s = config.database.checkpoint_idle_ms / 1000
+        self.wal_frames = 0
+        self.messages = 0
+        self.transactions = 0
+        self.rows_written = 0
+        self.failed_messages = 0
+        self.checkpoints = 0
+        self.forced_checkpoints = 0
+        self.busy_checkpoints = 0
+        self.last_write_at = clock()
+        self._guarding = False
+        self._refused: str | None = None
+        conn.set_wal_hook(self._on_wal_commit)
+        conn.authorizer = self._authorize
+
+    def _on_wal_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        # Runs inside COMMIT: only note the size here, checkpoint afterwards.
+        self.wal_frames = pages
+        return apsw.SQLITE_OK
+
+    # --- writes -------------------------------------------------------------------------
+
+    def commit_group(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Apply `messages` in one transaction, each all-or-nothing.
+
+        Returns one outcome per message, in order: its `WriteResult`, or the
+        error that rolled it back. If the transaction itself cannot begin or
+        commit, every message gets that error. Checkpoints are not run here:
+        the caller answers the senders first, then calls `after_commit`.
+
+        The group first runs without savepoints: a savepoint copies each page
+        it first touches into a statement journal (measured: 15% of bulk
+        insert time). Only when a message fails is the whole transaction
+        rolled back and the group run again with one savepoint per message,
+        so the failure stays that message's own. Nothing was committed in
+        between, so the group still takes effect exactly once.
+        """
+        try:
+            with transaction(self.conn):
+                outcomes: list[Outcome] = [self.apply(m) for m in messages]
+        except Exception as exc:
+            if len(messages) > 1:
+                return self._commit_isolated(messages)
+            outcomes = [as_engine_error(messages[0], exc)]
+            self.failed_messages += 1
+            return outcomes
+        self._committed(messages, outcomes)
+        return outcomes
+
+    def _commit_isolated(self, messages: Sequence[Message]) -> list[Outcome]:
+        # A message may end the whole transaction, not just its savepoint
+        # (INSERT OR ROLLBACK, RAISE(ROLLBACK) in a trigger, a full disk):
+        # it fails alone, and the group runs again without it.
+        culprits: dict[int, Outcome] = {}
+        while True:
+            outcomes = dict(culprits)
+            try:
+                with transaction(self.conn):
+                    for i, message in enumerate(messages):
+                        if i in outcomes:
+                            continue
+                        try:
+                            with savepoint(self.conn):
+                                outcomes[i] = self.apply(message)
+                        except Exception as exc:
+                            outcomes[i] = as_engine_error(message, exc)
+                        if not self.conn.in_transaction:
+                            culprits[i] = (outcomes[i] if isinstance(outcomes[i], EngineError)
+                                           else _ended_transaction(message))
+                            raise _TransactionEnded
+            except _TransactionEnded:
+                continue
+            except Exception as exc:  # BEGIN or COMMIT failed: nothing committed
+                failed: list[Outcome] = [culprits.get(i, as_engine_error(m, exc))
+                                         for i, m in enumerate(messages)]
+                self.failed_messages += len(failed)
+                return failed
+            ordered = [outcomes[i] for i in range(len(messages))]
+            self._committed(messages, ordered)
+            return ordered
+
+    def _committed(self, messages: Sequence[Message], outcomes: Sequence[Outcome]) -> None:
+        self.transactions += 1
+        self.messages += len(messages)
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, EngineError):
+                self.failed_messages += 1
+            elif isinstance(message, (InsertRows, UpsertRows)):
+                self.rows_written += len(message.rows)
+            elif isinstance(outcome, SyncBatchResult):
+                self.rows_written += outcome.rows
+        self.last_write_at = self._clock()
+
+    def apply(self, message: Message) -> WriteResult | SyncBatchResult:
+        """Run one write message inside the caller's transaction."""
+        match message:
+            case Execute(sql=sql, params=params):
+                with self._guard(message):
+                    self.conn.execute(sql, params).fetchall()
+                return WriteResult(changes=self.conn.changes(),
+                                   last_rowid=self.conn.last_insert_rowid())
+            case ExecuteBatch(statements=statements):
+                changes = 0
+                with self._guard(message):
+                    for statement in statements:
+                        self.conn.execute(statement.sql, statement.params).fetchall()
+                        changes += self.conn.changes()
+                return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
+            case InsertRows(table=table, columns=columns):
+                return self._bulk(message, lambda n: insert_sql(table, columns, n))
+            case UpsertRows(table=table, columns=columns, key=key):
+                return self._bulk(message, lambda n: upsert_sql(table, columns, key, n))
+            case SaveTask(task=task, version=version, fields=fields):
+                names = [name for name, _ in fields]
+                self.conn.execute(save_task_sql(names),
+                                  (task, version, *(value for _, value in fields)))
+                return WriteResult(changes=self.conn.changes())
+            case SaveProgress():
+                self.conn.execute(
+                    SAVE_PROGRESS_SQL,
+                    (message.rate_rows_s, message.eta_s, message.waiting, message.at,
+                     message.task, message.version))
+                if self.conn.changes() != 1:
+                    # Progress that lands nowhere must not look saved.
+                    raise TaskError(f"no _sw_tasks row for {message.task}@{message.version}; "
+                                    "progress not saved", task=message.task)
+                return WriteResult(changes=1)
+            case SyncBatch():
+                return sync.apply_batch(self.conn, message, self._rows_per)
+            case StartSyncRun():
+                run = sync.start_run(self.conn, message)
+                return WriteResult(changes=1, last_rowid=run)
+            case EndSyncRun():
+                return WriteResult(changes=sync.end_run(self.conn, message))
+            case ReapSyncRuns():
+                return WriteResult(changes=sync.reap_runs(self.conn, message))
+            case OutboxDrained(upto_seq=upto, stale_ranges=stale):
+                # One transaction: a drained change never leaves its range's digest standing.
+                self.conn.executemany(f"UPDATE {MIRROR_RANGES_TABLE} SET digest = NULL "
+                                      "WHERE tbl = ? AND ord = ?", stale)
+                self.conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE seq <= ?", (upto,))
+                return WriteResult(changes=self.conn.changes())
+            case SaveMirrorRanges(table=table, shape=shape, ranges=ranges):
+                self.conn.execute(f"DELETE FROM {MIRROR_RANGES_TABLE} WHERE tbl = ?", (table,))
+                self.conn.executemany(
+                    f"INSERT INTO {MIRROR_RANGES_TABLE} (tbl, ord, hi, rows, digest, shape) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(table, i, hi, rows, digest, shape)
+                     for i, (hi, rows, digest) in enumerate(ranges)])
+                return WriteResult(changes=len(ranges))
+            case SetMeta(key=key, value=None):
+                self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
+                return WriteResult(changes=self.conn.changes())
+            case SetMeta(key=key, value=value):
+                self.conn.execute(f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                  (key, value))
+                return WriteResult(changes=self.conn.changes())
+            case _:
+                raise UnexpectedMessage("writer", message)
+
+    # --- background chunks --------------------------------------------------------------
+
+    def run_chunk(self, message: RunChunk, *, yielded_to: int = 0) -> ChunkResult:
+        """Run one chunk of a task in its own transaction; raises `TaskError` on failure."""
+        plan = self.tasks.get(message.task)
+        ident = f"{message.task}@{message.version}"
+        if plan is None or plan.task.version != message.version:
+            raise TaskError(f"task {ident} is not declared", task=message.task)
+        started = time.perf_counter()
+        try:
+            fn = self._callable(plan) if plan.select_sql[0] else None
+            with transaction(self.conn), self._guard(message):
+                outcome = run_chunk(self.conn, plan, run_id=message.run_id,
+                                    after=message.after, bound=message.bound,
+                                    rows=message.rows, fn=fn)
+        except Exception as exc:
+            self.failed_messages += 1
+            if isinstance(exc, TaskError):
+                raise
+            raise TaskError(f"task {ident}: the chunk after key {message.after!r} failed: "
+                            f"{exc}", task=message.task) from exc
+        duration_ms = (time.perf_counter() - started) * 1000
+        self.transactions += 1
+        self.messages += 1
+        self.last_write_at = self._clock()
+        return ChunkResult(after=message.after, last=outcome.last, scanned=outcome.scanned,
+                           processed=outcome.processed, exhausted=outcome.exhausted,
+                           duration_ms=duration_ms, yielded_to=yielded_to)
+
+    def _callable(self, plan: TaskPlan) -> Callable[..., object]:
+        fn = self._callables.get(plan.task.name)
+        if fn is None:
+            fn = self._callables[plan.task.name] = load_callable(plan.task)
+        return fn
+
+    @contextmanager
+    def _guard(self, message: Message) -> Iterator[None]:
+        """Run a sender's own SQL with the authorizer refusing what would break the group."""
+        self._refused = None
+        self._guarding = True
+        try:
+            yield
+        except apsw.AuthError as exc:
+            if self._refused is None:
+                raise
+            raise WriteError(f"{message.kind}: {self._refused}",
+                             message_kind=message.kind) from exc
+        finally:
+            self._guarding = False
+
+    def _authorize(self, code: int, first: str | None, second: str | None,
+                   database: str | None, trigger: str | None) -> int:
+        # Runs while SQLite prepares a statement; cheap when not guarding.
+        if not self._guarding:
+            return apsw.SQLITE_OK
+        if code in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            self._refused = ("transaction statements are not accepted; each message is "
+                             "already one transaction")
+            return apsw.SQLITE_DENY
+        if (code == apsw.SQLITE_PRAGMA and second is not None and first is not None
+                and first.lower() in _ENGINE_PRAGMAS):
+            self._refused = f"PRAGMA {first.lower()} is set by the engine and cannot be changed"
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    def _rows_per(self, table: str, width: int) -> int:
+        # Multi-row statements even into indexed tables: a source's batches are
+        # written while its reading thread parses the next ones, and one
+        # statement per row would hand the GIL over once per row (measured:
+        # `scripts/bench sync` reached 105k rows/s with one-row statements,
+        # counted with RETURNING, against 155k with these).
+        return rows_per_statement(self.variable_limit, width, indexed=False)
+
+    def _bulk(self, message: InsertRows | UpsertRows, sql_for: Callable[[int], str]) -> WriteResult:
+        rows, width = message.rows, len(message.columns)
+        if set(map(len, rows)) - {width}:
+            index = next(i for i, row in enumerate(rows) if len(row) != width)
+            raise BadRowError(f"{message.kind}: row {index} has {len(rows[index])} values, "
+                              f"expected {width}", message_kind=message.kind, row_index=index)
+        # A key-only upsert skips rows that exist, so only per-statement
+        # counts say how many it wrote; every other bulk write writes each row.
+        skips_rows = isinstance(message, UpsertRows) and set(message.columns) <= set(message.key)
+        per = rows_per_statement(self.variable_limit, width,
+                                 indexed=self._indexed.get(message.table, True) and not skips_rows)
+        if per == 1:
+            self.conn.executemany(sql_for(1), rows)
+            changes = len(rows)
+        else:
+            changes = 0
+            for start in range(0, len(rows), per):
+                chunk = rows[start:start + per]
+                self.conn.execute(sql_for(len(chunk)), tuple(chain.from_iterable(chunk)))
+                changes += self.conn.changes()
+        return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
+
+    # --- FTS deferral -------------------------------------------------------------------
+
+    def fts_defer(self, message: DeferFts) -> FtsDeferralView | None:
+        """Drop FTS triggers and persist the record in one transaction (None: nothing to defer)."""
+        try:
+            with transaction(self.conn):
+                deferral = fts.defer(self.conn, message.sources, message.started_at)
+        except Exception as exc:
+            raise _fts_error("deferring FTS triggers", exc) from exc
+        if deferral is None:
+            return None
+        self._wrote_ddl()
+        return deferral_view(deferral)
+
+    def fts_restore(self, message: RestoreFts) -> FtsRestoreResult:
+        """Recreate the triggers, catch the indexes up and clear the record: one transaction."""
+        started = time.perf_counter()
+        try:
+            with transaction(self.conn):
+                deferral = fts.read_deferral(self.conn)
+                restored = () if deferral is None else fts.restore(
+                    self.conn, deferral, rebuild_share=message.rebuild_share,
+                    buffer_bytes=message.buffer_bytes)
+        except Exception as exc:
+            raise _fts_error("restoring FTS triggers", exc) from exc
+        if deferral is not None:
+            self._wrote_ddl()
+        return FtsRestoreResult(
+            tables=restored,
+            duration_ms=(time.perf_counter() - started) * 1000)
+
+    def fts_update(self, message: UpdateFtsDeferral) -> FtsDeferralView | None:
+        """Rewrite the record's sources and last error; None when there is no record."""
+        with transaction(self.conn):
+            deferral = fts.read_deferral(self.conn)
+            if deferral is None:
+                return None
+            deferral = dataclasses.replace(deferral, sources=message.sources,
+                                           last_error=message.last_error,
+                                           attempts=message.attempts)
+            fts.write_deferral(self.conn, deferral)
+        self._wrote_ddl()
+        return deferral_view(deferral)
+
+    def fts_inspect(self) -> FtsInspection:
+        with transaction(self.conn):
+            tables, deferral = fts.table_states(self.conn)
+        return FtsInspection(tables=tables,
+                             deferral=deferral_view(deferral) if deferral is not None else None)
+
+    def _wrote_ddl(self) -> None:
+        self.transactions += 1
+        self.messages += 1
+        self.last_write_at = self._clock()
+
+    # --- WAL ----------------------------------------------------------------------------
+
+    def after_commit(self) -> str | None:
+        """Force a checkpoint once the WAL passes the threshold (call after a commit).
+
+        RESTART lets the next commit reuse the WAL from its start without
+        shrinking the file (measured: TRUNCATE at every threshold costs a
+        quarter of bulk-insert throughput, as the file is cut and regrown).
+        A WAL past twice the threshold means readers kept checkpoints from
+        finishing; TRUNCATE then gives the space back once they let go.
+        """
+        wal_bytes = self.wal_frames * self.page_size
+        if wal_bytes > 2 * self.wal_threshold_bytes:
+            self.checkpoint("truncate", forced=True)
+            return "truncate"
+        if wal_bytes > self.wal_threshold_bytes:
+            self.checkpoint("restart", forced=True)
+            return "restart"
+        return None
+
+    def idle_check(self) -> bool:
+        """Checkpoint if writes have paused long enough; True if still waiting for a pause."""
+        if self.wal_frames == 0:
+            return False
+        if self._clock() - self.last_write_at < self.idle_after_s:
+            return True
+        self.checkpoint("passive")
+        return False
+
+    def checkpoint(self, mode: str = "passive", *, forced: bool = False) -> CheckpointResult:
+        """Run a checkpoint; RESTART and TRUNCATE never wait for readers."""
+        if mode not in CHECKPOINT_MODES:
+            raise WriteError(f"unknown checkpoint mode {mode!r}; expected one of "
+                             f"{', '.join(CHECKPOINT_MODES)}", message_kind="writer.checkpoint")
+        waits_for_readers = mode in ("full", "restart", "truncate")
+        busy = False
+        frames = done = 0
+        if waits_for_readers:
+            # Waiting for a reader to let go would stall every queued write.
+            self.conn.set_busy_timeout(0)
+        try:
+            frames, done = self.conn.wal_checkpoint(mode=CHECKPOINT_MODES[mode])
+        except apsw.BusyError:
+            busy = True
+        finally:
+            if waits_for_readers:
+                self.conn.set_busy_timeout(self.config.database.busy_timeout_ms)
+        self.checkpoints += 1
+        self.forced_checkpoints += forced
+        self.busy_checkpoints += busy
+        if not busy:
+            # A completed checkpoint lets the next commit start the WAL over.
+            self.wal_frames = 0 if mode == "truncate" or frames == done else frames
+        return CheckpointResult(mode=mode, wal_frames=frames, checkpointed_frames=done,
+                                wal_file_bytes=self.wal_file_bytes(), busy=busy)
+
+    def wal_file_bytes(self) -> int:
+        return file_size(self._wal_path)
+
+    def checksums(self) -> ChecksumsResult:
+        """Every declared table's checksum, as committed now."""
+        return ChecksumsResult(tables=tuple(table_checksum(self.conn, table)
+                                            for table in self.config.tables))
+
+    def state(self) -> WriterState:
+        return WriterState(
+            messages=self.messages, transactions=self.transactions,
+            rows_written=self.rows_written, failed_messages=self.failed_messages,
+            wal_frames=self.wal_frames, wal_file_bytes=self.wal_file_bytes(),
+            wal_threshold_bytes=self.wal_threshold_bytes, checkpoints=self.checkpoints,
+            forced_checkpoints=self.forced_checkpoints, busy_checkpoints=self.busy_checkpoints,
+            page_size=self.page_size, variable_limit=self.variable_limit,
+        )
+
+
+def deferral_view(deferral: fts.Deferral) -> FtsDeferralView:
+    return FtsDeferralView(sources=deferral.sources, started_at=deferral.started_at,
+                           tables=tuple(t.fts for t in deferral.tables),
+                           hwm=tuple((t.fts, t.hwm) for t in deferral.tables),
+                           last_error=deferral.last_error, attempts=deferral.attempts)
+
+
+def _fts_error(what: str, exc: Exception) -> FtsError:
+    """Name the failure; it rolled back, so triggers and record still agree."""
+    if isinstance(exc, FtsError):
+        return exc
+    return FtsError(f"{what} failed and was rolled back: {exc}")
+
+
+def _ended_transaction(message: Message) -> WriteError:
+    return WriteError(f"{message.kind}: the statement ended the transaction; nothing it "
+                      "asked for was committed", message_kind=message.kind)
+
+
+def has_secondary_index(table: TableConfig) -> bool:
+    """True when inserting a row also updates another b-tree than the table's own."""
+    return bool(table.indexes or table.fts is not None or table.rowid_alias is None
+                or any(c.unique for c in table.columns))
+
+
+def as_engine_error(message: Message, exc: BaseException) -> EngineError:
+    """Turn what a write raised into the `EngineError` its sender receives."""
+    if isinstance(exc, EngineError):
+        return exc
+    target = getattr(message, "table", None)
+    what = f"{message.kind} into {target}" if target else message.kind
+    error = WriteError(f"{what} failed: {exc}", message_kind=message.kind,
+                       sqlite_error=type(exc).__name__,
+                       retryable=isinstance(exc, _RETRYABLE))
+    error.__cause__ = exc
+    return error

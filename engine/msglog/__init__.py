@@ -1,0 +1,1 @@
+"""The message log: one JSON line per message, appended by its own thread (`log`)."""

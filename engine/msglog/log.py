@@ -1,0 +1,407 @@
+"""The message log: one JSON line per message, appended by a dedicated thread.
+
+Senders call `MessageLog.record()`, which only numbers the record and queues
+it; messages are immutable, so the log thread can summarise, redact and
+serialise them later without holding anyone up. Files rotate by size
+(`messages.jsonl`, `messages.jsonl.1`, ... oldest last); `engine.replay`
+reads them back in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import glob
+import gzip
+import itertools
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlwarden.config import MessageLogConfig
+from sqlwarden.redact import Redactor
+
+#: Record kinds: a message sent without or with a reply expected, and how its
+#: handling ended. Every handled message gets exactly one `reply` or `error`.
+RECORD_KINDS = ("tell", "ask", "reply", "error")
+
+#: Message fields that hold values bound to SQL; never logged in summary mode.
+BOUND_VALUE_FIELDS = frozenset({"params", "rows"})
+#: In summary mode a longer string is cut to this many characters plus "...(N chars)".
+STRING_SUMMARY_CHARS = 200
+_TAIL_BLOCK = 65536
+_PARTIAL = ".partial"
+_SEQUENCE_SUMMARY_ITEMS = 8
+
+
+class _Entry(NamedTuple):
+    seq: int
+    ts: float
+    kind: str
+    sender: str
+    receiver: str
+    message_kind: str
+    payload: Any
+    corr: int
+    duration_ms: float | None
+    error: BaseException | None
+
+
+class MessageLog:
+    """Appends message records to a rotating JSON-lines file from one thread."""
+
+    def __init__(self, config: MessageLogConfig, path: Path, *, redactor: Redactor | None = None,
+                 clock: Any = time.time, run: str | None = None) -> None:
+        self._config = config
+        self._path = path
+        self._redactor = redactor or Redactor()
+        self._clock = clock
+        self._full = config.payload == "full"
+        self._max_bytes = max(1024, int(config.max_mb * 1024 * 1024))
+        self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        #: The engine's run id, also stored with the task rows it writes.
+        self._run = run or secrets.token_hex(4)
+        self._thread: threading.Thread | None = None
+        self._compressor: threading.Thread | None = None
+        self._file: Any = None
+        self._size = 0
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the log thread (each keeps its message alive)."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Open the file and start the log thread; sequence numbers continue the file's."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        for partial in self._path.parent.glob(f"{glob.escape(self._path.name)}.*{_PARTIAL}"):
+            partial.unlink()  # a compression cut short by a stop; its plain file is there
+        self._seq = itertools.count(_last_seq(self._path) + 1)
+        self._open()
+        self._thread = threading.Thread(target=self._run_loop, name="sqlwarden-msglog",
+                                        daemon=True)
+        self._thread.start()
+
+    def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
+               corr: int, *, duration_ms: float | None = None,
+               error: BaseException | None = None) -> int:
+        """Queue one record; returns its sequence number. Called from any thread."""
+        # Numbered and queued under one lock, so the file is in sequence order.
+        with self._lock:
+            seq = next(self._seq)
+            self._queue.put(_Entry(seq, self._clock(), kind, sender, receiver, message_kind,
+                                   payload, corr, duration_ms, error))
+        return seq
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything recorded so far is written to the file."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._wait_compressor()
+
+    # --- log thread ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Drain what else is queued so one flush covers many records.
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            for entry in batch:
+                if entry is None:
+                    stop = True
+                elif isinstance(entry, threading.Event):
+                    self._flush_file()
+                    entry.set()
+                else:
+                    self._write(entry)
+            self._flush_file()
+            if stop:
+                return
+
+    def _write(self, entry: _Entry) -> None:
+        try:
+            line = json.dumps(self._to_record(entry), ensure_ascii=False,
+                              separators=(",", ":"), default=str) + "\n"
+            data = line.encode("utf-8")
+            if self._file is None or self._file.closed:
+                self._open()  # an earlier rotation could not reopen it; try again
+            if self._size and self._size + len(data) > self._max_bytes:
+                self._rotate()
+            self._file.write(data)
+            self._size += len(data)
+        except Exception as exc:
+            self.write_errors += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+
+    def _flush_file(self) -> None:
+        try:
+            if self._file is not None and not self._file.closed:
+                self._file.flush()
+        except (OSError, ValueError) as exc:
+            self.write_errors += 1
+            self.last_write_error = f"{type(exc).__name__}: {exc}"
+
+    def _to_record(self, entry: _Entry) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "seq": entry.seq,
+            "ts": datetime.fromtimestamp(entry.ts, UTC).isoformat(timespec="microseconds"),
+            "run": self._run,
+            "kind": entry.kind,
+            "sender": entry.sender,
+            "receiver": entry.receiver,
+            "message": entry.message_kind,
+            "fields": self._fields(entry.payload),
+            "corr": entry.corr,
+        }
+        if entry.duration_ms is not None:
+            record["duration_ms"] = round(entry.duration_ms, 3)
+        if entry.error is not None:
+            record["error"] = {"type": type(entry.error).__name__,
+                               "message": self._redactor.text(str(entry.error))}
+        return record
+
+    def _fields(self, payload: Any) -> Any:
+        if payload is None:
+            return {}
+        if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+            return {f.name: self._field(f.name, getattr(payload, f.name))
+                    for f in dataclasses.fields(payload)}
+        return {"value": self._value(payload)}
+
+    def _field(self, name: str, value: Any) -> Any:
+        # Bound values are the sender's data (tokens, personal data): a summary
+        # says how many there are; only `payload: full` records them.
+        if not self._full and name in BOUND_VALUE_FIELDS and isinstance(value, tuple):
+            return {"items": len(value)}
+        return self._redactor.value(name, self._value(value))
+
+    def _value(self, value: Any, depth: int = 0) -> Any:
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            value = self._redactor.text(value)
+            if not self._full and len(value) > STRING_SUMMARY_CHARS:
+                return value[:STRING_SUMMARY_CHARS] + f"...({len(value)} chars)"
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            return ({"base64": base64.b64encode(raw).decode("ascii")} if self._full
+                    else f"<{len(raw)} bytes>")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if depth > 3:
+                return f"<{type(value).__name__}>"
+            return {f.name: self._field(f.name, getattr(value, f.name))
+                    for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            if self._full:
+                return [self._value(v, depth + 1) for v in value]
+            if len(value) <= _SEQUENCE_SUMMARY_ITEMS and all(
+                    _plain(v) or (isinstance(v, tuple) and len(v) <= _SEQUENCE_SUMMARY_ITEMS
+                                  and all(_plain(w) for w in v)) for v in value):
+                # Short, and plain values or short tuples of them (name/value pairs
+                # such as a task's saved fields): shown as they are.
+                return [self._value(v, depth + 1) for v in value]
+            return {"items": len(value)}
+        if isinstance(value, dict):
+            return {str(k): self._redactor.value(str(k), self._value(v, depth + 1))
+                    for k, v in value.items()}
+        return self._redactor.text(repr(value))
+
+    def _open(self) -> None:
+        self._file = open(self._path, "ab")  # noqa: SIM115 - kept open for the run
+        self._size = self._file.tell()
+        if self._size and not _ends_with_newline(self._path):
+            # A line torn by a crash: end it, so the first record of this run is whole.
+            self._file.write(b"\n")
+            self._size += 1
+
+    def _rotate(self) -> None:
+        self._file.close()
+        try:
+            self._shift()
+        finally:
+            # Whatever failed, the log goes on in a file (or tries again next record).
+            self._open()
+
+    def _shift(self) -> None:
+        # The last rotated file is compressed before the files move up one.
+        self._wait_compressor()
+        backups = self._config.backups
+        if backups == 0:
+            self._path.unlink(missing_ok=True)
+        else:
+            for suffix in ("", ".gz"):
+                _rotated(self._path, backups, suffix).unlink(missing_ok=True)
+            for i in range(backups - 1, 0, -1):
+                for suffix in ("", ".gz"):
+                    src = _rotated(self._path, i, suffix)
+                    if src.exists():
+                        src.rename(_rotated(self._path, i + 1, suffix))
+            self._path.rename(_rotated(self._path, 1))
+            if self._config.compress:
+                self._compressor = threading.Thread(
+                    target=self._compress, args=(_rotated(self._path, 1),),
+                    name="sqlwarden-msglog-gzip", daemon=True)
+                self._compressor.start()
+
+    def _compress(self, path: Path) -> None:
+        """`path` to `path.gz`; the plain file goes only once the whole .gz is in place
+        (readers take the plain one while both exist)."""
+        partial = path.with_name(path.name + ".gz" + _PARTIAL)
+        try:
+            with open(path, "rb") as source, open(partial, "wb") as raw:
+                with gzip.open(raw, "wb", compresslevel=6) as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                raw.flush()
+                os.fsync(raw.fileno())  # whole on disk before the plain file goes
+            os.replace(partial, path.with_name(path.name + ".gz"))
+            _fsync_folder(path.parent)
+            path.unlink()
+        except OSError as exc:  # the plain file stays, and is read as it is
+            partial.unlink(missing_ok=True)
+            self.write_errors += 1
+            self.last_write_error = f"compressing {path.name}: {type(exc).__name__}: {exc}"
+
+    def _wait_compressor(self) -> None:
+        if self._compressor is not None:
+            self._compressor.join()
+            self._compressor = None
+
+
+class NullMessageLog(MessageLog):
+    """Numbers records and drops them: the log is switched off in config."""
+
+    def start(self) -> None:
+        pass
+
+    def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
+               corr: int, *, duration_ms: float | None = None,
+               error: BaseException | None = None) -> int:
+        return next(self._seq)
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def _rotated(path: Path, index: int, suffix: str = "") -> Path:
+    return path.with_name(f"{path.name}.{index}{suffix}")
+
+
+#: A rotated file of a log: `<base>.<n>`, or `<base>.<n>.gz` when compressed.
+ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)(?P<gz>\.gz)?$")
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The log's rotated files (plain or .gz), oldest first, then the current file."""
+    base = Path(path)
+    rotated: dict[int, Path] = {}
+    if base.parent.is_dir():
+        for candidate in base.parent.iterdir():
+            match = ROTATED.match(candidate.name)
+            if match and match["base"] == base.name:
+                n = int(match["n"])
+                # Both: the .gz is being written (or was, before a crash); the plain one
+                # is whole.
+                if n not in rotated or not match["gz"]:
+                    rotated[n] = candidate
+    files = [rotated[n] for n in sorted(rotated, reverse=True)]
+    if base.is_file():
+        files.append(base)
+    return files
+
+
+def _last_seq(path: Path) -> int:
+    """The sequence number of the last complete record in the log at `path`, or 0."""
+    for file in reversed(log_files(path)):
+        seq = file_last_seq(file)
+        if seq is not None:
+            return seq
+    return 0
+
+
+def _seq_of(raw: bytes) -> int | None:
+    try:
+        seq = json.loads(raw)["seq"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seq if type(seq) is int else None
+
+
+def file_last_seq(file: Path) -> int | None:
+    """The last record's seq, read backwards block by block (a record may be large)."""
+    if file.suffix == ".gz":
+        last = None
+        try:
+            with gzip.open(file, "rb") as compressed:
+                for raw in compressed:
+                    last = _seq_of(raw) or last
+        except (OSError, EOFError):  # cut short (a power loss): what was read stands
+            pass
+        return last
+    with open(file, "rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        #: The line being gathered, its pieces from last to first.
+        pieces: list[bytes] = []
+        while position > 0:
+            step = min(_TAIL_BLOCK, position)
+            position -= step
+            handle.seek(position)
+            block = handle.read(step)
+            cut = len(block)
+            while (newline := block.rfind(b"\n", 0, cut)) >= 0:
+                seq = _seq_of(block[newline + 1:cut] + b"".join(reversed(pieces)))
+                if seq is not None:
+                    return seq
+                pieces, cut = [], newline
+            pieces.append(block[:cut])
+        return _seq_of(b"".join(reversed(pieces)))  # the file's first line
