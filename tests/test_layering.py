@@ -26,7 +26,7 @@ def modules(folder: str) -> dict[str, ast.Module]:
 
 def top_floor(name: str) -> bool:
     """The facade and the CLI: the only modules that build and drive actors."""
-    return name == "engine/facade.py" or name.startswith("engine/cli/")
+    return name.startswith(("engine/facade/", "engine/cli/"))
 
 
 def uses(tree: ast.Module, package: str) -> bool:

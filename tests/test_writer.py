@@ -110,6 +110,43 @@ def test_write_many_takes_tuples_lists_and_dicts(engine: Engine, config: Config)
     assert count_rows(config.database.path, "sites") == 3
 
 
+NOTES_YAML = """\
+database: {{path: {db}}}
+tables:
+  notes:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      title: {{type: text, not_null: true}}
+      body: text
+      status: {{type: text, not_null: true, default: new}}
+      score: {{type: real, default: 1.5}}
+message_log: {{enabled: false}}
+status: {{enabled: false}}
+"""
+
+
+def test_dict_rows_may_leave_out_nullable_and_defaulted_columns(tmp_path: Path) -> None:
+    config = parse_config(NOTES_YAML.format(db=tmp_path / "notes.db"), base_dir=tmp_path)
+    with Engine(config) as engine:
+        engine.write_many("notes", [{"title": "a"}, {"id": 7, "title": "b", "body": "x",
+                                                     "status": "done"}])
+        engine.upsert("notes", [{"id": 7, "title": "b2"}])  # body and status stay
+        with engine.read() as conn:
+            assert conn.execute("SELECT * FROM notes ORDER BY id").fetchall() == [
+                (1, "a", None, "new", 1.5), (7, "b2", "x", "done", 1.5)]
+        with pytest.raises(BadRowError, match="row 1 names other columns than row 0 "
+                                              r"\(differing: body\)"):
+            engine.upsert("notes", [{"id": 1, "title": "c"}, {"id": 2, "title": "d", "body": ""}])
+        with pytest.raises(BadRowError, match=r"row 0 names column\(s\) colour, which table "
+                                              "notes does not have"):
+            engine.write_many("notes", [{"title": "e", "colour": "red"}])
+        with pytest.raises(BadRowError, match="row 0 has no value for column 'title', which is "
+                                              "NOT NULL without a default"):
+            engine.write_many("notes", [{"id": 9}])
+        with engine.read() as conn:
+            assert conn.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+
+
 def test_a_bad_row_fails_its_whole_message_and_names_the_row(engine: Engine,
                                                              config: Config) -> None:
     rows = [site_row(i) for i in range(1, 1200)]

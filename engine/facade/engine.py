@@ -1,4 +1,4 @@
-"""The `Engine` facade: what a service embeds and what the CLI drives.
+"""`Engine`: what a service embeds and what the CLI drives.
 
 It builds the actors from a validated config, starts them in dependency
 order, and stops them in reverse. Its methods are the edge of the actor
@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType, TracebackType
-from typing import Any, Literal, cast, overload
+from typing import Any, Literal, overload
 
 import apsw
 import pykka
@@ -30,68 +30,42 @@ from sqlwarden.actors.progress import ProgressActor
 from sqlwarden.actors.sync import SyncActor
 from sqlwarden.actors.writer import WriterActor
 from sqlwarden.config import Config, TableConfig, TaskConfig, load_config, validate_task
-from sqlwarden.db.connect import file_size
 from sqlwarden.db.readers import ReaderPool
 from sqlwarden.errors import (
-    BadRowError,
     EngineError,
     EngineStopped,
     FtsError,
-    MirrorError,
     NotReady,
     TaskError,
     WriteError,
 )
+from sqlwarden.facade import rows as rows_mod
+from sqlwarden.facade import status as status_mod
+from sqlwarden.facade.parts import Fts, Mirror, Sync, Tasks
 from sqlwarden.fts import deferral as fts_sql
-from sqlwarden.futures import Future, Timeout
-from sqlwarden.mirror import session as mirror_sql
+from sqlwarden.futures import Future
 from sqlwarden.msglog.log import MessageLog, NullMessageLog
 from sqlwarden.protocol import (
-    BeginCatchUp,
     Checkpoint,
-    ControlTask,
-    EndCatchUp,
     Execute,
     ExecuteBatch,
-    FtsStatus,
     FtsTick,
     InsertRows,
     Message,
     MirrorBoot,
-    MirrorStatus,
-    ProgressSnapshot,
-    Reconcile,
-    RestoreFtsNow,
-    RunSource,
     SetMeta,
-    StartTasks,
     Statement,
     SyncBoot,
-    SyncStatus,
     TableChecksums,
-    TasksStatus,
     UpsertRows,
-    Verify,
-    WaitSources,
-    WaitTasks,
     WriterStatus,
 )
 from sqlwarden.redact import Redactor
 from sqlwarden.statusd import StatusServer
 from sqlwarden.supervisor import Failure, Supervisor
-from sqlwarden.sync import runs as sync_sql
 from sqlwarden.tasks.chunks import TaskPlan, read_task_rows
 from sqlwarden.views import (
     CheckpointResult,
-    FtsLease,
-    FtsView,
-    MirrorView,
-    ProgressView,
-    ReconcileView,
-    Row,
-    SourceView,
-    SyncRunView,
-    TaskView,
     WriteResult,
     WriterState,
 )
@@ -190,9 +164,11 @@ class Engine:
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
                     health=self.health, control=self._control_for_http,
-                    fts_restore=lambda: fts_view_dict(self.fts.restore()),
-                    sync_run=lambda name, mode: run_view_dict(self.sync.run(name, mode=mode)),
-                    mirror_reconcile=lambda: reconcile_view_dict(self.mirror.reconcile()))
+                    fts_restore=lambda: status_mod.fts_view_dict(self.fts.restore()),
+                    sync_run=lambda name, mode: status_mod.run_view_dict(
+                        self.sync.run(name, mode=mode)),
+                    mirror_reconcile=lambda: status_mod.reconcile_view_dict(
+                        self.mirror.reconcile()))
             self._start_actor(WriterActor, config=self.config, clock=self._clock,
                               tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
@@ -294,13 +270,13 @@ class Engine:
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
         """Run one statement with positional `?` parameters; returns once committed."""
-        result: WriteResult = self._ask("writer", Execute(sql=sql, params=_params(params)))
+        result: WriteResult = self._ask("writer", Execute(sql=sql, params=rows_mod.params(params)))
         return result
 
     def write_batch(self, statements: Iterable[str | tuple[str, Sequence[Any]]]) -> WriteResult:
         """Run several statements in one transaction: all commit, or none."""
         batch = tuple(Statement(sql=s, params=()) if isinstance(s, str)
-                      else Statement(sql=s[0], params=_params(s[1])) for s in statements)
+                      else Statement(sql=s[0], params=rows_mod.params(s[1])) for s in statements)
         result: WriteResult = self._ask("writer", ExecuteBatch(statements=batch))
         return result
 
@@ -323,7 +299,7 @@ class Engine:
         result once committed, which lets several batches share a commit.
         """
         spec = self._table(table, "writer.insert_rows")
-        cols, data = _rows(spec, rows, columns, "writer.insert_rows")
+        cols, data = rows_mod.insert_rows(spec, rows, columns)
         return self._send("writer", InsertRows(table=table, columns=cols, rows=data), wait)
 
     @overload
@@ -341,7 +317,7 @@ class Engine:
                wait: bool = True) -> WriteResult | Future[WriteResult]:
         """Insert rows, updating the other columns where the key (default: primary key) exists."""
         spec = self._table(table, "writer.upsert_rows")
-        cols, data = _rows(spec, rows, columns, "writer.upsert_rows")
+        cols, data = rows_mod.upsert_rows(spec, rows, columns)
         conflict = tuple(key) if key is not None else spec.primary_key
         missing = [c for c in conflict if c not in cols]
         if missing:
@@ -394,152 +370,22 @@ class Engine:
             raise TaskError(f"nothing provides {name!r} (known: {known})", task=name)
         return name, task
 
+    def status(self) -> dict[str, Any]:
+        """Everything worth knowing about the running engine, with secrets removed."""
+        return status_mod.engine_status(self)
+
+    def health(self) -> tuple[bool, list[str]]:
+        """(steady, reasons): not steady while a required task (one that `provides`
+        something) is under way, or while any task has failed."""
+        return status_mod.engine_health(self)
+
     def writer_state(self) -> WriterState:
         """The Writer's counters (messages, transactions, WAL)."""
         state: WriterState = self._ask("writer", WriterStatus())
         return state
 
-    def status(self) -> dict[str, Any]:
-        """Everything worth knowing about the running engine, with secrets removed."""
-        path = str(self.config.database.path)
-        out: dict[str, Any] = {
-            "state": self._state,
-            "run_id": self.run_id,
-            "database": {"path": path, "size_bytes": file_size(path),
-                         "wal_bytes": file_size(path + "-wal")},
-        }
-        if self._state == "running":
-            try:
-                state: WriterState = self._ask("writer", WriterStatus(),
-                                               timeout=STATUS_TIMEOUT_S)
-                out["writer"] = dataclasses.asdict(state)
-            except Timeout:
-                out["writer"] = {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
-            except EngineError as exc:
-                out["writer"] = {"error": str(exc)}
-            out["writer"]["queue_depth"] = self.queue_depth("writer")
-        if self._state == "running" and self._plans:
-            out["tasks"] = self._task_status()
-        if self._state == "running":
-            out["fts"] = self._fts_status()
-        if self._state == "running" and self.config.sources:
-            out["sync"] = self._sync_status()
-        if self._state == "running" and self.mirror.enabled:
-            out["mirror"] = self._mirror_status()
-        if self._readers is not None:
-            out["readers"] = {"size": self._readers.size, "lent": self._readers.lent}
-        if self._log is not None:
-            out["message_log"] = {"path": self.message_log_path,
-                                  "queued": self._log.queued,
-                                  "write_errors": self._log.write_errors,
-                                  "last_write_error": self._log.last_write_error}
-        out["failures"] = {"total": self.supervisor.total,
-                           "recent": [dataclasses.asdict(f)
-                                      for f in self.supervisor.failures()]}
-        if self._fatal is not None:
-            out["fatal"] = dataclasses.asdict(self._fatal)
-        return _redact(self._redactor, out)
-
-    def _status_answers(self, *asks: tuple[str, Message]) -> tuple[Any, ...] | dict[str, str]:
-        """The answers to `asks`, or, if one does not come in time, what went wrong."""
-        try:
-            return tuple(self._ask(receiver, message, timeout=STATUS_TIMEOUT_S)
-                         for receiver, message in asks)
-        except Timeout:
-            return {"error": f"no answer within {STATUS_TIMEOUT_S}s (busy)"}
-        except EngineError as exc:
-            return {"error": str(exc)}
-
-    def _task_status(self) -> list[dict[str, Any]] | dict[str, str]:
-        answers = self._status_answers(("backfill", TasksStatus()),
-                                       ("progress", ProgressSnapshot()))
-        if isinstance(answers, dict):
-            return answers
-        views: tuple[TaskView, ...] = answers[0]
-        progress: tuple[ProgressView, ...] = answers[1]
-        live = {p.name: p for p in progress if p.scope == "task"}
-        out = []
-        for view in views:
-            entry = dataclasses.asdict(view)
-            seen = live.get(view.name)
-            entry["rate_rows_s"] = seen.rate_rows_s if seen else None
-            entry["eta_s"] = seen.eta_s if seen else None
-            entry["progress_saved"] = seen.persisted if seen else 0
-            entry["progress_save_failures"] = seen.persist_failures if seen else 0
-            entry["last_progress_save_error"] = seen.last_persist_error if seen else None
-            out.append(entry)
-        return out
-
-    def _fts_status(self) -> dict[str, Any]:
-        answers = self._status_answers(("fts", FtsStatus()))
-        return answers if isinstance(answers, dict) else fts_view_dict(answers[0])
-
-    def _sync_status(self) -> list[dict[str, Any]] | dict[str, str]:
-        answers = self._status_answers(("sync", SyncStatus()), ("progress", ProgressSnapshot()))
-        if isinstance(answers, dict):
-            return answers
-        views: tuple[SourceView, ...] = answers[0]
-        progress: tuple[ProgressView, ...] = answers[1]
-        live = {p.name: p for p in progress if p.scope == "sync"}
-        assert self._readers is not None
-        with self._readers.lend(STATUS_TIMEOUT_S) as conn:
-            rejects = sync_sql.reject_counts(conn)
-        out = []
-        for view in views:
-            entry = source_view_dict(view)
-            seen = live.get(view.name)
-            running = view.current is not None and seen is not None
-            entry["rate_rows_s"] = seen.rate_rows_s if running and seen else None
-            entry["eta_s"] = seen.eta_s if running and seen else None
-            entry["rejects_stored"] = rejects.get(view.name, 0)
-            out.append(entry)
-        return out
-
-    def _mirror_status(self) -> dict[str, Any]:
-        answers = self._status_answers(("mirror", MirrorStatus()))
-        out: dict[str, Any] = (answers if isinstance(answers, dict)
-                               else mirror_view_dict(answers[0]))
-        assert self._readers is not None
-        try:
-            with self._readers.lend(STATUS_TIMEOUT_S) as conn:
-                depth, oldest = mirror_sql.outbox_depth(conn)
-        except (EngineError, apsw.Error) as exc:
-            out["outbox"] = {"error": str(exc)}
-        else:
-            out["outbox"] = {"depth": depth, "oldest_age_s": None if oldest is None
-                             else round(max(0.0, time.time() - oldest), 3)}
-        return out
-
     def _control_for_http(self, name: str, action: str) -> dict[str, Any]:
         return dataclasses.asdict(self.tasks.control(name, action))
-
-    def health(self) -> tuple[bool, list[str]]:
-        """(steady, reasons): not steady while a required task (one that `provides`
-        something) is under way, or while any task has failed."""
-        reasons: list[str] = []
-        if self._state != "running":
-            reasons.append(f"engine is {self._state}")
-            return False, reasons
-        fts = self._fts_status()
-        if fts.get("state") == "restore_failed":
-            reasons.append(f"FTS index of {', '.join(fts['tables'])} is stale: {fts['error']}")
-        tasks = self._task_status() if self._plans else []
-        if isinstance(tasks, dict):
-            return False, [*reasons, f"tasks: {tasks['error']}"]
-        for task in tasks:
-            ident = f"{task['name']}@{task['version']}"
-            if task["status"] == "failed":
-                reasons.append(f"task {ident} failed: {task['error']}")
-            elif task["provides"] and task["status"] in ("pending", "running", "paused"):
-                # Cancelled is a person's decision, not a state to wait out.
-                reasons.append(f"task {ident} (provides {task['provides']}) is "
-                               f"{task['status']}: {task['processed']:,} of "
-                               f"{task['total'] if task['total'] is not None else '?'} rows")
-            if task["last_progress_save_error"]:
-                reasons.append(f"task {ident}: saving progress failed "
-                               f"({task['progress_save_failures']} times so far): "
-                               f"{task['last_progress_save_error']}")
-        return not reasons, reasons
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -593,41 +439,6 @@ class Engine:
                              message_kind=kind) from None
 
 
-def _params(params: Sequence[Any]) -> Row:
-    if isinstance(params, (Mapping, str, bytes)):
-        raise WriteError(f"parameters must be a sequence for positional '?' placeholders, not "
-                         f"{type(params).__name__}", message_kind="writer.execute")
-    return tuple(params)
-
-
-def _rows(spec: TableConfig, rows: Iterable[Sequence[Any] | Mapping[str, Any]],
-          columns: Sequence[str] | None, kind: str) -> tuple[tuple[str, ...], tuple[Row, ...]]:
-    cols = tuple(columns) if columns is not None else spec.column_names
-    unknown = [c for c in cols if c not in spec.column_names]
-    if unknown:
-        raise WriteError(f"table {spec.name} has no column(s) {', '.join(unknown)}",
-                         message_kind=kind)
-    data = tuple(rows)
-    if all(type(row) is tuple for row in data):
-        return cols, cast(tuple[Row, ...], data)
-    out: list[Row] = []
-    for i, row in enumerate(data):
-        if isinstance(row, tuple):
-            out.append(row)
-        elif isinstance(row, Mapping):
-            try:
-                out.append(tuple(row[c] for c in cols))
-            except KeyError as exc:
-                raise BadRowError(f"{kind}: row {i} has no value for column {exc.args[0]!r}",
-                                  message_kind=kind, row_index=i) from None
-        elif isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
-            raise BadRowError(f"{kind}: row {i} is {type(row).__name__}, expected a tuple, "
-                              "list or dict", message_kind=kind, row_index=i)
-        else:
-            out.append(tuple(row))
-    return cols, tuple(out)
-
-
 def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> None:
     """Raise `NotReady` if a named FTS table (or the table it indexes) is deferred.
 
@@ -652,39 +463,6 @@ def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> No
                                f"(FTS tables: {listed})")
 
 
-def run_view_dict(run: SyncRunView) -> dict[str, Any]:
-    """A run as plain data, with the FTS answers summarised."""
-    out = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
-           if f.name not in ("fts_lease", "fts_after")}
-    lease = run.fts_lease
-    out["fts_deferred"] = bool(lease and lease.deferred)
-    return out
-
-
-def source_view_dict(view: SourceView) -> dict[str, Any]:
-    out = {f.name: getattr(view, f.name) for f in dataclasses.fields(view)}
-    out["current"] = run_view_dict(view.current) if view.current else None
-    out["last"] = run_view_dict(view.last) if view.last else None
-    return out
-
-
-def fts_view_dict(view: FtsView) -> dict[str, Any]:
-    """An `FtsView` as plain JSON-able data, for status output."""
-    out = dataclasses.asdict(view)
-    out["sources"] = dict(view.sources)
-    out["tables"] = list(view.tables)
-    out["not_deferrable"] = dict(view.not_deferrable)
-    return out
-
-
-def _redact(redactor: Redactor, value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _redact(redactor, v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(redactor, v, key) for v in value]
-    return redactor.value(key, value)
-
-
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     """Set `stop` on SIGINT or SIGTERM for the duration (main thread only)."""
@@ -701,216 +479,3 @@ def stop_on_signals(stop: threading.Event) -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-class Tasks:
-    """`engine.tasks`: start, watch and control the chunked tasks."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._waiting: dict[tuple[str, ...], Future[Any]] = {}
-
-    def start(self) -> None:
-        """Recover task rows left by earlier runs and start what should run."""
-        self._engine.tell("backfill", StartTasks())
-
-    def list(self) -> tuple[TaskView, ...]:
-        """Every task, as the Backfill actor sees it now."""
-        views: tuple[TaskView, ...] = self._engine.ask("backfill", TasksStatus())
-        return views
-
-    def progress(self) -> tuple[ProgressView, ...]:
-        """Live progress (rate, ETA, waiting reason) of every job."""
-        views: tuple[ProgressView, ...] = self._engine.ask("progress", ProgressSnapshot())
-        return views
-
-    def pause(self, name: str) -> TaskView:
-        """Stop sending chunks after the one running; returns once the state is saved."""
-        return self.control(name, "pause")
-
-    def resume(self, name: str) -> TaskView:
-        """Continue a paused task, or retry a failed or cancelled one from its checkpoint."""
-        return self.control(name, "resume")
-
-    def cancel(self, name: str) -> TaskView:
-        """Stop between chunks; what was committed stays committed and visible."""
-        return self.control(name, "cancel")
-
-    def control(self, name: str, action: str) -> TaskView:
-        view: TaskView = self._engine.ask("backfill", ControlTask(task=name, action=action))
-        return view
-
-    def wait(self, *names: str, timeout: float | None = None) -> tuple[TaskView, ...]:
-        """Block until the tasks (all by default) are done, failed, cancelled or paused.
-
-        Raises `TimeoutError` after `timeout` seconds; calling again with the
-        same names goes on waiting for the same answer.
-        """
-        future = self._waiting.get(names)
-        if future is None:
-            future = self._waiting[names] = self._engine.ask_later("backfill",
-                                                                   WaitTasks(tasks=names))
-        try:
-            views: tuple[TaskView, ...] = future.get(timeout=timeout)
-        except Timeout:
-            raise Timeout(f"tasks not settled within {timeout}s") from None
-        except BaseException:
-            del self._waiting[names]  # answered, with an error
-            raise
-        del self._waiting[names]
-        return views
-
-
-class Fts:
-    """`engine.fts`: FTS deferral around bulk catch-ups, and its state."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def begin_catch_up(self, source: str, backlog_rows: int) -> FtsLease:
-        """Say `source` is about to write `backlog_rows` rows; FTS upkeep is deferred if
-        that reaches the threshold. Always pair with `end_catch_up` in a `finally`."""
-        lease: FtsLease = self._engine.ask("fts", BeginCatchUp(source=source,
-                                                               backlog_rows=backlog_rows))
-        return lease
-
-    def end_catch_up(self, source: str) -> FtsView:
-        """`source` is done; when it was the last one, the triggers are restored first."""
-        view: FtsView = self._engine.ask("fts", EndCatchUp(source=source))
-        return view
-
-    @contextmanager
-    def catch_up(self, source: str, backlog_rows: int) -> Iterator[FtsLease]:
-        """`begin_catch_up` for the `with` block, `end_catch_up` however it ends."""
-        lease = self.begin_catch_up(source, backlog_rows)
-        try:
-            yield lease
-        finally:
-            self.end_catch_up(source)
-
-    def status(self) -> FtsView:
-        view: FtsView = self._engine.ask("fts", FtsStatus())
-        return view
-
-    def restore(self) -> FtsView:
-        """Restore now, even while sources are catching up; returns once it has ended."""
-        view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
-        return view
-
-
-class Mirror:
-    """`engine.mirror`: reconcile or verify the MySQL mirror, and read its state."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    @property
-    def enabled(self) -> bool:
-        mirror = self._engine.config.mirror
-        return mirror is not None and mirror.enabled
-
-    def _require(self) -> None:
-        if not self.enabled:
-            raise MirrorError("the config has no enabled mirror section")
-
-    def reconcile(self, timeout: float | None = None) -> ReconcileView:
-        """Make the mirror equal SQLite for this scope; joins a reconcile under way.
-
-        Raises `MirrorUnavailable` when the server is out of reach (the
-        reconcile then runs on the next successful connect), `MirrorError`
-        when it fails, `TimeoutError` when it has not ended within `timeout`.
-        """
-        self._require()
-        try:
-            view: ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
-                timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the reconcile has not ended within {timeout}s") from None
-        return view
-
-    def verify(self, timeout: float | None = None) -> ReconcileView:
-        """Compare SQLite and the mirror range by range, changing nothing."""
-        self._require()
-        try:
-            view: ReconcileView = self._engine.ask_later("mirror", Verify()).get(
-                timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the verify has not ended within {timeout}s") from None
-        return view
-
-    def status(self) -> dict[str, Any]:
-        """The mirror's state, as `status()["mirror"]` shows it."""
-        self._require()
-        return self._engine.status().get("mirror", {})
-
-    def view(self) -> MirrorView:
-        self._require()
-        view: MirrorView = self._engine.ask("mirror", MirrorStatus())
-        return view
-
-
-def reconcile_view_dict(view: ReconcileView) -> dict[str, Any]:
-    out = dataclasses.asdict(view)
-    out["in_sync"] = view.in_sync
-    return out
-
-
-def mirror_view_dict(view: MirrorView) -> dict[str, Any]:
-    out = dataclasses.asdict(view)
-    if view.last_reconcile is not None:
-        out["last_reconcile"] = reconcile_view_dict(view.last_reconcile)
-    return out
-
-
-class RunHandle:
-    """A source run asked for and not yet ended."""
-
-    def __init__(self, future: Future[Any]) -> None:
-        self._future = future
-
-    def result(self, timeout: float | None = None) -> SyncRunView:
-        """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
-        try:
-            view: SyncRunView = self._future.get(timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the run has not ended within {timeout}s") from None
-        return view
-
-
-class Sync:
-    """`engine.sync`: run sources now, watch them, read their history."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def run(self, source: str, *, mode: str = "auto", join: bool = True,
-            timeout: float | None = None) -> SyncRunView:
-        """Run `source` now and return its run once it has ended.
-
-        While it runs already this joins that run (or, with `join=False`,
-        raises `SyncBusy`). `mode` is `auto`, `full` or `incremental`.
-        """
-        return self.run_later(source, mode=mode, join=join).result(timeout)
-
-    def run_later(self, source: str, *, mode: str = "auto", join: bool = True) -> RunHandle:
-        """`run` without waiting: a handle whose `result()` is the `SyncRunView`."""
-        return RunHandle(self._engine.ask_later("sync", RunSource(source=source, mode=mode,
-                                                                  join=join)))
-
-    def status(self) -> tuple[SourceView, ...]:
-        views: tuple[SourceView, ...] = self._engine.ask("sync", SyncStatus())
-        return views
-
-    def wait(self, *sources: str, timeout: float | None = None) -> tuple[SourceView, ...]:
-        """Block until the sources (all by default) have no run and no retry pending."""
-        try:
-            views: tuple[SourceView, ...] = self._engine.ask_later(
-                "sync", WaitSources(sources=sources)).get(timeout=timeout)
-        except Timeout:
-            raise Timeout(f"sources not idle within {timeout}s") from None
-        return views
-
-    def history(self, source: str | None = None, limit: int = 20) -> list[SyncRunView]:
-        """The newest runs first, from `_sw_sync_runs`."""
-        with self._engine.read() as conn:
-            return sync_sql.history(conn, source, limit)

@@ -1,0 +1,245 @@
+"""The engine's parts as callers meet them: `engine.tasks`, `.fts`, `.sync`, `.mirror`.
+
+Each is a thin set of asks to one actor, waiting for the answer; a run
+asked for without waiting is a `RunHandle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlwarden.errors import MirrorError
+from sqlwarden.futures import Future, Timeout
+from sqlwarden.protocol import (
+    BeginCatchUp,
+    ControlTask,
+    EndCatchUp,
+    FtsStatus,
+    MirrorStatus,
+    ProgressSnapshot,
+    Reconcile,
+    RestoreFtsNow,
+    RunSource,
+    StartTasks,
+    SyncStatus,
+    TasksStatus,
+    Verify,
+    WaitSources,
+    WaitTasks,
+)
+from sqlwarden.sync import runs as sync_sql
+from sqlwarden.views import (
+    FtsLease,
+    FtsView,
+    MirrorView,
+    ProgressView,
+    ReconcileView,
+    SourceView,
+    SyncRunView,
+    TaskView,
+)
+
+if TYPE_CHECKING:
+    from sqlwarden.facade.engine import Engine
+
+
+class Tasks:
+    """`engine.tasks`: start, watch and control the chunked tasks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._waiting: dict[tuple[str, ...], Future[Any]] = {}
+
+    def start(self) -> None:
+        """Recover task rows left by earlier runs and start what should run."""
+        self._engine.tell("backfill", StartTasks())
+
+    def list(self) -> tuple[TaskView, ...]:
+        """Every task, as the Backfill actor sees it now."""
+        views: tuple[TaskView, ...] = self._engine.ask("backfill", TasksStatus())
+        return views
+
+    def progress(self) -> tuple[ProgressView, ...]:
+        """Live progress (rate, ETA, waiting reason) of every job."""
+        views: tuple[ProgressView, ...] = self._engine.ask("progress", ProgressSnapshot())
+        return views
+
+    def pause(self, name: str) -> TaskView:
+        """Stop sending chunks after the one running; returns once the state is saved."""
+        return self.control(name, "pause")
+
+    def resume(self, name: str) -> TaskView:
+        """Continue a paused task, or retry a failed or cancelled one from its checkpoint."""
+        return self.control(name, "resume")
+
+    def cancel(self, name: str) -> TaskView:
+        """Stop between chunks; what was committed stays committed and visible."""
+        return self.control(name, "cancel")
+
+    def control(self, name: str, action: str) -> TaskView:
+        view: TaskView = self._engine.ask("backfill", ControlTask(task=name, action=action))
+        return view
+
+    def wait(self, *names: str, timeout: float | None = None) -> tuple[TaskView, ...]:
+        """Block until the tasks (all by default) are done, failed, cancelled or paused.
+
+        Raises `TimeoutError` after `timeout` seconds; calling again with the
+        same names goes on waiting for the same answer.
+        """
+        future = self._waiting.get(names)
+        if future is None:
+            future = self._waiting[names] = self._engine.ask_later("backfill",
+                                                                   WaitTasks(tasks=names))
+        try:
+            views: tuple[TaskView, ...] = future.get(timeout=timeout)
+        except Timeout:
+            raise Timeout(f"tasks not settled within {timeout}s") from None
+        except BaseException:
+            del self._waiting[names]  # answered, with an error
+            raise
+        del self._waiting[names]
+        return views
+
+
+class Fts:
+    """`engine.fts`: FTS deferral around bulk catch-ups, and its state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def begin_catch_up(self, source: str, backlog_rows: int) -> FtsLease:
+        """Say `source` is about to write `backlog_rows` rows; FTS upkeep is deferred if
+        that reaches the threshold. Always pair with `end_catch_up` in a `finally`."""
+        lease: FtsLease = self._engine.ask("fts", BeginCatchUp(source=source,
+                                                               backlog_rows=backlog_rows))
+        return lease
+
+    def end_catch_up(self, source: str) -> FtsView:
+        """`source` is done; when it was the last one, the triggers are restored first."""
+        view: FtsView = self._engine.ask("fts", EndCatchUp(source=source))
+        return view
+
+    @contextmanager
+    def catch_up(self, source: str, backlog_rows: int) -> Iterator[FtsLease]:
+        """`begin_catch_up` for the `with` block, `end_catch_up` however it ends."""
+        lease = self.begin_catch_up(source, backlog_rows)
+        try:
+            yield lease
+        finally:
+            self.end_catch_up(source)
+
+    def status(self) -> FtsView:
+        view: FtsView = self._engine.ask("fts", FtsStatus())
+        return view
+
+    def restore(self) -> FtsView:
+        """Restore now, even while sources are catching up; returns once it has ended."""
+        view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
+        return view
+
+
+class Mirror:
+    """`engine.mirror`: reconcile or verify the MySQL mirror, and read its state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def enabled(self) -> bool:
+        mirror = self._engine.config.mirror
+        return mirror is not None and mirror.enabled
+
+    def _require(self) -> None:
+        if not self.enabled:
+            raise MirrorError("the config has no enabled mirror section")
+
+    def reconcile(self, timeout: float | None = None) -> ReconcileView:
+        """Make the mirror equal SQLite for this scope; joins a reconcile under way.
+
+        Raises `MirrorUnavailable` when the server is out of reach (the
+        reconcile then runs on the next successful connect), `MirrorError`
+        when it fails, `TimeoutError` when it has not ended within `timeout`.
+        """
+        self._require()
+        try:
+            view: ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
+                timeout=timeout)
+        except Timeout:
+            raise Timeout(f"the reconcile has not ended within {timeout}s") from None
+        return view
+
+    def verify(self, timeout: float | None = None) -> ReconcileView:
+        """Compare SQLite and the mirror range by range, changing nothing."""
+        self._require()
+        try:
+            view: ReconcileView = self._engine.ask_later("mirror", Verify()).get(
+                timeout=timeout)
+        except Timeout:
+            raise Timeout(f"the verify has not ended within {timeout}s") from None
+        return view
+
+    def status(self) -> dict[str, Any]:
+        """The mirror's state, as `status()["mirror"]` shows it."""
+        self._require()
+        return self._engine.status().get("mirror", {})
+
+    def view(self) -> MirrorView:
+        self._require()
+        view: MirrorView = self._engine.ask("mirror", MirrorStatus())
+        return view
+
+
+class RunHandle:
+    """A source run asked for and not yet ended."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        self._future = future
+
+    def result(self, timeout: float | None = None) -> SyncRunView:
+        """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
+        try:
+            view: SyncRunView = self._future.get(timeout=timeout)
+        except Timeout:
+            raise Timeout(f"the run has not ended within {timeout}s") from None
+        return view
+
+
+class Sync:
+    """`engine.sync`: run sources now, watch them, read their history."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def run(self, source: str, *, mode: str = "auto", join: bool = True,
+            timeout: float | None = None) -> SyncRunView:
+        """Run `source` now and return its run once it has ended.
+
+        While it runs already this joins that run (or, with `join=False`,
+        raises `SyncBusy`). `mode` is `auto`, `full` or `incremental`.
+        """
+        return self.run_later(source, mode=mode, join=join).result(timeout)
+
+    def run_later(self, source: str, *, mode: str = "auto", join: bool = True) -> RunHandle:
+        """`run` without waiting: a handle whose `result()` is the `SyncRunView`."""
+        return RunHandle(self._engine.ask_later("sync", RunSource(source=source, mode=mode,
+                                                                  join=join)))
+
+    def status(self) -> tuple[SourceView, ...]:
+        views: tuple[SourceView, ...] = self._engine.ask("sync", SyncStatus())
+        return views
+
+    def wait(self, *sources: str, timeout: float | None = None) -> tuple[SourceView, ...]:
+        """Block until the sources (all by default) have no run and no retry pending."""
+        try:
+            views: tuple[SourceView, ...] = self._engine.ask_later(
+                "sync", WaitSources(sources=sources)).get(timeout=timeout)
+        except Timeout:
+            raise Timeout(f"sources not idle within {timeout}s") from None
+        return views
+
+    def history(self, source: str | None = None, limit: int = 20) -> list[SyncRunView]:
+        """The newest runs first, from `_sw_sync_runs`."""
+        with self._engine.read() as conn:
+            return sync_sql.history(conn, source, limit)

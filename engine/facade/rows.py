@@ -1,0 +1,105 @@
+"""Rows as callers hand them to `Engine.write_many` and `upsert`, shaped into messages.
+
+Tuples are in column order (all declared columns, or the `columns` given).
+A dict names its columns, and may leave out any column the database would
+fill by itself: a nullable one (NULL) or one with a declared default (that
+default, which config holds as a plain value). An insert writes every
+declared column, so its statements keep one shape. An upsert writes only the
+columns its rows name, so a column left out keeps its value on update; every
+dict row of one upsert must then name the same columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from sqlwarden.config import TableConfig
+from sqlwarden.errors import BadRowError, WriteError
+from sqlwarden.views import Row
+
+Rows = Iterable[Sequence[Any] | Mapping[str, Any]]
+
+
+def params(values: Sequence[Any]) -> Row:
+    """Positional parameters for one statement, as a tuple."""
+    if isinstance(values, (Mapping, str, bytes)):
+        raise WriteError(f"parameters must be a sequence for positional '?' placeholders, not "
+                         f"{type(values).__name__}", message_kind="writer.execute")
+    return tuple(values)
+
+
+def insert_rows(spec: TableConfig, rows: Rows,
+                columns: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[Row, ...]]:
+    """The columns and value tuples of an insert into `spec`."""
+    kind = "writer.insert_rows"
+    cols = _columns(spec, columns, kind)
+    data = tuple(rows)
+    if all(type(row) is tuple for row in data):
+        return cols, cast(tuple[Row, ...], data)
+    return cols, tuple(_values(spec, row, cols, i, kind) for i, row in enumerate(data))
+
+
+def upsert_rows(spec: TableConfig, rows: Rows,
+                columns: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[Row, ...]]:
+    """The columns and value tuples of an upsert into `spec`.
+
+    Without `columns`, dict rows name the columns written; they must agree.
+    """
+    kind = "writer.upsert_rows"
+    data = tuple(rows)
+    if columns is None and data and isinstance(data[0], Mapping):
+        first = set(data[0])
+        cols = tuple(c for c in spec.column_names if c in first)
+        for i, row in enumerate(data):
+            if isinstance(row, Mapping) and set(row) != first:
+                _unknown_keys(spec, row, i, kind)
+                differ = sorted(set(row) ^ first)
+                raise BadRowError(f"{kind}: row {i} names other columns than row 0 (differing: "
+                                  f"{', '.join(differ)}); an upsert writes the same columns for "
+                                  "every row, so split it or pass columns=",
+                                  message_kind=kind, row_index=i)
+    else:
+        cols = _columns(spec, columns, kind)
+    if all(type(row) is tuple for row in data):
+        return cols, cast(tuple[Row, ...], data)
+    return cols, tuple(_values(spec, row, cols, i, kind) for i, row in enumerate(data))
+
+
+def _columns(spec: TableConfig, columns: Sequence[str] | None, kind: str) -> tuple[str, ...]:
+    cols = tuple(columns) if columns is not None else spec.column_names
+    unknown = [c for c in cols if c not in spec.column_names]
+    if unknown:
+        raise WriteError(f"table {spec.name} has no column(s) {', '.join(unknown)}",
+                         message_kind=kind)
+    return cols
+
+
+def _unknown_keys(spec: TableConfig, row: Mapping[str, Any], index: int, kind: str) -> None:
+    unknown = [str(k) for k in row if k not in spec.column_names]
+    if unknown:
+        raise BadRowError(f"{kind}: row {index} names column(s) {', '.join(unknown)}, which "
+                          f"table {spec.name} does not have", message_kind=kind, row_index=index)
+
+
+def _values(spec: TableConfig, row: Any, cols: tuple[str, ...], index: int, kind: str) -> Row:
+    if isinstance(row, tuple):
+        return row
+    if isinstance(row, Mapping):
+        _unknown_keys(spec, row, index, kind)
+        return tuple(row[c] if c in row else _filled(spec, c, index, kind) for c in cols)
+    if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+        raise BadRowError(f"{kind}: row {index} is {type(row).__name__}, expected a tuple, "
+                          "list or dict", message_kind=kind, row_index=index)
+    return tuple(row)
+
+
+def _filled(spec: TableConfig, name: str, index: int, kind: str) -> Any:
+    """The value SQLite would give a column the row leaves out, or a `BadRowError`."""
+    column = spec.column(name)
+    if column.default is not None:
+        return column.default
+    if not column.not_null or name == spec.rowid_alias:
+        return None  # NULL, or for the rowid alias the next rowid
+    raise BadRowError(f"{kind}: row {index} has no value for column {name!r}, which is NOT NULL "
+                      "without a default", message_kind=kind, row_index=index)
