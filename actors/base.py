@@ -1,16 +1,25 @@
-"""The base every actor shares: envelope handling, replies and failure reports."""
+"""The base every actor shares: envelopes, replies, timers, effects and failure reports.
+
+An actor's decisions live in a plain state machine that returns effects
+(`sqlwarden.effects`); `perform` carries them out: messages through the bus,
+answers to waiting asks, timers on the engine's one scheduler, failures to
+the supervisor. What is left in an actor is routing and the connection it owns.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import pykka
 
 from sqlwarden.actors.bus import Answer, Bus, Envelope
+from sqlwarden.effects import After, Cancel, Effect, Effects, Fail, Reply, Report, Request, Tell
 from sqlwarden.errors import EngineStopped, UnexpectedMessage
 from sqlwarden.futures import Future
 from sqlwarden.protocol import Message
+from sqlwarden.scheduler import Scheduler, Timer
 from sqlwarden.supervisor import Supervisor, is_fatal
 
 
@@ -38,13 +47,15 @@ class BaseActor(pykka.ThreadingActor):
     # A forgotten engine must not keep the interpreter from exiting.
     use_daemon_thread = True
 
-    def __init__(self, *, bus: Bus, supervisor: Supervisor,
+    def __init__(self, *, bus: Bus, supervisor: Supervisor, scheduler: Scheduler,
                  ready: Future[None] | None = None) -> None:
         super().__init__()
         self.bus = bus
         self.supervisor = supervisor
+        self.scheduler = scheduler
         self._ready = ready
         self._awaiting: dict[int, Callable[[Answer], None]] = {}
+        self._timers: dict[str, Timer] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -72,15 +83,22 @@ class BaseActor(pykka.ThreadingActor):
             self._ready.set(None)
 
     def on_stop(self) -> None:
+        self._cancel_timers()
         try:
             self.teardown()
         finally:
             self._refuse_queued()
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._cancel_timers()
         if isinstance(exc, BaseException):
             self.supervisor.report(self.name, "actor", exc)
         self._refuse_queued()
+
+    def _cancel_timers(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
     def _refuse_queued(self) -> None:
         """Leave the bus, then answer whatever is still queued, so no asker waits forever."""
@@ -92,6 +110,60 @@ class BaseActor(pykka.ThreadingActor):
             if isinstance(item, Envelope):
                 self.bus.received(item)
                 self.bus.fail(item, EngineStopped(self.name))
+
+    # --- effects and timers -------------------------------------------------------------
+
+    def perform(self, effects: Iterable[Effect]) -> None:
+        """Carry out what a state machine decided, in order (on this actor's thread)."""
+        for effect in effects:
+            match effect:
+                case Tell(to=to, message=message):
+                    with contextlib.suppress(EngineStopped):  # a stopped receiver needs nothing
+                        self.bus.tell(self.name, to, message)
+                case Request(to=to, message=message, context=context):
+                    self._request_for_machine(to, message, context)
+                case Reply(waiter=waiter, result=result):
+                    self.bus.reply(waiter, result)
+                case Fail(waiter=waiter, error=EngineStopped() as error):
+                    self.bus.fail(waiter, error)  # stopping: nothing for the supervisor
+                case Fail(waiter=waiter, error=error):
+                    self.fail(waiter, error)
+                case After(delay_s=delay, message=message, key=key):
+                    self.later(key, delay, message)
+                case Cancel(key=key):
+                    timer = self._timers.pop(key, None)
+                    if timer is not None:
+                        timer.cancel()
+                case Report(kind=kind, error=error):
+                    self.supervisor.report(self.name, kind, error)
+                case _:
+                    raise UnexpectedMessage(self.name, effect)
+
+    def answered(self, context: Any, result: Any, error: BaseException | None) -> Effects:
+        """The answer to a `Request` effect; actors with a state machine feed it there."""
+        raise UnexpectedMessage(self.name, context)
+
+    def _request_for_machine(self, to: str, message: Message, context: Any) -> None:
+        def then(answer: Answer) -> None:
+            self.perform(self.answered(context, answer.result, answer.error))
+
+        try:
+            self.request(to, message, then)
+        except EngineStopped as exc:
+            # Never sent: the machine learns it as the answer, so it does not wait for one.
+            self.perform(self.answered(context, None, exc))
+
+    def later(self, key: str, delay_s: float, message: Message) -> None:
+        """In `delay_s` seconds, send `message` to this actor; replaces timer `key`."""
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            with contextlib.suppress(EngineStopped):  # the engine stopped while it waited
+                self.bus.tell(self.name, self.name, message)
+
+        self._timers[key] = self.scheduler.call_later(delay_s, fire)
 
     # --- messages -----------------------------------------------------------------------
 

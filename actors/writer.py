@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from sqlwarden.actors.base import DEFERRED, BaseActor
@@ -56,18 +52,17 @@ class WriterActor(BaseActor):
 
     name = "writer"
 
-    def __init__(self, *, config: Config, clock: Callable[[], float] = time.monotonic,
-                 tasks: tuple[TaskPlan, ...] = (), **kwargs: Any) -> None:
+    def __init__(self, *, config: Config, tasks: tuple[TaskPlan, ...] = (),
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = config
-        self._clock = clock
         self._tasks = tasks
         self._chunk: Envelope | None = None
         self._chunk_yielded_to = 0
         self._flushed_since_chunk = False
         self._pending: list[Envelope] = []
         self._pending_rows = 0
-        self._idle_timer: threading.Timer | None = None
+        self._idle_armed = False
         self.core: WriterCore | None = None
 
     def setup(self) -> None:
@@ -80,11 +75,9 @@ class WriterActor(BaseActor):
                 raise
         for action in report.actions:
             log.info("schema: %s", action)
-        self.core = WriterCore(conn, self.config, clock=self._clock, tasks=self._tasks)
+        self.core = WriterCore(conn, self.config, clock=self.scheduler.now, tasks=self._tasks)
 
     def teardown(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         if self._chunk is not None:
             chunk, self._chunk = self._chunk, None
             self.bus.fail(chunk, EngineStopped(self.name))
@@ -142,7 +135,7 @@ class WriterActor(BaseActor):
             case InspectFts():
                 return self.core.fts_inspect()
             case IdleCheck():
-                self._idle_timer = None
+                self._idle_armed = False
                 if self.core.idle_check():
                     self._arm_idle_timer()
                 return None
@@ -200,14 +193,7 @@ class WriterActor(BaseActor):
         self._arm_idle_timer()
 
     def _arm_idle_timer(self) -> None:
-        if self._idle_timer is not None or self.core is None or self.core.wal_frames == 0:
+        if self._idle_armed or self.core is None or self.core.wal_frames == 0:
             return
-        timer = threading.Timer(self.core.idle_after_s, self._send_idle_check)
-        timer.daemon = True
-        self._idle_timer = timer
-        timer.start()
-
-    def _send_idle_check(self) -> None:
-        # The engine may have stopped while the timer ran.
-        with contextlib.suppress(EngineStopped):
-            self.bus.tell(self.name, self.name, IdleCheck())
+        self._idle_armed = True
+        self.later("idle", self.core.idle_after_s, IdleCheck())

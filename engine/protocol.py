@@ -21,6 +21,14 @@ from sqlwarden.views import (
 
 _KINDS: dict[str, type[Message]] = {}
 
+#: The actors' names on the bus, as the message log records them.
+WRITER = "writer"
+PROGRESS = "progress"
+FTS = "fts"
+BACKFILL = "backfill"
+SYNC = "sync"
+MIRROR = "mirror"
+
 
 class Message:
     """Base of all messages; subclasses set a unique dotted `kind`."""

@@ -19,8 +19,8 @@ from sqlwarden.config import Config, parse_config
 from sqlwarden.errors import FtsError, NotReady
 from sqlwarden.facade import Engine
 from sqlwarden.fts.deferral import CAPTURE_PREFIX, read_deferral
-from sqlwarden.protocol import FtsTick
 from sqlwarden.replay.read import iter_records
+from sqlwarden.scheduler import ManualScheduler
 
 from .conftest import ROOT, read_only, run_sqlwarden, wait_until
 from .support.fts_driver import doc
@@ -354,28 +354,18 @@ def test_two_overlapping_sources_keep_the_triggers_dropped_until_both_end(
                                                                    for i in range(1, 2001)]))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_maximum_age_forces_a_restore_and_a_fresh_backlog_defers_again(
         tmp_path: Path) -> None:
     config = docs_config(tmp_path)
     path = config.database.path
-    clock = Clock()
-    with Engine(config, clock=clock) as engine:
+    time = ManualScheduler()
+    with Engine(config, scheduler=time) as engine:
         saved = saved_triggers(path)
         assert engine.fts.begin_catch_up("stuck", 50_000).deferred
         insert(engine, [doc(i) for i in range(1, 501)])
-        clock.now += 599
-        engine.tell("fts", FtsTick())
+        time.advance(599)
         assert engine.fts.status().state == "deferred"
-        clock.now += 1
-        engine.tell("fts", FtsTick())
+        time.advance(1)  # the deferral reaches max_age_s: its timer fires
         # The stuck source's own end arrives later; it waits for the restore, and is a no-op.
         view = engine.fts.end_catch_up("stuck")
         assert view.state == "live" and view.last_restore is not None
@@ -406,8 +396,8 @@ def test_a_failing_boot_restore_leaves_the_engine_running_and_says_why(
     conn.execute("UPDATE _sw_meta SET value = ? WHERE key = 'fts_deferral'", (broken,))
     conn.close()
 
-    clock = Clock()
-    with Engine(config, clock=clock) as engine:
+    time = ManualScheduler()
+    with Engine(config, scheduler=time) as engine:
         view = engine.fts.status()
         assert view.state == "restore_failed" and "no such column" in (view.error or "")
         assert (view.attempts, view.retry_in_s) == (1, 1.0)
@@ -421,8 +411,7 @@ def test_a_failing_boot_restore_leaves_the_engine_running_and_says_why(
         assert assert_record_and_triggers_agree(path, saved)
         assert "no such column" in record(path).last_error
         # Retried with doubling backoff.
-        clock.now += 1.0
-        engine.tell("fts", FtsTick())
+        time.advance(1.0)
         view = engine.fts.end_catch_up("nobody")  # answered once the retry has ended
         assert (view.state, view.attempts, view.retry_in_s) == ("restore_failed", 2, 2.0)
         # Once the cause is fixed, a restore on request succeeds.

@@ -61,6 +61,7 @@ from sqlwarden.protocol import (
     WriterStatus,
 )
 from sqlwarden.redact import Redactor
+from sqlwarden.scheduler import Scheduler
 from sqlwarden.statusd import StatusServer
 from sqlwarden.supervisor import Failure, Supervisor
 from sqlwarden.tasks.chunks import TaskPlan, read_task_rows
@@ -80,14 +81,16 @@ STATUS_TIMEOUT_S = 2.0
 class Engine:
     """An embedded sqlwarden engine; use as a context manager or call start/stop."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: Config, *, scheduler: Scheduler | None = None,
                  tasks: Iterable[TaskConfig] = (), start_tasks: bool = True,
                  progress_clock: Callable[[], float] | None = None) -> None:
         """`tasks` adds chunked tasks declared in Python (a `call` may be a function).
 
         With `start_tasks=False` tasks wait for `engine.tasks.start()`: the
-        CLI catches up its sources first. `progress_clock` replaces the
-        clock the Progress actor rate-limits persistence with (for tests).
+        CLI catches up its sources first. `scheduler` keeps the engine's time
+        (every timer, on one monotonic clock); a test passes a
+        `ManualScheduler` to step time instead of waiting. `progress_clock`
+        replaces the clock the Progress actor rate-limits persistence with.
         """
         added: list[TaskConfig] = []
         for task in tasks:
@@ -96,8 +99,10 @@ class Engine:
         if added:
             config = dataclasses.replace(config, tasks=config.tasks + tuple(added))
         self.config = config
-        self._clock = clock
-        self._progress_clock = progress_clock or clock
+        # The engine stops the scheduler it made; one passed in is the caller's.
+        self._own_scheduler = scheduler is None
+        self.scheduler = scheduler if scheduler is not None else Scheduler()
+        self._progress_clock = progress_clock or self.scheduler.now
         self._start_tasks = start_tasks
         self._plans = tuple(TaskPlan(t, config.table(t.table)) for t in config.tasks)
         self._requirements = {name: plan.task for plan in self._plans
@@ -169,12 +174,11 @@ class Engine:
                         self.sync.run(name, mode=mode)),
                     mirror_reconcile=lambda: status_mod.reconcile_view_dict(
                         self.mirror.reconcile()))
-            self._start_actor(WriterActor, config=self.config, clock=self._clock,
-                              tasks=self._plans)
+            self._start_actor(WriterActor, config=self.config, tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
-            self._start_actor(FtsControllerActor, config=self.config, clock=self._clock)
+            self._start_actor(FtsControllerActor, config=self.config)
             self._start_actor(BackfillActor, config=self.config, plans=self._plans,
-                              run_id=self.run_id, clock=self._clock)
+                              run_id=self.run_id)
             self._start_actor(SyncActor, config=self.config, run_id=self.run_id)
             if self.mirror.enabled:
                 self._start_actor(MirrorActor, config=self.config)
@@ -203,7 +207,8 @@ class Engine:
     def _start_actor(self, actor_class: Any, **kwargs: Any) -> None:
         assert self._bus is not None
         ready: Future[None] = Future()
-        ref = actor_class.start(bus=self._bus, supervisor=self.supervisor, ready=ready, **kwargs)
+        ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
+                                scheduler=self.scheduler, ready=ready, **kwargs)
         self._actors.append((actor_class.name, ref))
         # No timeout: setup may rebuild a large index, and on_start always answers.
         ready.get()
@@ -247,6 +252,8 @@ class Engine:
                 with contextlib.suppress(pykka.Timeout):
                     ref.stop(block=True, timeout=STOP_TIMEOUT_S)
         self._actors.clear()
+        if self._own_scheduler:
+            self.scheduler.stop()
         if self._log is not None:
             self._log.close()
         self._state = "stopped" if self._fatal is None else "failed"

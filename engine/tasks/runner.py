@@ -1,0 +1,405 @@
+"""The task runner: which chunk of which task goes next, as a state machine.
+
+For each task it snapshots the key bound, counts what is eligible, then asks
+the Writer for one `RunChunk` at a time. The next chunk goes out only after
+the last one's answer came back and the task's `yield_ms` has passed, so
+foreground writes queued meanwhile run first. Several tasks take turns,
+chunk by chunk. Counting and the final verification read through the
+connection the Backfill actor owns and lends here, never the Writer's.
+
+A task is `done` only when no row at or below its bound still matches its
+`where`; a second pass picks up rows a foreground write made eligible again,
+and rows that survive a third fail the task. Pause and cancel stop between
+chunks; a chunk answered after them was committed but is no longer the
+task's business. Every state change is saved through the Writer
+(`SaveTask`), and a control ask is answered once its state is saved.
+
+The runner holds no thread: each method takes the monotonic clock's
+reading and returns the effects to perform (`sqlwarden.effects`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from sqlwarden.effects import After, Effects, Fail, Reply, Report, Request, Tell
+from sqlwarden.errors import EngineError, EngineStopped, TaskConflict, UnknownTask
+from sqlwarden.protocol import (
+    BACKFILL,
+    PROGRESS,
+    WRITER,
+    NextChunk,
+    ProgressEvent,
+    RunChunk,
+    SaveTask,
+)
+from sqlwarden.tasks.chunks import (
+    TERMINAL,
+    ChunkSizer,
+    TaskPlan,
+    compile_check,
+    count_eligible,
+    first_unfinished,
+    key_before,
+    load_callable,
+    read_task_rows,
+    snapshot_bound,
+)
+from sqlwarden.views import ChunkResult, SqlValue, TaskView
+
+log = logging.getLogger(__name__)
+
+#: Walks over the key range before a task whose `where` still matches rows is
+#: failed: a second pass picks up rows a foreground write made eligible again;
+#: rows that survive a third are rows the change does not clear.
+MAX_PASSES = 3
+CONTROL_ACTIONS = ("pause", "resume", "cancel")
+#: The timer that ends a yield between two chunks.
+YIELD = "yield"
+
+
+@dataclass(slots=True, eq=False)
+class TaskRun:
+    """What the runner knows of one task."""
+
+    plan: TaskPlan
+    status: str = "pending"
+    processed: int = 0
+    total: int | None = None
+    checkpoint: SqlValue = None
+    bound: SqlValue = None
+    attempts: int = 0
+    error: str | None = None
+    waiting: str | None = None
+    passes: int = 0
+    active: bool = False  # running in this process, so its bound and counts are current
+    ran_here: bool = False
+    saving: int = 0
+    #: Bumped by pause, cancel and start: a chunk answer from an older
+    #: generation was refused or overtaken, and is not the task's failure.
+    generation: int = 0
+    last_chunk_at: float = 0.0
+    sizer: ChunkSizer | None = None
+    #: Control asks answered once the task's state is saved.
+    replies: list[Any] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.plan.task.name
+
+    def view(self) -> TaskView:
+        task = self.plan.task
+        return TaskView(name=task.name, version=task.version, table=task.table,
+                        status=self.status, processed=self.processed, total=self.total,
+                        checkpoint=self.checkpoint, bound=self.bound, attempts=self.attempts,
+                        error=self.error, waiting=self.waiting, provides=task.provides,
+                        ran_here=self.ran_here)
+
+
+class TaskRunner:
+    """Owns the plan and cursor of every chunked task; one chunk in flight at a time."""
+
+    def __init__(self, plans: tuple[TaskPlan, ...], *, run_id: str,
+                 reader: apsw.Connection | None, wall: Callable[[], float] = time.time) -> None:
+        """`reader` is a read-only connection (None only when there are no tasks)."""
+        self.run_id = run_id
+        self._reader = reader
+        self._wall = wall
+        self._runs = {plan.task.name: TaskRun(plan) for plan in plans}
+        self._turns: deque[str] = deque(self._runs)
+        self._in_flight: str | None = None
+        self._yielding = False
+        self._waiters: list[tuple[Any, tuple[str, ...]]] = []
+        self._booted = False
+
+    # --- input --------------------------------------------------------------------------
+
+    def start(self, now: float) -> Effects:
+        """Recover task rows left by earlier runs and start what should run."""
+        if self._reader is None or self._booted:
+            return self._kick()
+        self._booted = True
+        effects: Effects = []
+        rows = read_task_rows(self._reader)
+        for run in self._runs.values():
+            if run.ran_here:  # resumed by a person before the boot
+                continue
+            task = run.plan.task
+            row = rows.get((task.name, task.version))
+            if row is None:
+                effects += self._begin(run, now, fresh=True)
+                continue
+            run.status, run.checkpoint, run.bound = row["status"], row["checkpoint"], row["bound"]
+            run.attempts, run.error = row["attempts"], row["error"]
+            run.processed, run.total = row["rows_processed"], row["rows_total"]
+            if run.status in ("done", "paused", "cancelled"):
+                continue  # done never reruns; a person paused or cancelled the others
+            if run.status == "running":
+                log.warning("task %s was left running by run %s, which is gone; resuming from "
+                            "checkpoint %r", task.ident, row["run_id"], run.checkpoint)
+            elif run.status == "failed":
+                log.warning("task %s failed in an earlier run (%s); retrying from checkpoint %r",
+                            task.ident, run.error, run.checkpoint)
+            effects += self._begin(run, now, fresh=False)
+        return effects + self._kick()
+
+    def next_chunk(self) -> Effects:
+        """The yield after the last chunk has passed."""
+        self._yielding = False
+        return self._kick()
+
+    def control(self, name: str, action: str, waiter: Any, now: float) -> Effects:
+        """Pause, resume or cancel a task; `waiter` is answered once the state is saved.
+
+        Raises `UnknownTask` or `TaskConflict` for a request that does not apply.
+        """
+        run = self.run(name)
+        ident = run.plan.task.ident
+        if action not in CONTROL_ACTIONS:
+            raise TaskConflict(f"unknown action {action!r}; expected one of "
+                               f"{', '.join(CONTROL_ACTIONS)}", task=run.name)
+        if run.status == "done":
+            raise TaskConflict(f"task {ident} is done; declare a new version to run it again",
+                               task=run.name)
+        effects: Effects = []
+        if action == "pause":
+            if run.status == "paused":
+                return [Reply(waiter, run.view())]
+            if run.status != "running":
+                raise TaskConflict(f"task {ident} is {run.status}; only a running task can be "
+                                   "paused", task=run.name)
+            run.status, run.waiting = "paused", "paused"
+            run.generation += 1
+            effects += self._save(run, status="paused", waiting="paused")
+            effects += self._event(run)
+        elif action == "resume":
+            if run.status == "running":
+                return [Reply(waiter, run.view())]
+            if run.status == "paused" and run.active:
+                run.status, run.waiting = "running", None
+                run.last_chunk_at = now  # the pause is not chunk time
+                effects += self._save(run, status="running", waiting=None, run_id=self.run_id)
+                effects += self._event(run)
+            else:
+                effects += self._begin(run, now, fresh=False)
+            effects += self._kick()
+        else:
+            if run.status == "cancelled":
+                return [Reply(waiter, run.view())]
+            effects += self._finish(run, "cancelled")
+        run.replies.append(waiter)
+        return effects
+
+    def wait(self, names: tuple[str, ...], waiter: Any) -> Effects:
+        """Answer `waiter` once the tasks (all when empty) are at rest with their state saved."""
+        for name in names:
+            self.run(name)
+        self._waiters.append((waiter, names))
+        return self._settle()
+
+    def answered(self, context: Any, result: Any, error: BaseException | None,
+                 now: float) -> Effects:
+        """The Writer's answer to a chunk or a save sent with `context`."""
+        match context:
+            case ("chunk", name, generation):
+                return self._on_chunk(self._runs[name], generation, result, error, now)
+            case ("saved", name):
+                return self._saved(self._runs[name], error)
+            case _:
+                raise ValueError(f"no request was sent with context {context!r}")
+
+    def views(self) -> tuple[TaskView, ...]:
+        return tuple(run.view() for run in self._runs.values())
+
+    def run(self, name: str) -> TaskRun:
+        run = self._runs.get(name)
+        if run is None:
+            known = ", ".join(self._runs) or "none"
+            raise UnknownTask(f"unknown task {name!r} (declared: {known})", task=name)
+        return run
+
+    def stop(self) -> Effects:
+        """Refuse every ask still waiting: the engine is stopping."""
+        waiting = [waiter for waiter, _ in self._waiters]
+        for run in self._runs.values():
+            waiting += run.replies
+            run.replies.clear()
+        self._waiters.clear()
+        return [Fail(waiter, EngineStopped(BACKFILL)) for waiter in waiting]
+
+    # --- start --------------------------------------------------------------------------
+
+    def _begin(self, run: TaskRun, now: float, *, fresh: bool) -> Effects:
+        """Check, snapshot and count a task, save it as running, and queue its chunks."""
+        assert self._reader is not None
+        plan, task = run.plan, run.plan.task
+        run.ran_here = True
+        run.generation += 1
+        if fresh:
+            run.checkpoint = run.bound = None
+        try:
+            compile_check(self._reader, plan)
+            if task.change == "call":
+                load_callable(task)
+            if fresh or run.bound is None:
+                run.bound = snapshot_bound(self._reader, plan)
+            run.total = count_eligible(self._reader, plan,
+                                       None if task.where else run.checkpoint, run.bound)
+        except (EngineError, apsw.Error) as exc:
+            run.attempts += 1
+            return self._fail(run, str(exc) if isinstance(exc, EngineError)
+                              else f"task {task.ident}: {exc}")
+        run.status, run.processed, run.error, run.waiting = "running", 0, None, None
+        run.attempts += 1
+        run.passes, run.active = 1, True
+        run.sizer = ChunkSizer(task.target_ms, task.min_rows, task.max_rows)
+        run.last_chunk_at = now
+        log.info("task %s: %s rows to do up to key %r", task.ident, run.total, run.bound)
+        return self._save(run, status="running", tbl=task.table, change=task.change,
+                          run_id=self.run_id, attempts=run.attempts, bound=run.bound,
+                          checkpoint=run.checkpoint, rows_total=run.total, rows_processed=0,
+                          started_at=self._wall(), ended_at=None, error=None, waiting=None,
+                          rate_rows_s=None, eta_s=None) + self._event(run)
+
+    # --- chunks -------------------------------------------------------------------------
+
+    def _kick(self) -> Effects:
+        """Send the next chunk, unless one is in flight or a yield is running."""
+        if self._in_flight is not None or self._yielding:
+            return []
+        for _ in range(len(self._turns)):
+            name = self._turns[0]
+            self._turns.rotate(-1)
+            run = self._runs[name]
+            if run.status == "running" and run.active:
+                assert run.sizer is not None
+                task = run.plan.task
+                self._in_flight = name
+                chunk = RunChunk(task=task.name, version=task.version, run_id=self.run_id,
+                                 after=run.checkpoint, bound=run.bound, rows=run.sizer.size)
+                return [Request(WRITER, chunk, ("chunk", name, run.generation))]
+        return []
+
+    def _on_chunk(self, run: TaskRun, generation: int, result: ChunkResult | None,
+                  error: BaseException | None, now: float) -> Effects:
+        self._in_flight = None
+        effects: Effects = []
+        task = run.plan.task
+        if error is not None:
+            if run.status == "running" and generation == run.generation:
+                effects += self._fail(run, str(error))
+            else:  # refused because a pause or cancel was saved first: nothing committed
+                log.debug("task %s: chunk not run: %s", task.ident, error)
+            return effects + self._next(task.yield_ms)
+        assert result is not None and run.sizer is not None
+        run.sizer.observe(result.scanned, result.duration_ms)
+        chunk_s, run.last_chunk_at = now - run.last_chunk_at, now
+        if result.scanned:  # committed, whatever happened to the task meanwhile
+            run.checkpoint = result.last
+            run.processed += result.processed
+        if run.status == "running" and generation == run.generation:
+            run.waiting = ("yielding to foreground writes" if result.yielded_to
+                           else "WAL checkpoint" if result.checkpoint else None)
+            effects += self._event(run, chunk_rows=result.processed, chunk_s=chunk_s)
+            if result.exhausted:
+                effects += self._verify(run)
+        return effects + self._next(task.yield_ms)
+
+    def _next(self, yield_ms: float) -> Effects:
+        if not any(r.status == "running" and r.active for r in self._runs.values()):
+            return []
+        if yield_ms <= 0:
+            return [Tell(BACKFILL, NextChunk())]
+        self._yielding = True
+        return [After(yield_ms / 1000, NextChunk(), YIELD)]
+
+    def _verify(self, run: TaskRun) -> Effects:
+        """Done only when no row at or below the bound is left to change."""
+        assert self._reader is not None
+        plan, task = run.plan, run.plan.task
+        try:
+            key, left = first_unfinished(self._reader, plan, run.checkpoint, run.bound)
+            before = key_before(self._reader, plan, key) if left else None
+        except EngineError as exc:
+            return self._fail(run, str(exc))
+        except apsw.Error as exc:
+            return self._fail(run, f"task {task.ident}: the verification query failed: {exc}")
+        if left == 0:
+            return self._finish(run, "done")
+        if run.passes >= MAX_PASSES:
+            return self._fail(run, f"task {task.ident}: {left:,} rows at or below key "
+                                   f"{run.bound!r} still match 'where' after {run.passes} "
+                                   f"passes (first key {key!r}); the change does not make them "
+                                   "ineligible")
+        run.passes += 1
+        run.checkpoint = before
+        log.info("task %s: %s rows still eligible; pass %d starts at key %r", task.ident,
+                 left, run.passes, key)
+        return self._save(run, checkpoint=run.checkpoint)
+
+    # --- state --------------------------------------------------------------------------
+
+    def _fail(self, run: TaskRun, error: str) -> Effects:
+        log.warning("%s", error)
+        return self._finish(run, "failed", error=error)
+
+    def _finish(self, run: TaskRun, status: str, *, error: str | None = None) -> Effects:
+        run.status, run.error, run.waiting, run.active = status, error, None, False
+        run.generation += 1
+        if status == "done":
+            log.info("task %s: done, %s rows changed", run.plan.task.ident, run.processed)
+        return self._save(run, status=status, ended_at=self._wall(), error=error, waiting=None,
+                          attempts=run.attempts, run_id=self.run_id) + self._event(
+            run, terminal=True)
+
+    def _save(self, run: TaskRun, **fields: SqlValue) -> Effects:
+        task = run.plan.task
+        if "tbl" not in fields:
+            # The first save of a task inserts its row, so it carries what a row needs.
+            fields = {"tbl": task.table, "change": task.change, "status": run.status, **fields}
+        run.saving += 1
+        message = SaveTask(task=task.name, version=task.version, fields=tuple(fields.items()))
+        return [Request(WRITER, message, ("saved", run.name))]
+
+    def _saved(self, run: TaskRun, error: BaseException | None) -> Effects:
+        run.saving -= 1
+        effects: Effects = []
+        if error is not None:
+            # The task's state in the database is now behind; say so everywhere.
+            effects.append(Report("writer.task_state", error))
+            run.error = f"saving the task state failed: {error}"
+        if run.saving == 0:
+            replies, run.replies = run.replies, []
+            effects += [Reply(waiter, run.view()) for waiter in replies]
+        return effects + self._settle()
+
+    def _settle(self) -> Effects:
+        """Answer the waiters whose tasks have all come to rest, with their state saved."""
+        def at_rest(run: TaskRun) -> bool:
+            return run.saving == 0 and (run.status in TERMINAL or run.status == "paused")
+
+        effects: Effects = []
+        still = []
+        for waiter, names in self._waiters:
+            runs = [self._runs[n] for n in names] if names else list(self._runs.values())
+            if all(at_rest(r) for r in runs):
+                effects.append(Reply(waiter, tuple(r.view() for r in runs)))
+            else:
+                still.append((waiter, names))
+        self._waiters = still
+        return effects
+
+    def _event(self, run: TaskRun, *, chunk_rows: int = 0, chunk_s: float = 0.0,
+               terminal: bool = False) -> Effects:
+        task = run.plan.task
+        return [Tell(PROGRESS, ProgressEvent(
+            scope="task", name=task.name, version=task.version, processed=run.processed,
+            total=run.total, state=run.status, waiting=run.waiting, chunk_rows=chunk_rows,
+            chunk_s=chunk_s, terminal=terminal, error=run.error))]
