@@ -1,154 +1,213 @@
-"""The Mirror actor: owns the MySQL connection (through its worker) and the mirror's state.
+"""The Mirror actor: owns the MySQL connection and does the mirror's work, one step a message.
 
-All blocking I/O happens on the `MirrorWorker` thread. This actor keeps what
-status shows, and answers reconcile and verify asks. Reconciles are single
-flight: the worker numbers them, an ask is told which number it will get
-(the one running, or the next), and every ask waiting for that number gets
-the same result when its `mirror.reconciled` arrives.
+Each `mirror.step` does one unit the state machine (`sqlwarden.mirror.state`)
+picks: a connect, one range of a reconcile or verify, or one outbox batch.
+Outcomes go back to the machine as messages this actor tells itself, so the
+message log shows them. Between two steps every other message is answered:
+status, reconcile and verify asks, and stop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from sqlwarden.actors.base import DEFERRED, BaseActor
 from sqlwarden.actors.bus import Envelope
 from sqlwarden.config import Config
-from sqlwarden.errors import MirrorError, MirrorUnavailable, UnexpectedMessage
-from sqlwarden.mirror.session import ACTOR, MirrorWorker
+from sqlwarden.effects import Effects
+from sqlwarden.errors import EngineStopped, MirrorError, UnexpectedMessage
+from sqlwarden.mirror.ranges import TableReport, table_check
+from sqlwarden.mirror.session import MirrorSession, Step
+from sqlwarden.mirror.state import Job, MirrorState
 from sqlwarden.protocol import (
+    MIRROR,
+    PROGRESS,
+    WRITER,
     Drained,
     Message,
     MirrorBoot,
     MirrorDown,
     MirrorStatus,
+    MirrorStep,
     MirrorUp,
+    OutboxDrained,
+    ProgressEvent,
     Reconcile,
     ReconcileBegun,
     Reconciled,
+    SaveMirrorRanges,
     Verify,
 )
 from sqlwarden.redact import Redactor
-from sqlwarden.views import MirrorView, ReconcileView
 
-log = logging.getLogger(__name__)
+
+class _Run:
+    """A reconcile or verify under way: its steps and when it began."""
+
+    def __init__(self, job: Job, steps: Generator[Step, None, list[TableReport]],
+                 started: float) -> None:
+        self.job = job
+        self.steps = steps
+        self.started = started
 
 
 class MirrorActor(BaseActor):
-    """Tracks the mirror's state; hands reconcile and verify work to its worker thread."""
+    """Feeds the mirror's state machine; owns the session and the reconcile under way."""
 
-    name = ACTOR
+    name = MIRROR
 
     def __init__(self, *, config: Config, wall: Callable[[], float] = time.time,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         assert config.mirror is not None
         self.config = config
-        self.mirror = config.mirror
         self._wall = wall
-        self._redactor = Redactor(config.secrets)
-        self.worker: MirrorWorker | None = None
-        self._reconcile_waiters: dict[int, list[Envelope]] = {}
-        self._verify_waiters: dict[int, Envelope] = {}
-        self._view = MirrorView(state="starting", server=self.mirror.dsn.where,
-                                scope=self.mirror.scope, tables=self.mirror.tables)
+        self.state = MirrorState(config.mirror, wall=wall)
+        self.session: MirrorSession | None = None
+        self._run: _Run | None = None
 
     def setup(self) -> None:
-        self.worker = MirrorWorker(
-            self.config, redactor=self._redactor,
-            tell=lambda to, m: self.bus.tell(self.name, to, m),
-            ask=lambda m: self.bus.ask(self.name, "writer", m).get(timeout=120))
+        # The connector is imported here, in the engine's process (see mirror.driver);
+        # connecting waits for the first step, so a server away never delays the start.
+        self.session = MirrorSession(self.config, redactor=Redactor(self.config.secrets),
+                                     on_progress=self._progress)
 
     def teardown(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        for waiters in self._reconcile_waiters.values():
-            for envelope in waiters:
-                self.bus.fail(envelope, MirrorUnavailable("the engine is stopping"))
-        for envelope in self._verify_waiters.values():
-            self.bus.fail(envelope, MirrorUnavailable("the engine is stopping"))
-
-    def _set(self, **changes: Any) -> None:
-        self._view = dataclasses.replace(self._view, **changes)
+        self._end_run()
+        if self.session is not None:
+            self.session.close()
+        self.perform(self.state.stop())
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
-        assert self.worker is not None
         match message:
+            case MirrorStatus():
+                return self.state.view
+            case MirrorStep(token=token):
+                job = self.state.step(token)
+                if job is not None:
+                    self._do(job)
+                return None
             case MirrorBoot():
-                self._set(state="connecting")
-                self.worker.start()
+                self.perform(self.state.boot())
                 return None
             case Reconcile():
-                number = self.worker.request_reconcile()
-                self._reconcile_waiters.setdefault(number, []).append(envelope)
+                self.perform(self.state.reconcile(envelope))
                 return DEFERRED
             case Verify():
-                self._verify_waiters[self.worker.request_verify()] = envelope
+                self.perform(self.state.verify(envelope))
                 return DEFERRED
-            case MirrorStatus():
-                return self._view
-            case MirrorUp(driver=driver, server=server):
-                self._set(state="up", driver=driver, server_version=server, error=None,
-                          attempt=0, retry_at=None)
-                log.info("mirror: connected to %s (%s)", self.mirror.dsn.where, driver)
-                return None
+            case MirrorUp():
+                self.perform(self.state.up(message))
             case MirrorDown():
-                self._down(message)
-                return None
-            case ReconcileBegun(verify=False):
-                self._set(state="reconciling", reconciling=True)
-                return None
+                self.perform(self.state.down(message))
             case ReconcileBegun():
-                return None
+                self.perform(self.state.begun(message))
             case Reconciled():
-                self._reconciled(message)
-                return None
+                self.perform(self.state.reconciled(message))
             case Drained():
-                self._set(drained_changes=self._view.drained_changes + message.entries,
-                          drained_upserts=self._view.drained_upserts + message.upserts,
-                          drained_deletes=self._view.drained_deletes + message.deletes,
-                          last_drain_at=self._wall(), lag_p50_ms=message.lag_p50_ms,
-                          lag_p99_ms=message.lag_p99_ms, lag_max_ms=message.lag_max_ms)
-                return None
+                self.perform(self.state.drained(message))
             case _:
                 raise UnexpectedMessage(self.name, message)
+        return None
 
-    def _down(self, message: MirrorDown) -> None:
-        state = "down" if message.retryable else "failed"
-        retry_at = (self._wall() + message.retry_in_s if message.retry_in_s is not None
-                    else None)
-        self._set(state=state, error=message.error, attempt=message.attempt,
-                  retry_at=retry_at, reconciling=False)
-        if message.attempt == 1:
-            log.warning("mirror %s: %s", state, message.error)
-        # Asks waiting for a reconcile that has not started cannot be served now.
-        later = "when the server is back" if message.retryable else "once asked again"
-        for number in [n for n in self._reconcile_waiters if n > message.started]:
-            for envelope in self._reconcile_waiters.pop(number):
-                self.bus.fail(envelope, MirrorUnavailable(
-                    f"mirror is {state}: {message.error} (a reconcile runs {later})"))
+    # --- steps --------------------------------------------------------------------------
 
-    def _reconciled(self, message: Reconciled) -> None:
-        view = ReconcileView(number=message.number, verify=message.verify,
-                             tables=message.tables, seconds=message.seconds,
-                             error=message.error)
-        if message.verify:
-            envelope = self._verify_waiters.pop(message.number, None)
-            if envelope is not None:
-                self._answer(envelope, view)
+    def _do(self, job: Job) -> None:
+        """One unit of work; any failure takes the mirror down (classified, retried)."""
+        assert self.session is not None
+        try:
+            match job.kind:
+                case "connect":
+                    self.session.open()
+                    self._tell(MirrorUp(driver=self.session.driver,
+                                        server=self.session.server_version))
+                case "drain":
+                    self._drain()
+                case _:
+                    self._advance(job)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _drain(self) -> None:
+        assert self.session is not None
+        batch = self.session.read_batch()
+        if batch is None:
+            self.perform(self.state.outbox_empty())
             return
-        self._set(reconciling=False, reconciles=self._view.reconciles + 1, last_reconcile=view,
-                  state="up" if message.error is None else self._view.state)
-        for number in [n for n in self._reconcile_waiters if n <= message.number]:
-            for envelope in self._reconcile_waiters.pop(number):
-                self._answer(envelope, view)
+        self.session.apply_batch(batch)
+        drained = self.state.applied(
+            entries=batch.entries, upserts=sum(len(r) for r in batch.upserts.values()),
+            deletes=sum(len(k) for k in batch.deletes.values()), upto_seq=batch.upto_seq,
+            changed_at=batch.changed_at)
+        self.request(WRITER, OutboxDrained(upto_seq=batch.upto_seq,
+                                           stale_ranges=batch.stale_ranges),
+                     lambda answer: self._after_writer(answer.error, drained))
 
-    def _answer(self, envelope: Envelope, view: ReconcileView) -> None:
-        if view.error is not None:
-            self.bus.fail(envelope, MirrorError(view.error))
+    def _advance(self, job: Job) -> None:
+        """The next range of the reconcile or verify `job`, starting it if need be."""
+        assert self.session is not None
+        if self._run is None:
+            verify = job.kind == "verify"
+            self._run = _Run(job, self.session.reconcile_steps(apply=not verify),
+                             time.monotonic())
+            self._tell(ReconcileBegun(number=job.number, verify=verify))
+        run = self._run
+        try:
+            request = next(run.steps)
+        except StopIteration as done:
+            self._run = None
+            reports: list[TableReport] = done.value
+            self._tell(Reconciled(number=job.number, verify=job.kind == "verify",
+                                  tables=tuple(table_check(r) for r in reports),
+                                  seconds=round(time.monotonic() - run.started, 3)))
+            return
+        if request is None:
+            self.perform(self.state.go_on())
+            return
+        assert isinstance(request, SaveMirrorRanges)
+        self.request(WRITER, request, lambda answer: self._after_writer(answer.error, None))
+
+    def _after_writer(self, error: BaseException | None, drained: Drained | None) -> None:
+        """The Writer applied what a step needed (stored ranges, a drained batch), or not."""
+        if error is not None:
+            self._failed(error)
+        elif drained is None:
+            self.perform(self.state.go_on())
         else:
-            self.bus.reply(envelope, view)
+            self._tell(drained)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Whatever went wrong, the mirror lives on: classified, reported, retried."""
+        assert self.session is not None
+        error = exc if isinstance(exc, MirrorError) else self.session.error(exc, "mirror")
+        run = self._end_run()
+        self.session.close()
+        if run is not None:
+            self._tell(Reconciled(number=run.job.number, verify=run.job.kind == "verify",
+                                  error=str(error),
+                                  seconds=round(time.monotonic() - run.started, 3)))
+        self._tell(self.state.failure(error))
+
+    def _end_run(self) -> _Run | None:
+        run, self._run = self._run, None
+        if run is not None:
+            with contextlib.suppress(Exception):  # it rolls back what it had not committed
+                run.steps.close()
+        return run
+
+    def _tell(self, message: Message) -> None:
+        with contextlib.suppress(EngineStopped):
+            self.bus.tell(self.name, self.name, message)
+
+    def _progress(self, table: str, done: int, total: int | None) -> None:
+        ended = total is not None and done >= total
+        with contextlib.suppress(EngineStopped):
+            self.bus.tell(self.name, PROGRESS, ProgressEvent(
+                scope="mirror", name=table, processed=done, total=total,
+                state="done" if ended else "running", terminal=ended))
+
+    def answered(self, context: Any, result: Any, error: BaseException | None) -> Effects:
+        raise UnexpectedMessage(self.name, context)  # every request here has its own callback

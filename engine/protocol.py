@@ -555,8 +555,17 @@ class MirrorStatus(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorStep(Message):
+    """The Mirror actor to itself: do the next unit of work (a connect, one range of a
+    reconcile, one outbox batch); a step whose `token` is not the latest is stale."""
+
+    kind: ClassVar[str] = "mirror.step"
+    token: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MirrorUp(Message):
-    """From the mirror's worker: connected, and the mirror tables are in place."""
+    """Mirror to itself: connected, and the mirror tables are in place."""
 
     kind: ClassVar[str] = "mirror.up"
     driver: str
@@ -565,20 +574,20 @@ class MirrorUp(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MirrorDown(Message):
-    """From the mirror's worker: the server cannot be used; `retry_in_s` None: not retried."""
+    """Mirror to itself: the server cannot be used; `retry_in_s` None: not retried."""
 
     kind: ClassVar[str] = "mirror.down"
     error: str
     retryable: bool
     attempt: int
     retry_in_s: float | None
-    #: Reconciles the worker has started so far; asks waiting for a later one fail.
+    #: Reconciles begun so far; asks waiting for a later one fail.
     started: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReconcileBegun(Message):
-    """From the mirror's worker: reconcile number `number` starts (`verify`: changing nothing)."""
+    """Mirror to itself: reconcile number `number` starts (`verify`: changing nothing)."""
 
     kind: ClassVar[str] = "mirror.reconcile_begun"
     number: int
@@ -587,7 +596,7 @@ class ReconcileBegun(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reconciled(Message):
-    """From the mirror's worker: reconcile (or verify) number `number` ended."""
+    """Mirror to itself: reconcile (or verify) number `number` ended."""
 
     kind: ClassVar[str] = "mirror.reconciled"
     number: int
@@ -599,7 +608,7 @@ class Reconciled(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Drained(Message):
-    """From the mirror's worker: one outbox batch is on the server and deleted locally."""
+    """Mirror to itself: one outbox batch is on the server and deleted locally."""
 
     kind: ClassVar[str] = "mirror.drained"
     entries: int

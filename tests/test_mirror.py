@@ -26,6 +26,7 @@ from sqlwarden.config import Config, parse_config
 from sqlwarden.errors import MirrorError, MirrorUnavailable
 from sqlwarden.facade import Engine
 from sqlwarden.mirror.dialect import mariadb_real
+from sqlwarden.protocol import MirrorStatus
 from sqlwarden.replay.read import iter_records
 
 from .conftest import ROOT, files_under, read_only
@@ -422,14 +423,17 @@ def test_three_reconciles_asked_together_during_the_boot_reconcile_share_it(
                            if r["kind"] == "ask" and r["message"] == "mirror.reconcile")
 
             try:
-                wait_state(engine, "reconciling")
+                wait_for(lambda: bool(tells(config, engine.run_id, "mirror.reconcile_begun")),
+                         30, "the boot reconcile to begin")
                 threads, results = reconcile_together(engine, 3)
                 wait_for(lambda: asked() == 3, 30, "the three asks in the message log")
-                view = engine.mirror.view()
-                assert (view.state, view.reconciling, view.reconciles) == ("reconciling", True,
-                                                                           0)
+                # The actor may be waiting for the lock inside one range: a status asked
+                # now is answered between two ranges, with the reconcile still running.
+                status = engine.ask_later("mirror", MirrorStatus())
             finally:
                 cursor.execute("ROLLBACK")
+            view = status.get(timeout=60)
+            assert (view.state, view.reconciling, view.reconciles) == ("reconciling", True, 0)
             first = joined(threads, results)
             assert [r.number for r in first] == [1, 1, 1]
             assert first[0] == first[1] == first[2]

@@ -16,7 +16,7 @@ import apsw
 from sqlwarden.db.connect import file_size
 from sqlwarden.errors import EngineError
 from sqlwarden.futures import Timeout
-from sqlwarden.mirror import session as mirror_sql
+from sqlwarden.mirror import local as mirror_sql
 from sqlwarden.protocol import (
     FtsStatus,
     Message,
@@ -143,19 +143,23 @@ def sync_status(engine: Engine) -> list[dict[str, Any]] | dict[str, str]:
     return out
 
 def mirror_status(engine: Engine) -> dict[str, Any]:
-    answers = _answers(engine, ("mirror", MirrorStatus()))
-    out: dict[str, Any] = (answers if isinstance(answers, dict)
-                           else mirror_view_dict(answers[0]))
+    # The outbox first: a batch is counted in the view before its outbox rows go, so an
+    # empty outbox read here means the view asked for next counts every change.
     assert engine._readers is not None
     try:
         with engine._readers.lend(STATUS_TIMEOUT_S) as conn:
             depth, oldest = mirror_sql.outbox_depth(conn)
     except (EngineError, apsw.Error) as exc:
-        out["outbox"] = {"error": str(exc)}
+        outbox: dict[str, Any] = {"error": str(exc)}
     else:
-        out["outbox"] = {"depth": depth, "oldest_age_s": None if oldest is None
-                         else round(max(0.0, time.time() - oldest), 3)}
+        outbox = {"depth": depth, "oldest_age_s": None if oldest is None
+                  else round(max(0.0, time.time() - oldest), 3)}
+    answers = _answers(engine, ("mirror", MirrorStatus()))
+    out: dict[str, Any] = (answers if isinstance(answers, dict)
+                           else mirror_view_dict(answers[0]))
+    out["outbox"] = outbox
     return out
+
 
 def engine_health(engine: Engine) -> tuple[bool, list[str]]:
     """(steady, reasons): not steady while a required task (one that `provides`
