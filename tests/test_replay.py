@@ -671,7 +671,7 @@ def test_a_timeline_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: 
 
 def test_follow_shows_every_record_when_the_log_rotated_twice_between_looks(
         tmp_path: Path) -> None:
-    from sqlwarden.replay.read import follow
+    from sqlwarden.replay.timeline import follow
 
     log = HandLog()
     for i in range(30):

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlwarden.protocol import DATABASE_WRITES, FOREGROUND_WRITES, RunChunk
-from sqlwarden.replay.read import Damaged, Record
+from sqlwarden.replay.read import Damaged, Record, keep_example
 
 RULES = {1: "single writer", 2: "bounded chunks", 3: "atomic deferral", 4: "single flight",
          6: "cheap progress", 7: "everything logged"}
@@ -43,6 +43,8 @@ PROGRESS_INTERVAL_S = 1.0 - 1e-3
 
 @dataclass(frozen=True, slots=True)
 class Violation:
+    """One broken rule: which, at which sequence numbers, and what happened."""
+
     rule: int
     seqs: tuple[int, ...]
     text: str
@@ -58,6 +60,8 @@ class Violation:
 
 @dataclass(slots=True)
 class _Sent:
+    """A message sent and not answered yet."""
+
     seq: int
     kind: str
     message: str
@@ -88,8 +92,7 @@ class Checker:
 
     def _report(self, rule: int, seqs: tuple[int, ...], text: str) -> None:
         self.counts[rule] += 1
-        if len(self.violations) < KEPT:
-            self.violations.append(Violation(rule, seqs, text))
+        keep_example(self.violations, Violation(rule, seqs, text), KEPT)
 
     @property
     def total(self) -> int:

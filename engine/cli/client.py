@@ -1,0 +1,139 @@
+"""The one client of a running engine's status endpoint, for every command that talks to it.
+
+A running engine records its status URL and run id in the database's
+`_sw_meta` (`db.status.running_engine`). `find_engine` reads them, asks
+`GET /status` and checks that the run id answers, so a stale address (the
+port taken by something else since) is not taken for the engine. `post`
+sends a command and returns the engine's JSON answer; an HTTP error comes
+back as `EngineRefused` with the engine's reason and the status code, an
+engine that no longer answers as `NoEngine`. Each command decides what a
+refusal means for its exit code.
+
+`urllib` is imported inside the functions: the command loads the mirror's
+driver (and the OpenSSL it needs) before anything imports `ssl`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlwarden.cli.output import PROG
+from sqlwarden.errors import EngineError
+
+if TYPE_CHECKING:
+    from urllib.error import HTTPError
+
+    from sqlwarden.config import Config
+
+#: Seconds to wait for `GET /status`, which the engine answers at once.
+STATUS_TIMEOUT_S = 10
+#: Seconds to wait for a command's answer: a sync run or a reconcile takes a while.
+COMMAND_TIMEOUT_S = 600
+
+
+class NoEngine(EngineError):
+    """No running engine answers for this database."""
+
+
+class EngineRefused(EngineError):
+    """The running engine answered a request with an HTTP error; `message` is its reason."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    @property
+    def request_at_fault(self) -> bool:
+        """The request named something unknown or does not fit the current state."""
+        return self.code in (400, 404, 409)
+
+    @property
+    def unavailable(self) -> bool:
+        """The engine cannot do it now: it is stopping, or a server it needs is down."""
+        return self.code == 503
+
+
+@dataclass(frozen=True, slots=True)
+class EngineClient:
+    """The engine running on a database: its status URL and the status it answered."""
+
+    url: str
+    status: dict[str, Any]
+
+    def post(self, path: str, query: Mapping[str, str] | None = None) -> Any:
+        """POST to `path` (and `query`) and return the JSON answer.
+
+        Raises `EngineRefused` for an HTTP error, `NoEngine` when nothing answers.
+        """
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}{path}"
+        if query:
+            url += f"?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=COMMAND_TIMEOUT_S) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise EngineRefused(_reason(exc), code=exc.code) from None
+        except OSError as exc:
+            raise NoEngine(_no_answer(self.url, exc)) from None
+
+
+def find_engine(config: Config, *, needed_for: str | None = None) -> EngineClient:
+    """The engine running on `config`'s database, found through the address it recorded.
+
+    Raises `NoEngine` saying why there is none, and, with `needed_for`, what
+    needed one.
+    """
+    import urllib.request
+
+    from sqlwarden.db.status import running_engine
+
+    def missing(why: str) -> NoEngine:
+        return NoEngine(why if needed_for is None else f"{why} ({needed_for})")
+
+    found = running_engine(config)
+    if found is None:
+        raise missing(f"no running engine with a status endpoint found for "
+                      f"{config.database.path}; start one with `{PROG} run CONFIG`")
+    url, run_id = found
+    try:
+        # The address may be stale, and the port taken by something else since.
+        with urllib.request.urlopen(f"{url}/status", timeout=STATUS_TIMEOUT_S) as response:
+            status = json.load(response)
+    except (OSError, ValueError) as exc:
+        raise missing(_no_answer(url, exc)) from None
+    if not isinstance(status, dict) or status.get("run_id") != run_id:
+        raise missing(f"the engine at {url} is not the one running on "
+                      f"{config.database.path}; the last run may have ended without "
+                      "cleaning up")
+    return EngineClient(url, status)
+
+
+def engine_if_running(config: Config) -> EngineClient | None:
+    """The engine running on `config`'s database; None when there is none."""
+    try:
+        return find_engine(config)
+    except NoEngine:
+        return None
+
+
+def _reason(exc: HTTPError) -> str:
+    """The engine's reason for an HTTP error: its JSON `error`, else the status line's."""
+    try:
+        body = json.load(exc)
+    except ValueError:
+        return str(exc.reason)
+    return str(body.get("error", exc.reason) if isinstance(body, dict) else exc.reason)
+
+
+def _no_answer(url: str, exc: BaseException) -> str:
+    return (f"no engine answers at {url} ({getattr(exc, 'reason', exc)}); the last run may "
+            "have ended without cleaning up")

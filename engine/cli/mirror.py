@@ -1,0 +1,156 @@
+"""`sqlwarden mirror`: the MySQL mirror reconciled with SQLite, or verified against it.
+
+Exit codes beyond the usual: 3 when the mirror's server cannot be reached;
+verify exits 1 when something differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlwarden.cli.client import EngineRefused, engine_if_running
+from sqlwarden.cli.main import load
+from sqlwarden.cli.output import PROG, one_line, print_error
+from sqlwarden.config import Config
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `mirror reconcile` and `mirror verify` to the command line."""
+    mirror = commands.add_parser(
+        "mirror", help="reconcile or verify the MySQL mirror",
+        description="The mirror copies the tables listed under `mirror:` to a MySQL-compatible "
+                    "server, scoped by this device's `scope` value. Reconcile makes it equal "
+                    "SQLite; verify compares and changes nothing.")
+    actions = mirror.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    reconcile = actions.add_parser(
+        "reconcile", help="make the mirror equal SQLite for this scope, and wait for it",
+        description="Compare every mirrored table range by range (row count and checksum on "
+                    "both sides), delete rows SQLite no longer has and copy only what differs. "
+                    "Asks the running engine when there is one (a reconcile under way is "
+                    "joined, never started twice); otherwise starts the engine on CONFIG for "
+                    "this. Exits 1 when it fails, 3 when the server cannot be reached.")
+    reconcile.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    reconcile.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    reconcile.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                           help="give up waiting after S seconds (default 3600)")
+    reconcile.set_defaults(func=cmd_mirror_reconcile)
+    verify = actions.add_parser(
+        "verify", help="compare SQLite and the mirror; change nothing",
+        description="Read CONFIG's database (read-only) and the mirror, and report per table "
+                    "the key ranges whose row count or checksum differ. Creates and changes "
+                    "nothing on either side. Exits 0 when in sync, 1 when something differs, "
+                    "2 for a config or login problem, 3 when the server cannot be reached.")
+    verify.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    verify.set_defaults(func=cmd_mirror_verify)
+
+
+def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
+    from sqlwarden.errors import MirrorError, MirrorUnavailable
+    from sqlwarden.views import ReconcileView, TableCheck
+
+    config = _load_mirrored(args.config)
+    engine = engine_if_running(config)
+    if engine is not None:
+        try:
+            out = engine.post("/mirror/reconcile")
+        except EngineRefused as exc:
+            print_error(exc.message)
+            return 3 if exc.unavailable else 1
+        print(f"asked the running engine at {engine.url}")
+        view = ReconcileView(number=out["number"], verify=False, seconds=out["seconds"],
+                             tables=tuple(TableCheck(**{**t, "ranges_shown": tuple(
+                                 tuple(r) for r in t["ranges_shown"])}) for t in out["tables"]))
+    else:
+        from sqlwarden.facade import Engine
+
+        with Engine(config, start_tasks=False) as running:
+            try:
+                view = running.mirror.reconcile(timeout=args.timeout)
+            except MirrorUnavailable as exc:
+                print_error(one_line(exc))
+                return 3
+            except (MirrorError, TimeoutError) as exc:
+                print_error(one_line(exc))
+                return 1
+    if args.json:
+        from sqlwarden.facade import reconcile_view_dict
+
+        print(json.dumps(reconcile_view_dict(view), indent=2, default=str))
+        return 0
+    print(f"reconcile {view.number} of {config.mirror.dsn.where if config.mirror else ''} "
+          f"took {view.seconds:.2f}s")
+    _print_checks(view.tables, verb="reconcile")
+    return 0
+
+
+def cmd_mirror_verify(args: argparse.Namespace) -> int:
+    from sqlwarden.errors import MirrorError
+    from sqlwarden.mirror.session import MirrorSession, outbox_depth, table_check
+
+    config = _load_mirrored(args.config)
+    assert config.mirror is not None
+    session = MirrorSession(config)
+    started = time.monotonic()
+    try:
+        session.open(create=False)
+        reports = session.reconcile(apply=False)
+        assert session.reader is not None
+        depth = outbox_depth(session.reader)[0] if session.has_outbox() else 0
+    except MirrorError as exc:
+        print_error(one_line(exc))
+        return 3 if exc.retryable else 2
+    finally:
+        session.close()
+    checks = [table_check(r) for r in reports]
+    differs = any(c.differing for c in checks)
+    if args.json:
+        print(json.dumps({"in_sync": not differs, "outbox_depth": depth,
+                          "seconds": round(time.monotonic() - started, 3),
+                          "tables": [dataclasses.asdict(c) for c in checks]},
+                         indent=2, default=str))
+        return 1 if differs else 0
+    print(f"verify of {config.mirror.dsn.where} (scope {config.mirror.scope!r}) took "
+          f"{time.monotonic() - started:.2f}s")
+    _print_checks(checks, verb="verify")
+    if depth:
+        print(f"  {depth:,} changes are still in the outbox; a running engine sends them "
+              "shortly, so some differences may be only those")
+    print("in sync" if not differs else "the mirror differs from SQLite; run "
+          f"`{PROG} mirror reconcile {args.config}` to repair it")
+    return 1 if differs else 0
+
+
+def _load_mirrored(file: str) -> Config:
+    """The config at `file`, which must have an enabled mirror."""
+    from sqlwarden.errors import ConfigError
+
+    config = load(file)
+    if config.mirror is None or not config.mirror.enabled:
+        raise ConfigError("there is no enabled `mirror:` section", file=file)
+    return config
+
+
+def _print_checks(tables: Sequence[Any], *, verb: str) -> None:
+    for t in tables:
+        if t.skipped:
+            what = "in sync"
+        elif verb == "verify":
+            what = f"{t.differing} of {t.ranges} key ranges differ"
+        else:
+            what = (f"{t.differing} of {t.ranges} key ranges differed: copied {t.copied:,}, "
+                    f"deleted {t.deleted:,}")
+        print(f"  {t.table}: {t.sqlite_rows:,} rows in SQLite, {t.mirror_rows:,} in the mirror; "
+              f"{what} ({t.seconds:.2f}s, {t.sqlite_read:,} rows read from SQLite)")
+        for after, upto, mine, theirs in t.ranges_shown:
+            low = "start" if after is None else f"after {after!r}"
+            high = "end" if upto is None else f"up to {upto!r}"
+            print(f"    keys from {low} {high}: {mine:,} rows in SQLite, {theirs:,} in the mirror")
+        if t.differing > len(t.ranges_shown):
+            print(f"    ... and {t.differing - len(t.ranges_shown)} more ranges")
