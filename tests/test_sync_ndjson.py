@@ -17,7 +17,7 @@ import apsw
 from sqlwarden.config import Config, parse_config
 from sqlwarden.facade import Engine
 from sqlwarden.fts.deferral import read_deferral
-from sqlwarden.sync.sources.readers import RAW_KEEP
+from sqlwarden.sync.sources.mapping import RAW_KEEP
 
 from .conftest import ROOT, read_only, table_digest, wait_until
 

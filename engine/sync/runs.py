@@ -48,16 +48,11 @@ from sqlwarden.protocol import (
     StartSyncRun,
     SyncBatch,
 )
+from sqlwarden.sync.sources.base import Reader, SourceError
 from sqlwarden.sync.sources.demo import cursor_of
-from sqlwarden.sync.sources.readers import (
-    FileState,
-    GeneratorReader,
-    HttpReader,
-    NdjsonReader,
-    Reader,
-    SourceError,
-    raw_text,
-)
+from sqlwarden.sync.sources.generator import GeneratorReader
+from sqlwarden.sync.sources.mapping import raw_text
+from sqlwarden.sync.sources.ndjson import FileState, NdjsonReader
 from sqlwarden.views import FtsLease, FtsView, SyncBatchResult, SyncRunView
 
 #: Batches a pump keeps at the Writer at once.
@@ -295,6 +290,9 @@ def make_reader(conn: apsw.Connection, source: SourceConfig, plan: RunPlan) -> R
     if isinstance(source, NdjsonSourceConfig):
         return NdjsonReader(source, file_states(conn, source.name))
     if isinstance(source, HttpSourceConfig):
+        # Only here: the HTTP reader loads urllib.request and with it ssl.
+        from sqlwarden.sync.sources.http import HttpReader
+
         return HttpReader(source, since=plan.cursor)
     assert isinstance(source, GeneratorSourceConfig)
     return GeneratorReader(source, cursor_of(conn, source))
