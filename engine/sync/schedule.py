@@ -67,8 +67,10 @@ class SourceState:
     #: The next run, on the monotonic clock, and why it is due.
     due: float | None = None
     due_reason: str | None = None
-    #: The next run as a wall time, for people (status, `sync status`).
+    #: The next run as a wall time, for people (status, `sync status`), and the
+    #: (wall, monotonic) readings it was worked out at.
     due_shown: float | None = None
+    shown_at: tuple[float, float] = (0.0, 0.0)
     #: The upstream asked not to be called before this (monotonic clock).
     not_before: float | None = None
     #: Bumped whenever the timer is re-armed: a tick with an older token is stale.
@@ -265,8 +267,10 @@ class SyncSchedule:
         where the caller knows it exactly."""
         source.token += 1
         source.due, source.due_reason = due, reason
+        wall = self._wall()
+        source.shown_at = (wall, now)
         source.due_shown = (shown if shown is not None or due is None
-                            else self._wall() + max(due - now, 0.0))
+                            else wall + max(due - now, 0.0))
         if due is None or self.stopping:
             return [Cancel(source.timer)]
         return [After(max(0.0, due - now), SyncTick(source=source.name, token=source.token),
@@ -384,11 +388,17 @@ class SyncSchedule:
 
     def _view(self, source: SourceState, now: float) -> SourceView:
         wall = self._wall()
+        next_at = source.due_shown
+        shown_wall, shown_now = source.shown_at
+        if next_at is not None and source.due is not None and abs(
+                (wall - shown_wall) - (now - shown_now)) > 1.0:
+            # The wall clock jumped since the run was armed; the deadline did not move.
+            next_at = wall + max(source.due - now, 0.0)
         not_before = source.not_before
         shown_not_before = (wall + not_before - now
                             if not_before is not None and not_before > now else None)
         return SourceView(name=source.name, kind=source.config.kind, state=source.state,
-                          current=source.run, last=source.last, next_run_at=source.due_shown,
+                          current=source.run, last=source.last, next_run_at=next_at,
                           next_reason=source.due_reason, not_before=shown_not_before,
                           total=source.total)
 

@@ -1,0 +1,219 @@
+"""The task runner as a plain state machine: fed answers, it says which chunk goes next.
+
+No actor and no thread: each test feeds the runner the Writer's answers,
+computed by the real `WriterCore` on a real database, and looks at what the
+runner asks for.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqlwarden.config import Config, parse_config
+from sqlwarden.db.connect import open_reader, open_writer
+from sqlwarden.db.schema import apply_schema
+from sqlwarden.db.writer import WriterCore
+from sqlwarden.effects import After, Effect, Reply, Request, Tell
+from sqlwarden.errors import TaskConflict, UnknownTask
+from sqlwarden.protocol import WRITER, NextChunk, ProgressEvent, RunChunk, SaveTask
+from sqlwarden.tasks.chunks import TaskPlan
+from sqlwarden.tasks.runner import YIELD, TaskRunner
+from sqlwarden.views import TaskView
+
+NUMS_YAML = """\
+database: {{path: {db}}}
+tables:
+  nums:
+    columns:
+      id: {{type: integer, primary_key: true}}
+      x: integer
+tasks:
+  double:
+    table: nums
+    set: {{x: "id * 2"}}
+    where: "x IS NULL"
+    min_rows: 250
+    max_rows: 250
+    yield_ms: 10
+message_log: {{enabled: false}}
+status: {{enabled: false}}
+"""
+
+Answered = Callable[[Any, Any, BaseException | None, float], list[Effect]]
+
+
+class Bench:
+    """A runner over a real database, with the real WriterCore answering its requests."""
+
+    def __init__(self, tmp_path: Path, rows: int = 1000) -> None:
+        self.config: Config = parse_config(NUMS_YAML.format(db=tmp_path / "nums.db"),
+                                           base_dir=tmp_path)
+        plans = tuple(TaskPlan(t, self.config.table(t.table)) for t in self.config.tasks)
+        conn = open_writer(self.config.database)
+        apply_schema(conn, self.config)
+        conn.executemany("INSERT INTO nums (id) VALUES (?)", [(i,) for i in range(1, rows + 1)])
+        self.core = WriterCore(conn, self.config, clock=lambda: 0.0, tasks=plans)
+        self.reader = open_reader(self.config.database)
+        self.runner = TaskRunner(plans, run_id="run1", reader=self.reader, wall=lambda: 1e9)
+        self.held: deque[Request] = deque()
+        self.seen: list[Effect] = []
+
+    def close(self) -> None:
+        self.reader.close()
+        self.core.conn.close()
+
+    def feed(self, effects: list[Effect], *, hold_chunks: bool = False) -> None:
+        """Perform `effects`: answer every request at once (chunks too, unless held)."""
+        queue = deque(effects)
+        while queue:
+            effect = queue.popleft()
+            self.seen.append(effect)
+            if not isinstance(effect, Request):
+                continue
+            if hold_chunks and isinstance(effect.message, RunChunk):
+                self.held.append(effect)
+                continue
+            queue.extend(self.answer(effect))
+
+    def answer(self, request: Request) -> list[Effect]:
+        assert request.to == WRITER
+        try:
+            if isinstance(request.message, RunChunk):
+                result: Any = self.core.run_chunk(request.message)
+            else:
+                (result,) = self.core.commit_group([request.message])
+                if isinstance(result, BaseException):
+                    raise result
+        except Exception as exc:
+            return self.runner.answered(request.context, None, exc, 0.0)
+        return self.runner.answered(request.context, result, None, 0.0)
+
+    def release(self) -> None:
+        """Answer the chunk held back."""
+        self.feed(self.answer(self.held.popleft()))
+
+    def take(self, kind: type) -> list[Any]:
+        """The effects of `kind` seen since the last take (their messages, for requests)."""
+        found = [e for e in self.seen if isinstance(e, kind)]
+        self.seen = [e for e in self.seen if not isinstance(e, kind)]
+        return found
+
+    def chunks(self) -> list[RunChunk]:
+        """The chunks asked for since the last look."""
+        found = [e.message for e in self.seen
+                 if isinstance(e, Request) and isinstance(e.message, RunChunk)]
+        self.seen = [e for e in self.seen
+                     if not (isinstance(e, Request) and isinstance(e.message, RunChunk))]
+        return found
+
+    def rows(self) -> list[tuple[int, int | None]]:
+        return list(self.reader.execute("SELECT id, x FROM nums ORDER BY id"))
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    made = Bench(tmp_path)
+    yield made
+    made.close()
+
+
+def test_each_chunk_goes_after_the_last_is_answered_and_the_yield_has_passed(
+        bench: Bench) -> None:
+    bench.feed(bench.runner.start(now=0.0))
+    sent = bench.chunks()
+    assert [(c.after, c.bound, c.rows) for c in sent] == [(None, 1000, 250)]
+    afters = [sent[0].after]
+    for _ in range(10):
+        yields = bench.take(After)
+        if not yields:
+            break
+        # One chunk answered: a yield of yield_ms, and no chunk until it has passed.
+        assert yields == [After(0.01, NextChunk(), YIELD)] and bench.chunks() == []
+        bench.feed(bench.runner.next_chunk())
+        afters += [c.after for c in bench.chunks()]
+    # The fourth chunk reaches the bound; the verification finds nothing eligible.
+    assert afters == [None, 250, 500, 750]
+    (view,) = bench.runner.views()
+    assert (view.status, view.processed, view.total, view.checkpoint) == ("done", 1000, 1000,
+                                                                           1000)
+    assert bench.rows() == [(i, 2 * i) for i in range(1, 1001)]
+    saves = [e.message for e in bench.take(Request) if isinstance(e.message, SaveTask)]
+    assert dict(saves[-1].fields)["status"] == "done"
+    progress = [e.message for e in bench.take(Tell) if isinstance(e.message, ProgressEvent)]
+    assert progress[-1].terminal and progress[-1].processed == 1000
+
+
+def test_pause_stops_between_chunks_and_resume_goes_on_from_the_checkpoint(
+        bench: Bench) -> None:
+    bench.feed(bench.runner.start(now=0.0), hold_chunks=True)
+    bench.release()  # the first chunk commits, then the yield
+    assert bench.take(After) == [After(0.01, NextChunk(), YIELD)]
+    bench.feed(bench.runner.next_chunk(), hold_chunks=True)
+    assert [c.after for c in bench.chunks()] == [None, 250] and len(bench.held) == 1
+    bench.feed(bench.runner.control("double", "pause", "asker", now=1.0), hold_chunks=True)
+    # Answered once the paused state is saved.
+    assert [e.result.status for e in bench.take(Reply)] == ["paused"]
+    # The Writer runs the chunk after the save, and refuses it: nothing more commits,
+    # and nothing more goes.
+    bench.release()
+    assert bench.chunks() == [] and bench.take(After) == []
+    (view,) = bench.runner.views()
+    assert (view.status, view.processed, view.checkpoint, view.error) == ("paused", 250, 250,
+                                                                          None)
+    assert sum(x is not None for _, x in bench.rows()) == 250
+
+    bench.feed(bench.runner.control("double", "resume", "asker", now=2.0), hold_chunks=True)
+    assert [c.after for c in bench.chunks()] == [250]
+    assert [e.result.status for e in bench.take(Reply)] == ["running"]
+
+
+def test_a_chunk_the_writer_refuses_fails_the_task_and_answers_its_waiters(
+        bench: Bench) -> None:
+    bench.feed(bench.runner.start(now=0.0), hold_chunks=True)
+    bench.feed(bench.runner.wait((), "waiter"))
+    assert bench.take(Reply) == []  # not at rest yet
+    chunk = bench.held.popleft()
+    bench.feed(bench.runner.answered(chunk.context, None, RuntimeError("disk I/O error"), 0.5))
+    (answer,) = bench.take(Reply)
+    assert answer.waiter == "waiter"
+    (view,) = answer.result
+    assert isinstance(view, TaskView)
+    assert (view.status, view.error) == ("failed", "disk I/O error")
+    assert bench.take(After) == []  # nothing more goes
+
+
+def test_control_names_a_declared_task_and_a_done_task_stays_done(bench: Bench) -> None:
+    with pytest.raises(UnknownTask, match=r"unknown task 'triple' \(declared: double\)"):
+        bench.runner.control("triple", "pause", "asker", now=0.0)
+    bench.feed(bench.runner.start(now=0.0))
+    while bench.take(After):
+        bench.feed(bench.runner.next_chunk())
+    assert bench.runner.views()[0].status == "done"
+    with pytest.raises(TaskConflict, match="is done; declare a new version"):
+        bench.runner.control("double", "resume", "asker", now=0.0)
+
+
+def test_a_task_left_running_by_a_gone_process_resumes_from_its_checkpoint(
+        tmp_path: Path) -> None:
+    first = Bench(tmp_path)
+    try:
+        first.feed(first.runner.start(now=0.0), hold_chunks=True)
+        first.release()  # one chunk committed; then the process is gone
+    finally:
+        first.close()
+    # The same database, a new runner: it reads the task row and goes on.
+    plans = tuple(TaskPlan(t, first.config.table(t.table)) for t in first.config.tasks)
+    reader = open_reader(first.config.database)
+    try:
+        again = TaskRunner(plans, run_id="run2", reader=reader, wall=lambda: 2e9)
+        effects = again.start(now=0.0)
+    finally:
+        reader.close()
+    chunks = [e.message for e in effects if isinstance(e, Request)
+              and isinstance(e.message, RunChunk)]
+    assert [(c.after, c.run_id) for c in chunks] == [(250, "run2")]
