@@ -217,3 +217,26 @@ def test_a_task_left_running_by_a_gone_process_resumes_from_its_checkpoint(
     chunks = [e.message for e in effects if isinstance(e, Request)
               and isinstance(e.message, RunChunk)]
     assert [(c.after, c.run_id) for c in chunks] == [(250, "run2")]
+
+
+def test_a_done_task_stays_done_when_controlled_before_the_tasks_start(tmp_path: Path) -> None:
+    first = Bench(tmp_path)
+    try:
+        first.feed(first.runner.start(now=0.0))
+        while first.take(After):
+            first.feed(first.runner.next_chunk())
+        assert first.runner.views()[0].status == "done"
+    finally:
+        first.close()
+    plans = tuple(TaskPlan(t, first.config.table(t.table)) for t in first.config.tasks)
+    reader = open_reader(first.config.database)
+    try:
+        # An engine built with start_tasks=False: a person acts before the start.
+        again = TaskRunner(plans, run_id="run2", reader=reader, wall=lambda: 2e9)
+        assert again.views()[0].status == "done"
+        with pytest.raises(TaskConflict, match="is done"):
+            again.control("double", "cancel", "asker", now=0.0)
+        effects = again.start(now=0.0)
+    finally:
+        reader.close()
+    assert [e for e in effects if isinstance(e, Request)] == []

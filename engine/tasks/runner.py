@@ -81,6 +81,10 @@ class TaskRun:
     passes: int = 0
     active: bool = False  # running in this process, so its bound and counts are current
     ran_here: bool = False
+    #: The database has a row for this task (read when the runner recovered), and the
+    #: run that wrote it last.
+    recorded: bool = False
+    left_by: str | None = None
     saving: int = 0
     #: Bumped by pause, cancel and start: a chunk answer from an older
     #: generation was refused or overtaken, and is not the task's failure.
@@ -117,6 +121,7 @@ class TaskRunner:
         self._in_flight: str | None = None
         self._yielding = False
         self._waiters: list[tuple[Any, tuple[str, ...]]] = []
+        self._recovered = False
         self._booted = False
 
     # --- input --------------------------------------------------------------------------
@@ -126,29 +131,46 @@ class TaskRunner:
         if self._reader is None or self._booted:
             return self._kick()
         self._booted = True
+        self._recover()
         effects: Effects = []
-        rows = read_task_rows(self._reader)
         for run in self._runs.values():
-            if run.ran_here:  # resumed by a person before the boot
+            if run.ran_here:  # a person resumed or cancelled it before the start
                 continue
             task = run.plan.task
-            row = rows.get((task.name, task.version))
-            if row is None:
+            if not run.recorded:
                 effects += self._begin(run, now, fresh=True)
                 continue
-            run.status, run.checkpoint, run.bound = row["status"], row["checkpoint"], row["bound"]
-            run.attempts, run.error = row["attempts"], row["error"]
-            run.processed, run.total = row["rows_processed"], row["rows_total"]
             if run.status in ("done", "paused", "cancelled"):
                 continue  # done never reruns; a person paused or cancelled the others
             if run.status == "running":
                 log.warning("task %s was left running by run %s, which is gone; resuming from "
-                            "checkpoint %r", task.ident, row["run_id"], run.checkpoint)
+                            "checkpoint %r", task.ident, run.left_by, run.checkpoint)
             elif run.status == "failed":
                 log.warning("task %s failed in an earlier run (%s); retrying from checkpoint %r",
                             task.ident, run.error, run.checkpoint)
             effects += self._begin(run, now, fresh=False)
         return effects + self._kick()
+
+    def _recover(self) -> None:
+        """Read what earlier runs saved of each task, once.
+
+        Done before anything acts on a task, so a control asked for before the start
+        (`start_tasks=False`) sees that a task is done, and not a blank one.
+        """
+        if self._recovered or self._reader is None:
+            return
+        self._recovered = True
+        rows = read_task_rows(self._reader)
+        for run in self._runs.values():
+            task = run.plan.task
+            row = rows.get((task.name, task.version))
+            if row is None:
+                continue
+            run.recorded = True
+            run.status, run.checkpoint, run.bound = row["status"], row["checkpoint"], row["bound"]
+            run.attempts, run.error = row["attempts"], row["error"]
+            run.processed, run.total = row["rows_processed"], row["rows_total"]
+            run.left_by = row["run_id"]
 
     def next_chunk(self) -> Effects:
         """The yield after the last chunk has passed."""
@@ -161,6 +183,7 @@ class TaskRunner:
         Raises `UnknownTask` or `TaskConflict` for a request that does not apply.
         """
         run = self.run(name)
+        self._recover()
         ident = run.plan.task.ident
         if action not in CONTROL_ACTIONS:
             raise TaskConflict(f"unknown action {action!r}; expected one of "
@@ -201,6 +224,7 @@ class TaskRunner:
         """Answer `waiter` once the tasks (all when empty) are at rest with their state saved."""
         for name in names:
             self.run(name)
+        self._recover()
         self._waiters.append((waiter, names))
         return self._settle()
 
@@ -216,6 +240,7 @@ class TaskRunner:
                 raise ValueError(f"no request was sent with context {context!r}")
 
     def views(self) -> tuple[TaskView, ...]:
+        self._recover()
         return tuple(run.view() for run in self._runs.values())
 
     def run(self, name: str) -> TaskRun:
