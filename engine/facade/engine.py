@@ -42,7 +42,8 @@ from sqlwarden.errors import (
 from sqlwarden.facade import rows as rows_mod
 from sqlwarden.facade import status as status_mod
 from sqlwarden.facade.parts import Fts, Mirror, Sync, Tasks
-from sqlwarden.fts import deferral as fts_sql
+from sqlwarden.fts.deferral import read_deferral
+from sqlwarden.fts.indexes import find_indexes
 from sqlwarden.futures import Future
 from sqlwarden.msglog.log import MessageLog, NullMessageLog
 from sqlwarden.protocol import (
@@ -452,7 +453,7 @@ def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> No
     `known` keeps the FTS tables (and the tables they index) seen so far, so the
     schema is read again only for a name not seen yet.
     """
-    deferral = fts_sql.read_deferral(conn)
+    deferral = read_deferral(conn)
     for name in names:
         table = name.removeprefix("fts:")
         if deferral is not None and deferral.covers(table):
@@ -461,7 +462,7 @@ def _check_fresh(conn: apsw.Connection, names: list[str], known: set[str]) -> No
             raise NotReady(name, 0, None, status=status,
                            detail=f"the FTS index has not been updated since {since}")
         if table.lower() not in known:
-            indexes = fts_sql.find_indexes(conn)
+            indexes = find_indexes(conn)
             known.update(i.name.lower() for i in indexes)
             known.update(i.source.lower() for i in indexes if i.source)
             if table.lower() not in known:

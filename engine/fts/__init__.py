@@ -1,2 +1,3 @@
-"""FTS5 upkeep: finding FTS tables and their triggers, deferring and restoring
-them around bulk catch-ups (`deferral`), and the policy that decides when."""
+"""FTS5 upkeep: which FTS tables a database has and the triggers that keep them in step
+(`indexes`), deferring and restoring those triggers around bulk catch-ups (`deferral`),
+and the policy that decides when (`controller`)."""
