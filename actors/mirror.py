@@ -20,7 +20,8 @@ from sqlwarden.config import Config
 from sqlwarden.effects import Effects
 from sqlwarden.errors import EngineStopped, MirrorError, UnexpectedMessage
 from sqlwarden.mirror.ranges import TableReport, table_check
-from sqlwarden.mirror.session import MirrorSession, Step
+from sqlwarden.mirror.reconcile import Step
+from sqlwarden.mirror.session import MirrorSession
 from sqlwarden.mirror.state import Job, MirrorState
 from sqlwarden.protocol import (
     MIRROR,
