@@ -37,6 +37,7 @@ from sqlwarden.protocol import (
 )
 from sqlwarden.redact import Redactor
 from sqlwarden.sync import runs
+from sqlwarden.sync.pump import Pump, stopped_note
 from sqlwarden.sync.schedule import SourceState, SyncSchedule
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class SyncActor(BaseActor):
         self._wall = wall
         self._redactor = Redactor(config.secrets)
         self._reader: apsw.Connection | None = None
-        self._pumps: dict[str, runs.Pump] = {}
+        self._pumps: dict[str, Pump] = {}
         self.schedule = self._schedule()
 
     def _schedule(self) -> SyncSchedule:
@@ -117,7 +118,7 @@ class SyncActor(BaseActor):
             reader = runs.make_reader(self._reader, source, plan)
         except Exception as exc:
             return str(exc)
-        pump = runs.Pump(source=source, run=run, reader=reader,
+        pump = Pump(source=source, run=run, reader=reader,
                          ask=lambda to, m: self.bus.ask(self.name, to, m),
                          tell=lambda to, m: self.bus.tell(self.name, to, m),
                          config=self.config, wall=self._wall)
@@ -136,7 +137,7 @@ class SyncActor(BaseActor):
             return
         ended = pump.ended
         status, error = "stopped", None
-        note: str | None = runs.stopped_note(ended.note if ended else None)
+        note: str | None = stopped_note(ended.note if ended else None)
         if ended is not None and ended.error is not None:
             status, error = "failed", self._redactor.text(ended.error)
         elif ended is not None and not ended.stopped:

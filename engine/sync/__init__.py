@@ -1,2 +1,3 @@
-"""Source runs: bookkeeping and batches (`runs`), the reading thread, the
-schedule, and the readers of each source kind (`sources`)."""
+"""Source runs: bookkeeping, planning and batches (`runs`), the reading thread of a
+run (`pump`), each source's schedule (`schedule`), and the readers of each source
+kind (`sources`)."""
