@@ -4,6 +4,10 @@ Kinds are what the message log records and what the replay tool reads, so a
 kind is never renamed; messages evolve by adding fields with defaults. Fields
 hold tuples and other immutable values, never lists or dicts, so a message can
 be read from another thread (the message log's) after it was sent.
+
+Every message kind lives here, in one module of some 650 lines, by the house
+rule: one place to read the whole protocol, grouped by receiving actor. What
+the actors answer lives in `views`.
 """
 
 from __future__ import annotations
