@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -197,7 +198,33 @@ def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0,
         time.sleep(0.02)
 
 
-# -- a private MariaDB server for the mirror's tests (tests/mariadb.py) --------------------
+def kill_driver_when(driver: str, *args: str | Path, ready: Callable[[], bool], what: str,
+                     timeout_s: float = 60.0) -> None:
+    """Run `python -m tests.support.DRIVER ARGS`, wait until `ready()`, then SIGKILL it.
+
+    Fails, with the driver's last words, if it ends before that.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", f"tests.support.{driver}",
+                             *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def ready_while_running() -> bool:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the driver ended before the kill: {err[-2000:]}")
+        return ready()
+
+    try:
+        wait_until(ready_while_running, timeout_s=timeout_s, what=what)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+# -- a private MariaDB server for the mirror's tests (tests/support/mariadb.py) --------------------
 
 
 def _ci() -> bool:

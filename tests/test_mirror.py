@@ -8,11 +8,8 @@ import contextlib
 import json
 import math
 import random
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +26,7 @@ from sqlwarden.mirror.dialect import mariadb_real
 from sqlwarden.protocol import MirrorStatus
 from sqlwarden.replay.read import iter_records
 
-from .conftest import ROOT, files_under, read_only
+from .conftest import files_under, kill_driver_when, read_only
 from .support.mariadb import MirrorDb
 from .support.mirror_driver import item
 
@@ -575,35 +572,21 @@ def test_an_engine_killed_mid_drain_is_caught_up_by_the_next_one(
     config = parse_config(yaml_path.read_text(), file=str(yaml_path), base_dir=tmp_path)
     path = config.database.path
 
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.mirror_driver", str(yaml_path),
-                             str(rows), "1000"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        def sqlite_count() -> int:
-            try:
-                conn = read_only(path)
-            except apsw.Error:
-                return 0
-            try:
-                return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
-            except apsw.Error:
-                return 0
-            finally:
-                conn.close()
+    def sqlite_count() -> int:
+        try:
+            conn = read_only(path)
+        except apsw.Error:
+            return 0
+        try:
+            return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        except apsw.Error:
+            return 0
+        finally:
+            conn.close()
 
-        def mid_drain() -> bool:
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                raise AssertionError(f"the driver ended before the kill: {err[-2000:]}")
-            return sqlite_count() == rows and mirror_count(mirror_db) > 0
-
-        wait_for(mid_drain, 60, "all rows in SQLite and some in the mirror")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    kill_driver_when("mirror_driver", yaml_path, rows, 1000,
+                     ready=lambda: sqlite_count() == rows and mirror_count(mirror_db) > 0,
+                     what="all rows in SQLite and some in the mirror")
     before = mirror_count(mirror_db)
     assert 0 < before < rows, f"{before} of {rows} rows mirrored when killed"
     assert outbox_depth(path) > 0

@@ -154,7 +154,7 @@ tables:
   items:
     columns:
       id: {{type: integer, primary_key: true}}
-      name: text
+      label: text
 mirror:
   dsn: {dsn}
   scope: dev1
@@ -171,7 +171,7 @@ def device(tmp_path: Path, mirror_db: MirrorDb) -> Iterator[tuple[Config, Writer
     conn = open_writer(config.database)
     apply_schema(conn, config)
     core = WriterCore(conn, config, clock=lambda: 0.0)
-    conn.executemany("INSERT INTO items (id, name) VALUES (?, ?)",
+    conn.executemany("INSERT INTO items (id, label) VALUES (?, ?)",
                      [(i, f"item {i}") for i in range(1, 2501)])
     # As if the rows were there before the table was mirrored: no change is pending.
     conn.execute("DELETE FROM _sw_outbox")
@@ -213,7 +213,7 @@ def test_a_reconcile_goes_range_by_range_and_a_restart_in_sync_reads_nothing(
     units, asked, (report,) = reconcile(config, core)
     assert (units, report.ranges, report.sqlite_read, report.skipped) == (3, 3, 0, True)
     # Drift in the middle range: only that range is read and repaired.
-    mirror_db.server.query("UPDATE items SET name = 'drift' WHERE sw_scope = 'dev1' AND "
+    mirror_db.server.query("UPDATE items SET label = 'drift' WHERE sw_scope = 'dev1' AND "
                            "id = 1500", (), mirror_db.database)
     units, asked, (report,) = reconcile(config, core)
     assert (units, report.sqlite_read, report.copied, len(report.differing)) == (3, 1000, 1, 1)

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from sqlwarden.facade import Engine
 from sqlwarden.fts.deferral import read_deferral
 from sqlwarden.sync.sources.mapping import RAW_KEEP
 
-from .conftest import ROOT, read_only, table_digest, wait_until
+from .conftest import kill_driver_when, read_only, table_digest
 
 ITEMS = """\
   items:
@@ -220,12 +217,17 @@ def test_a_line_past_max_record_mb_is_rejected_and_the_lines_after_it_are_read(
         assert position == size and done
 
 
-def test_on_reject_fail_fails_the_run_at_the_bad_record(tmp_path: Path) -> None:
-    folder = inbox(tmp_path)
-    lines = [rec(i, f"item {i}") for i in range(1, 13)]
+def nameless_eighth(tmp_path: Path, records: int) -> tuple[Config, list[int]]:
+    """A source failing on rejects, batches of 5, whose record 8 of `records` has no name;
+    returns its config and where each line starts."""
+    lines = [rec(i, f"item {i}") for i in range(1, records + 1)]
     lines[7] = rec(8, None, "nameless")
-    at = write_lines(folder / "a.ndjson", lines)
-    config = make_config(tmp_path, extra="on_reject: fail\nbatch_rows: 5")
+    at = write_lines(inbox(tmp_path) / "a.ndjson", lines)
+    return make_config(tmp_path, extra="on_reject: fail\nbatch_rows: 5"), at
+
+
+def test_on_reject_fail_fails_the_run_at_the_bad_record(tmp_path: Path) -> None:
+    config, at = nameless_eighth(tmp_path, 12)
     with Engine(config) as engine:
         run = engine.sync.run("files", timeout=30)
         assert run.status == "failed" and run.rows == 5
@@ -243,11 +245,7 @@ def test_on_reject_fail_fails_the_run_at_the_bad_record(tmp_path: Path) -> None:
 
 def test_on_reject_fail_names_the_bad_record_when_more_batches_follow(
         tmp_path: Path) -> None:
-    folder = inbox(tmp_path)
-    lines = [rec(i, f"item {i}") for i in range(1, 41)]
-    lines[7] = rec(8, None, "nameless")
-    at = write_lines(folder / "a.ndjson", lines)
-    config = make_config(tmp_path, extra="on_reject: fail\nbatch_rows: 5")
+    config, at = nameless_eighth(tmp_path, 40)
     with Engine(config) as engine:
         run = engine.sync.run("files", timeout=30)
         assert run.status == "failed" and run.rows == 5
@@ -397,26 +395,14 @@ def test_a_run_killed_mid_file_resumes_where_its_last_batch_committed(tmp_path: 
     config = parse_config(yaml_path.read_text(), file=str(yaml_path), base_dir=tmp_path)
     path = config.database.path
 
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.sync_driver", str(yaml_path),
-                             "files"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        def mid_run() -> bool:
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                raise AssertionError(f"the driver ended before the kill: {err[-2000:]}")
-            state = last_run_state(path)
-            # Past the first file, so one file is done and another is read part way.
-            return (state is not None and state[0] == "running"
-                    and RECORDS // FILES < state[1] < RECORDS)
+    def mid_run() -> bool:
+        state = last_run_state(path)
+        # Past the first file, so one file is done and another is read part way.
+        return (state is not None and state[0] == "running"
+                and RECORDS // FILES < state[1] < RECORDS)
 
-        wait_until(mid_run, timeout_s=60, what="the run to commit batches past the first file")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    kill_driver_when("sync_driver", yaml_path, "files", ready=mid_run,
+                     what="the run to commit batches past the first file")
     killed_state = last_run_state(path)
     assert killed_state is not None and killed_state[0] == "running"
     assert 0 < killed_state[1] < RECORDS

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,17 @@ class Bench:
         return list(self.reader.execute("SELECT id, x FROM nums ORDER BY id"))
 
 
+@contextmanager
+def next_process(bench: Bench) -> Iterator[TaskRunner]:
+    """A new runner on the database `bench` left, as the next process would make it."""
+    plans = tuple(TaskPlan(t, bench.config.table(t.table)) for t in bench.config.tasks)
+    reader = open_reader(bench.config.database)
+    try:
+        yield TaskRunner(plans, run_id="run2", reader=reader, wall=lambda: 2e9)
+    finally:
+        reader.close()
+
+
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
     made = Bench(tmp_path)
@@ -207,13 +219,8 @@ def test_a_task_left_running_by_a_gone_process_resumes_from_its_checkpoint(
     finally:
         first.close()
     # The same database, a new runner: it reads the task row and goes on.
-    plans = tuple(TaskPlan(t, first.config.table(t.table)) for t in first.config.tasks)
-    reader = open_reader(first.config.database)
-    try:
-        again = TaskRunner(plans, run_id="run2", reader=reader, wall=lambda: 2e9)
+    with next_process(first) as again:
         effects = again.start(now=0.0)
-    finally:
-        reader.close()
     chunks = [e.message for e in effects if isinstance(e, Request)
               and isinstance(e.message, RunChunk)]
     assert [(c.after, c.run_id) for c in chunks] == [(250, "run2")]
@@ -228,15 +235,10 @@ def test_a_done_task_stays_done_when_controlled_before_the_tasks_start(tmp_path:
         assert first.runner.views()[0].status == "done"
     finally:
         first.close()
-    plans = tuple(TaskPlan(t, first.config.table(t.table)) for t in first.config.tasks)
-    reader = open_reader(first.config.database)
-    try:
-        # An engine built with start_tasks=False: a person acts before the start.
-        again = TaskRunner(plans, run_id="run2", reader=reader, wall=lambda: 2e9)
+    # An engine built with start_tasks=False: a person acts before the start.
+    with next_process(first) as again:
         assert again.views()[0].status == "done"
         with pytest.raises(TaskConflict, match="is done"):
             again.control("double", "cancel", "asker", now=0.0)
         effects = again.start(now=0.0)
-    finally:
-        reader.close()
     assert [e for e in effects if isinstance(e, Request)] == []
