@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from sqlwarden import views
 from sqlwarden.errors import MirrorError
 from sqlwarden.futures import Future, Timeout
 from sqlwarden.protocol import (
@@ -30,16 +31,6 @@ from sqlwarden.protocol import (
     WaitTasks,
 )
 from sqlwarden.sync import runs as sync_sql
-from sqlwarden.views import (
-    FtsLease,
-    FtsView,
-    MirrorView,
-    ProgressView,
-    ReconcileView,
-    SourceView,
-    SyncRunView,
-    TaskView,
-)
 
 if TYPE_CHECKING:
     from sqlwarden.facade.engine import Engine
@@ -56,33 +47,33 @@ class Tasks:
         """Recover task rows left by earlier runs and start what should run."""
         self._engine.tell("backfill", StartTasks())
 
-    def list(self) -> tuple[TaskView, ...]:
+    def list(self) -> tuple[views.TaskView, ...]:
         """Every task, as the Backfill actor sees it now."""
-        views: tuple[TaskView, ...] = self._engine.ask("backfill", TasksStatus())
-        return views
+        found: tuple[views.TaskView, ...] = self._engine.ask("backfill", TasksStatus())
+        return found
 
-    def progress(self) -> tuple[ProgressView, ...]:
+    def progress(self) -> tuple[views.ProgressView, ...]:
         """Live progress (rate, ETA, waiting reason) of every job."""
-        views: tuple[ProgressView, ...] = self._engine.ask("progress", ProgressSnapshot())
-        return views
+        found: tuple[views.ProgressView, ...] = self._engine.ask("progress", ProgressSnapshot())
+        return found
 
-    def pause(self, name: str) -> TaskView:
+    def pause(self, name: str) -> views.TaskView:
         """Stop sending chunks after the one running; returns once the state is saved."""
         return self.control(name, "pause")
 
-    def resume(self, name: str) -> TaskView:
+    def resume(self, name: str) -> views.TaskView:
         """Continue a paused task, or retry a failed or cancelled one from its checkpoint."""
         return self.control(name, "resume")
 
-    def cancel(self, name: str) -> TaskView:
+    def cancel(self, name: str) -> views.TaskView:
         """Stop between chunks; what was committed stays committed and visible."""
         return self.control(name, "cancel")
 
-    def control(self, name: str, action: str) -> TaskView:
-        view: TaskView = self._engine.ask("backfill", ControlTask(task=name, action=action))
+    def control(self, name: str, action: str) -> views.TaskView:
+        view: views.TaskView = self._engine.ask("backfill", ControlTask(task=name, action=action))
         return view
 
-    def wait(self, *names: str, timeout: float | None = None) -> tuple[TaskView, ...]:
+    def wait(self, *names: str, timeout: float | None = None) -> tuple[views.TaskView, ...]:
         """Block until the tasks (all by default) are done, failed, cancelled or paused.
 
         Raises `TimeoutError` after `timeout` seconds; calling again with the
@@ -93,14 +84,14 @@ class Tasks:
             future = self._waiting[names] = self._engine.ask_later("backfill",
                                                                    WaitTasks(tasks=names))
         try:
-            views: tuple[TaskView, ...] = future.get(timeout=timeout)
+            found: tuple[views.TaskView, ...] = future.get(timeout=timeout)
         except Timeout:
             raise Timeout(f"tasks not settled within {timeout}s") from None
         except BaseException:
             del self._waiting[names]  # answered, with an error
             raise
         del self._waiting[names]
-        return views
+        return found
 
 
 class Fts:
@@ -109,20 +100,20 @@ class Fts:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def begin_catch_up(self, source: str, backlog_rows: int) -> FtsLease:
+    def begin_catch_up(self, source: str, backlog_rows: int) -> views.FtsLease:
         """Say `source` is about to write `backlog_rows` rows; FTS upkeep is deferred if
         that reaches the threshold. Always pair with `end_catch_up` in a `finally`."""
-        lease: FtsLease = self._engine.ask("fts", BeginCatchUp(source=source,
+        lease: views.FtsLease = self._engine.ask("fts", BeginCatchUp(source=source,
                                                                backlog_rows=backlog_rows))
         return lease
 
-    def end_catch_up(self, source: str) -> FtsView:
+    def end_catch_up(self, source: str) -> views.FtsView:
         """`source` is done; when it was the last one, the triggers are restored first."""
-        view: FtsView = self._engine.ask("fts", EndCatchUp(source=source))
+        view: views.FtsView = self._engine.ask("fts", EndCatchUp(source=source))
         return view
 
     @contextmanager
-    def catch_up(self, source: str, backlog_rows: int) -> Iterator[FtsLease]:
+    def catch_up(self, source: str, backlog_rows: int) -> Iterator[views.FtsLease]:
         """`begin_catch_up` for the `with` block, `end_catch_up` however it ends."""
         lease = self.begin_catch_up(source, backlog_rows)
         try:
@@ -130,13 +121,13 @@ class Fts:
         finally:
             self.end_catch_up(source)
 
-    def status(self) -> FtsView:
-        view: FtsView = self._engine.ask("fts", FtsStatus())
+    def status(self) -> views.FtsView:
+        view: views.FtsView = self._engine.ask("fts", FtsStatus())
         return view
 
-    def restore(self) -> FtsView:
+    def restore(self) -> views.FtsView:
         """Restore now, even while sources are catching up; returns once it has ended."""
-        view: FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
+        view: views.FtsView = self._engine.ask("fts", RestoreFtsNow(reason="requested"))
         return view
 
 
@@ -155,7 +146,7 @@ class Mirror:
         if not self.enabled:
             raise MirrorError("the config has no enabled mirror section")
 
-    def reconcile(self, timeout: float | None = None) -> ReconcileView:
+    def reconcile(self, timeout: float | None = None) -> views.ReconcileView:
         """Make the mirror equal SQLite for this scope; joins a reconcile under way.
 
         Raises `MirrorUnavailable` when the server is out of reach (the
@@ -164,17 +155,17 @@ class Mirror:
         """
         self._require()
         try:
-            view: ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
+            view: views.ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
                 timeout=timeout)
         except Timeout:
             raise Timeout(f"the reconcile has not ended within {timeout}s") from None
         return view
 
-    def verify(self, timeout: float | None = None) -> ReconcileView:
+    def verify(self, timeout: float | None = None) -> views.ReconcileView:
         """Compare SQLite and the mirror range by range, changing nothing."""
         self._require()
         try:
-            view: ReconcileView = self._engine.ask_later("mirror", Verify()).get(
+            view: views.ReconcileView = self._engine.ask_later("mirror", Verify()).get(
                 timeout=timeout)
         except Timeout:
             raise Timeout(f"the verify has not ended within {timeout}s") from None
@@ -185,9 +176,9 @@ class Mirror:
         self._require()
         return self._engine.status().get("mirror", {})
 
-    def view(self) -> MirrorView:
+    def view(self) -> views.MirrorView:
         self._require()
-        view: MirrorView = self._engine.ask("mirror", MirrorStatus())
+        view: views.MirrorView = self._engine.ask("mirror", MirrorStatus())
         return view
 
 
@@ -197,10 +188,10 @@ class RunHandle:
     def __init__(self, future: Future[Any]) -> None:
         self._future = future
 
-    def result(self, timeout: float | None = None) -> SyncRunView:
+    def result(self, timeout: float | None = None) -> views.SyncRunView:
         """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
         try:
-            view: SyncRunView = self._future.get(timeout=timeout)
+            view: views.SyncRunView = self._future.get(timeout=timeout)
         except Timeout:
             raise Timeout(f"the run has not ended within {timeout}s") from None
         return view
@@ -213,7 +204,7 @@ class Sync:
         self._engine = engine
 
     def run(self, source: str, *, mode: str = "auto", join: bool = True,
-            timeout: float | None = None) -> SyncRunView:
+            timeout: float | None = None) -> views.SyncRunView:
         """Run `source` now and return its run once it has ended.
 
         While it runs already this joins that run (or, with `join=False`,
@@ -222,24 +213,24 @@ class Sync:
         return self.run_later(source, mode=mode, join=join).result(timeout)
 
     def run_later(self, source: str, *, mode: str = "auto", join: bool = True) -> RunHandle:
-        """`run` without waiting: a handle whose `result()` is the `SyncRunView`."""
+        """`run` without waiting: a handle whose `result()` is the `views.SyncRunView`."""
         return RunHandle(self._engine.ask_later("sync", RunSource(source=source, mode=mode,
                                                                   join=join)))
 
-    def status(self) -> tuple[SourceView, ...]:
-        views: tuple[SourceView, ...] = self._engine.ask("sync", SyncStatus())
-        return views
+    def status(self) -> tuple[views.SourceView, ...]:
+        found: tuple[views.SourceView, ...] = self._engine.ask("sync", SyncStatus())
+        return found
 
-    def wait(self, *sources: str, timeout: float | None = None) -> tuple[SourceView, ...]:
+    def wait(self, *sources: str, timeout: float | None = None) -> tuple[views.SourceView, ...]:
         """Block until the sources (all by default) have no run and no retry pending."""
         try:
-            views: tuple[SourceView, ...] = self._engine.ask_later(
+            found: tuple[views.SourceView, ...] = self._engine.ask_later(
                 "sync", WaitSources(sources=sources)).get(timeout=timeout)
         except Timeout:
             raise Timeout(f"sources not idle within {timeout}s") from None
-        return views
+        return found
 
-    def history(self, source: str | None = None, limit: int = 20) -> list[SyncRunView]:
+    def history(self, source: str | None = None, limit: int = 20) -> list[views.SyncRunView]:
         """The newest runs first, from `_sw_sync_runs`."""
         with self._engine.read() as conn:
             return sync_sql.history(conn, source, limit)

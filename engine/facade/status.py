@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from sqlwarden import views
 from sqlwarden.db.connect import file_size
 from sqlwarden.errors import EngineError
 from sqlwarden.futures import Timeout
@@ -28,16 +29,6 @@ from sqlwarden.protocol import (
 )
 from sqlwarden.redact import Redactor
 from sqlwarden.sync import runs as sync_sql
-from sqlwarden.views import (
-    FtsView,
-    MirrorView,
-    ProgressView,
-    ReconcileView,
-    SourceView,
-    SyncRunView,
-    TaskView,
-    WriterState,
-)
 
 if TYPE_CHECKING:
     from sqlwarden.facade.engine import Engine
@@ -57,7 +48,7 @@ def engine_status(engine: Engine) -> dict[str, Any]:
     }
     if engine._state == "running":
         try:
-            state: WriterState = engine._ask("writer", WriterStatus(),
+            state: views.WriterState = engine._ask("writer", WriterStatus(),
                                            timeout=STATUS_TIMEOUT_S)
             out["writer"] = dataclasses.asdict(state)
         except Timeout:
@@ -102,11 +93,11 @@ def task_status(engine: Engine) -> list[dict[str, Any]] | dict[str, str]:
                                    ("progress", ProgressSnapshot()))
     if isinstance(answers, dict):
         return answers
-    views: tuple[TaskView, ...] = answers[0]
-    progress: tuple[ProgressView, ...] = answers[1]
+    found: tuple[views.TaskView, ...] = answers[0]
+    progress: tuple[views.ProgressView, ...] = answers[1]
     live = {p.name: p for p in progress if p.scope == "task"}
     out = []
-    for view in views:
+    for view in found:
         entry = dataclasses.asdict(view)
         seen = live.get(view.name)
         entry["rate_rows_s"] = seen.rate_rows_s if seen else None
@@ -125,14 +116,14 @@ def sync_status(engine: Engine) -> list[dict[str, Any]] | dict[str, str]:
     answers = _answers(engine, ("sync", SyncStatus()), ("progress", ProgressSnapshot()))
     if isinstance(answers, dict):
         return answers
-    views: tuple[SourceView, ...] = answers[0]
-    progress: tuple[ProgressView, ...] = answers[1]
+    found: tuple[views.SourceView, ...] = answers[0]
+    progress: tuple[views.ProgressView, ...] = answers[1]
     live = {p.name: p for p in progress if p.scope == "sync"}
     assert engine._readers is not None
     with engine._readers.lend(STATUS_TIMEOUT_S) as conn:
         rejects = sync_sql.reject_counts(conn)
     out = []
-    for view in views:
+    for view in found:
         entry = source_view_dict(view)
         seen = live.get(view.name)
         running = view.current is not None and seen is not None
@@ -190,7 +181,7 @@ def engine_health(engine: Engine) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def run_view_dict(run: SyncRunView) -> dict[str, Any]:
+def run_view_dict(run: views.SyncRunView) -> dict[str, Any]:
     """A run as plain data, with the FTS answers summarised."""
     out = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)
            if f.name not in ("fts_lease", "fts_after")}
@@ -199,15 +190,15 @@ def run_view_dict(run: SyncRunView) -> dict[str, Any]:
     return out
 
 
-def source_view_dict(view: SourceView) -> dict[str, Any]:
+def source_view_dict(view: views.SourceView) -> dict[str, Any]:
     out = {f.name: getattr(view, f.name) for f in dataclasses.fields(view)}
     out["current"] = run_view_dict(view.current) if view.current else None
     out["last"] = run_view_dict(view.last) if view.last else None
     return out
 
 
-def fts_view_dict(view: FtsView) -> dict[str, Any]:
-    """An `FtsView` as plain JSON-able data, for status output."""
+def fts_view_dict(view: views.FtsView) -> dict[str, Any]:
+    """An `views.FtsView` as plain JSON-able data, for status output."""
     out = dataclasses.asdict(view)
     out["sources"] = dict(view.sources)
     out["tables"] = list(view.tables)
@@ -215,13 +206,13 @@ def fts_view_dict(view: FtsView) -> dict[str, Any]:
     return out
 
 
-def reconcile_view_dict(view: ReconcileView) -> dict[str, Any]:
+def reconcile_view_dict(view: views.ReconcileView) -> dict[str, Any]:
     out = dataclasses.asdict(view)
     out["in_sync"] = view.in_sync
     return out
 
 
-def mirror_view_dict(view: MirrorView) -> dict[str, Any]:
+def mirror_view_dict(view: views.MirrorView) -> dict[str, Any]:
     out = dataclasses.asdict(view)
     if view.last_reconcile is not None:
         out["last_reconcile"] = reconcile_view_dict(view.last_reconcile)
