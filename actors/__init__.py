@@ -1,5 +1,8 @@
-"""The engine's actors: thin owners of a connection or of state.
+"""`sqlwarden.actors`: the engine's actors, thin owners of a connection or of state.
 
-Each handler is a few lines that call into `engine`; only the facade and the
-CLI import this package.
+An actor routes each message to its state machine in the core (`tasks.runner`,
+`fts.controller`, `sync.schedule`, `mirror.state`, `progress`) or to the
+plain code that does its I/O (`db.writer`, `mirror.session`), and performs
+the effects it gets back (`base`); `bus` carries every message and logs it.
+Only the facade and the CLI import this package.
 """
