@@ -110,14 +110,13 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
     """Every line of `files` in order: a record, or `Damaged` for one that is not."""
     last_seq: int | None = None
     for path in files:
-        offset = 0
+        name, offset = str(path), 0
         try:
             with open_log_file(path) as handle:
                 for number, raw in enumerate(handle, start=1):
                     start, offset = offset, offset + len(raw)
-                    item = parse_line(raw, str(path), number, offset=start,
-                                      after_seq=last_seq, torn=not raw.endswith(b"\n"))
-                    if isinstance(item, dict):
+                    item = parse_line(raw, name, number, start, last_seq)
+                    if type(item) is dict:
                         last_seq = item["seq"]
                     if item is not None:
                         yield item
@@ -125,17 +124,20 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
             yield Damaged(str(path), 0, offset, f"unreadable: {exc}", last_seq)
 
 
-def parse_line(raw: bytes, file: str, number: int, *, offset: int = 0,
-               after_seq: int | None = None, torn: bool = False) -> Record | Damaged | None:
+def parse_line(raw: bytes, file: str, number: int, offset: int = 0,
+               after_seq: int | None = None, *, split: bool = False) -> Record | Damaged | None:
     """One line of a log: its record, `Damaged` when it is not one, None when blank.
 
-    `torn` says the line lacks its newline (the last one of a file, cut short).
+    A line read whole ends with its newline, and one without it is the last of a
+    file, cut short (torn); lines `split` from a block of text have none to check.
+    (Called once per line of a whole log: keep it lean.)
     """
     if not raw.strip():
         return None
     try:
         record = json.loads(raw)
     except ValueError:
+        torn = not split and not raw.endswith(b"\n")
         return Damaged(file, number, offset, TORN if torn else "not a JSON record", after_seq)
     if not _is_record(record):
         return Damaged(file, number, offset, NOT_A_RECORD, after_seq)

@@ -122,7 +122,7 @@ class _LineReader:
             *lines, self.pending = (self.pending + block).split(b"\n")
             for raw in lines:
                 self.number += 1
-                item = parse_line(raw, str(self.path), self.number)
+                item = parse_line(raw, str(self.path), self.number, split=True)
                 if item is not None:
                     yield item
 
