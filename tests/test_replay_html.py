@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 from selenium.webdriver.common.by import By
@@ -32,11 +30,10 @@ from sqlwarden.replay.html import write_html
 from sqlwarden.replay.read import Filter, log_files
 
 from .conftest import GENERATOR_TABLES, LAST_SEEN_TASK
+from .support import chromium
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "var/test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 #: What a field of the log carries that must stay text on the page.
 HOSTILE = "</script><b>x"
 
@@ -244,24 +241,13 @@ def test_a_deferral_still_in_effect_at_the_end_is_drawn_to_the_end(written: Writ
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[WebDriver]:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        reason = (f"headless Chromium needs {' and '.join(missing)} "
-                  "(scripts/test installs the chromium and chromium-driver packages)")
+    reason = chromium.available()
+    if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--window-size=1400,900",
-                     "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    # The driver's path is given, so selenium-manager never looks for (or downloads) one.
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with chromium.headless() as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 @pytest.fixture

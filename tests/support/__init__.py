@@ -1,0 +1,4 @@
+"""What the tests run besides the engine: `mariadb` (a private MariaDB server),
+`chromium` (headless Chromium), and the drivers that run an engine in a process
+of its own so a test can kill it mid-work (`fts_driver`, `mirror_driver`,
+`sync_driver`)."""
