@@ -84,9 +84,10 @@ class Tasks:
             future = self._waiting[names] = self._engine.ask_later("backfill",
                                                                    WaitTasks(tasks=names))
         try:
-            found: tuple[views.TaskView, ...] = future.get(timeout=timeout)
+            found: tuple[views.TaskView, ...] = waited(future, timeout,
+                                                       "tasks not settled")
         except Timeout:
-            raise Timeout(f"tasks not settled within {timeout}s") from None
+            raise
         except BaseException:
             del self._waiting[names]  # answered, with an error
             raise
@@ -154,21 +155,15 @@ class Mirror:
         when it fails, `TimeoutError` when it has not ended within `timeout`.
         """
         self._require()
-        try:
-            view: views.ReconcileView = self._engine.ask_later("mirror", Reconcile()).get(
-                timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the reconcile has not ended within {timeout}s") from None
+        view: views.ReconcileView = waited(self._engine.ask_later("mirror", Reconcile()),
+                                           timeout, "the reconcile has not ended")
         return view
 
     def verify(self, timeout: float | None = None) -> views.ReconcileView:
         """Compare SQLite and the mirror range by range, changing nothing."""
         self._require()
-        try:
-            view: views.ReconcileView = self._engine.ask_later("mirror", Verify()).get(
-                timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the verify has not ended within {timeout}s") from None
+        view: views.ReconcileView = waited(self._engine.ask_later("mirror", Verify()),
+                                           timeout, "the verify has not ended")
         return view
 
     def status(self) -> dict[str, Any]:
@@ -190,10 +185,7 @@ class RunHandle:
 
     def result(self, timeout: float | None = None) -> views.SyncRunView:
         """The ended run; raises `TimeoutError` if it has not ended within `timeout`."""
-        try:
-            view: views.SyncRunView = self._future.get(timeout=timeout)
-        except Timeout:
-            raise Timeout(f"the run has not ended within {timeout}s") from None
+        view: views.SyncRunView = waited(self._future, timeout, "the run has not ended")
         return view
 
 
@@ -223,14 +215,20 @@ class Sync:
 
     def wait(self, *sources: str, timeout: float | None = None) -> tuple[views.SourceView, ...]:
         """Block until the sources (all by default) have no run and no retry pending."""
-        try:
-            found: tuple[views.SourceView, ...] = self._engine.ask_later(
-                "sync", WaitSources(sources=sources)).get(timeout=timeout)
-        except Timeout:
-            raise Timeout(f"sources not idle within {timeout}s") from None
+        found: tuple[views.SourceView, ...] = waited(
+            self._engine.ask_later("sync", WaitSources(sources=sources)), timeout,
+            "sources not idle")
         return found
 
     def history(self, source: str | None = None, limit: int = 20) -> list[views.SyncRunView]:
         """The newest runs first, from `_sw_sync_runs`."""
         with self._engine.read() as conn:
             return sync_sql.history(conn, source, limit)
+
+
+def waited(future: Future[Any], timeout: float | None, what: str) -> Any:
+    """`future`'s answer; a `Timeout` that says what did not happen in time."""
+    try:
+        return future.get(timeout=timeout)
+    except Timeout:
+        raise Timeout(f"{what} within {timeout}s") from None
