@@ -106,6 +106,25 @@ def test_a_verify_first_sends_what_the_outbox_holds() -> None:
     assert VERIFY_DRAIN_BATCHES >= 2
 
 
+def test_a_verify_drains_afresh_after_a_reconcile_or_a_failure_came_first() -> None:
+    state, token = connected()
+    assert state.step(token) == Job("reconcile", 1)
+    token = step_of(state.reconciled(ended(1)))
+    state.verify("v")
+    assert state.step(token) == Job("drain")
+    token = step_of(state.outbox_empty())  # drained: the verify would be next ...
+    state.reconcile("r")  # ... but a reconcile was asked for in between
+    assert state.step(token) == Job("reconcile", 2)
+    token = step_of(state.reconciled(ended(2)))
+    assert state.step(token) == Job("drain")  # what changed meanwhile is sent first
+    token = step_of(state.outbox_empty())
+    state.down(state.failure(MirrorError("gone away", retryable=True)))  # fails the verify
+    token = step_of(state.up(MirrorUp(driver="C extension", server="10.11")))
+    assert state.step(token) == Job("reconcile", 3)
+    state.verify("w")
+    assert state.step(step_of(state.reconciled(ended(3)))) == Job("drain")
+
+
 def test_an_unreachable_server_is_retried_with_doubling_backoff() -> None:
     state = MirrorState(MIRROR, wall=lambda: 1e9)
     token = step_of(state.boot())

@@ -143,8 +143,15 @@ def test_dict_rows_may_leave_out_nullable_and_defaulted_columns(tmp_path: Path) 
         with pytest.raises(BadRowError, match="row 0 has no value for column 'title', which is "
                                               "NOT NULL without a default"):
             engine.write_many("notes", [{"id": 9}])
+        # An upsert fills nothing in: a column it writes comes from every row.
+        with pytest.raises(BadRowError, match="row 1 is a list among dicts"):
+            engine.upsert("notes", [{"id": 7, "title": "b3"}, [1, "a", None, "new", 1.5]])
+        with pytest.raises(BadRowError, match="row 0 has no value for column 'score', and an "
+                                              "upsert writes every column it names"):
+            engine.upsert("notes", [{"id": 7, "title": "b3"}], columns=["id", "title", "score"])
         with engine.read() as conn:
-            assert conn.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+            assert conn.execute("SELECT * FROM notes ORDER BY id").fetchall() == [
+                (1, "a", None, "new", 1.5), (7, "b2", "x", "done", 1.5)]
 
 
 def test_a_bad_row_fails_its_whole_message_and_names_the_row(engine: Engine,

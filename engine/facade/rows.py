@@ -1,12 +1,13 @@
 """Rows as callers hand them to `Engine.write_many` and `upsert`, shaped into messages.
 
 Tuples are in column order (all declared columns, or the `columns` given).
-A dict names its columns, and may leave out any column the database would
-fill by itself: a nullable one (NULL) or one with a declared default (that
-default, which config holds as a plain value). An insert writes every
-declared column, so its statements keep one shape. An upsert writes only the
-columns its rows name, so a column left out keeps its value on update; every
-dict row of one upsert must then name the same columns.
+A dict names its columns. In an insert it may leave out any column the
+database would fill by itself: a nullable one (NULL), one with a declared
+default (that default, which config holds as a plain value), the integer
+primary key (the next rowid); an insert writes every declared column, so its
+statements keep one shape. An upsert writes only the columns its rows name,
+so a column left out keeps its value on update and nothing is ever filled
+in: every row of an upsert of dicts names the same columns.
 """
 
 from __future__ import annotations
@@ -37,33 +38,44 @@ def insert_rows(spec: TableConfig, rows: Rows,
     data = tuple(rows)
     if all(type(row) is tuple for row in data):
         return cols, cast(tuple[Row, ...], data)
-    return cols, tuple(_values(spec, row, cols, i, kind) for i, row in enumerate(data))
+    return cols, tuple(_values(spec, row, cols, i, kind, fill=True)
+                       for i, row in enumerate(data))
 
 
 def upsert_rows(spec: TableConfig, rows: Rows,
                 columns: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[Row, ...]]:
     """The columns and value tuples of an upsert into `spec`.
 
-    Without `columns`, dict rows name the columns written; they must agree.
+    A column the upsert does not write keeps its value on update, so nothing
+    is filled in: without `columns`, dict rows name the columns written and
+    must all name the same ones; with `columns`, every row gives each of them.
     """
     kind = "writer.upsert_rows"
     data = tuple(rows)
-    if columns is None and data and isinstance(data[0], Mapping):
-        first = set(data[0])
-        cols = tuple(c for c in spec.column_names if c in first)
+    dicts = [isinstance(row, Mapping) for row in data]
+    if columns is None and any(dicts):
+        first = cast(Mapping[str, Any], data[dicts.index(True)])
+        _unknown_keys(spec, first, dicts.index(True), kind)
         for i, row in enumerate(data):
-            if isinstance(row, Mapping) and set(row) != first:
+            if not isinstance(row, Mapping):
+                raise BadRowError(f"{kind}: row {i} is a {type(row).__name__} among dicts; an "
+                                  "upsert of dicts takes its columns from their keys, so give "
+                                  "every row as a dict, or pass columns=",
+                                  message_kind=kind, row_index=i)
+            if set(row) != set(first):
                 _unknown_keys(spec, row, i, kind)
-                differ = sorted(set(row) ^ first)
+                differ = sorted(set(row) ^ set(first))
                 raise BadRowError(f"{kind}: row {i} names other columns than row 0 (differing: "
                                   f"{', '.join(differ)}); an upsert writes the same columns for "
                                   "every row, so split it or pass columns=",
                                   message_kind=kind, row_index=i)
+        cols = tuple(c for c in spec.column_names if c in first)
     else:
         cols = _columns(spec, columns, kind)
     if all(type(row) is tuple for row in data):
         return cols, cast(tuple[Row, ...], data)
-    return cols, tuple(_values(spec, row, cols, i, kind) for i, row in enumerate(data))
+    return cols, tuple(_values(spec, row, cols, i, kind, fill=False)
+                       for i, row in enumerate(data))
 
 
 def _columns(spec: TableConfig, columns: Sequence[str] | None, kind: str) -> tuple[str, ...]:
@@ -82,24 +94,28 @@ def _unknown_keys(spec: TableConfig, row: Mapping[str, Any], index: int, kind: s
                           f"table {spec.name} does not have", message_kind=kind, row_index=index)
 
 
-def _values(spec: TableConfig, row: Any, cols: tuple[str, ...], index: int, kind: str) -> Row:
+def _values(spec: TableConfig, row: Any, cols: tuple[str, ...], index: int, kind: str, *,
+            fill: bool) -> Row:
+    """One row as a tuple of `cols`; with `fill`, a dict may leave out what SQLite fills."""
     if isinstance(row, tuple):
         return row
     if isinstance(row, Mapping):
         _unknown_keys(spec, row, index, kind)
-        return tuple(row[c] if c in row else _filled(spec, c, index, kind) for c in cols)
+        return tuple(row[c] if c in row else _filled(spec, c, index, kind, fill) for c in cols)
     if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
         raise BadRowError(f"{kind}: row {index} is {type(row).__name__}, expected a tuple, "
                           "list or dict", message_kind=kind, row_index=index)
     return tuple(row)
 
 
-def _filled(spec: TableConfig, name: str, index: int, kind: str) -> Any:
+def _filled(spec: TableConfig, name: str, index: int, kind: str, fill: bool) -> Any:
     """The value SQLite would give a column the row leaves out, or a `BadRowError`."""
     column = spec.column(name)
-    if column.default is not None:
+    if fill and column.default is not None:
         return column.default
-    if not column.not_null or name == spec.rowid_alias:
+    if fill and (not column.not_null or name == spec.rowid_alias):
         return None  # NULL, or for the rowid alias the next rowid
-    raise BadRowError(f"{kind}: row {index} has no value for column {name!r}, which is NOT NULL "
-                      "without a default", message_kind=kind, row_index=index)
+    why = ("which is NOT NULL without a default" if fill else
+           "and an upsert writes every column it names (leave it out of columns= to keep it)")
+    raise BadRowError(f"{kind}: row {index} has no value for column {name!r}, {why}",
+                      message_kind=kind, row_index=index)

@@ -93,17 +93,20 @@ class FtsController:
                  now: float) -> Effects:
         """The Writer's answer to the request sent with `context`."""
         self._busy = False
-        match context:
-            case ("inspected",):
-                effects = self._inspected(result, error, now)
-            case ("deferred", source, backlog, waiter):
-                effects = self._deferred(result, error, now, source, backlog, waiter)
-            case ("saved", waiter, reply):
-                effects = self._saved(result, error, now, waiter, reply)
-            case ("restored",):
-                effects = self._restored(result, error, now)
-            case _:
-                raise UnexpectedMessage(FTS, context)
+        try:
+            match context:
+                case ("inspected",):
+                    effects = self._inspected(result, error, now)
+                case ("deferred", source, backlog, waiter):
+                    effects = self._deferred(result, error, now, source, backlog, waiter)
+                case ("saved", waiter, reply):
+                    effects = self._saved(result, error, now, waiter, reply)
+                case ("restored",):
+                    effects = self._restored(result, error, now)
+                case _:
+                    raise UnexpectedMessage(FTS, context)
+        except Exception as exc:  # a bug here must not leave the queued asks waiting
+            effects = [Report("fts.answer", exc)]
         return effects + self._drain(now)
 
     def stop(self) -> Effects:

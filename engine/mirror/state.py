@@ -136,6 +136,8 @@ class MirrorState:
             self._pending = False
             self._started += 1
             self._running = (self._started, False)
+            # A verify waiting behind this reconcile drains afresh after it.
+            self._verify_drains = 0
             return Job("reconcile", self._started)
         if self._verifies:
             if self._verify_drains < VERIFY_DRAIN_BATCHES:
@@ -161,6 +163,7 @@ class MirrorState:
         """The connection failed or the work could not be done: what to tell, with the wait."""
         self._connected = False
         self._running = None
+        self._verify_drains = 0  # the next verify drains afresh, once connected again
         self._attempt += 1
         wait = self._backoff if error.retryable else None
         if error.retryable:

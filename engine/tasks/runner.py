@@ -315,27 +315,35 @@ class TaskRunner:
     def _on_chunk(self, run: TaskRun, generation: int, result: ChunkResult | None,
                   error: BaseException | None, now: float) -> Effects:
         self._in_flight = None
-        effects: Effects = []
+        try:
+            effects = self._chunk_done(run, generation, result, error, now)
+        except Exception as exc:  # a bug here must not leave the tasks without a next chunk
+            effects = [Report(RunChunk.kind, exc)]
+        return effects + self._next(run.plan.task.yield_ms)
+
+    def _chunk_done(self, run: TaskRun, generation: int, result: ChunkResult | None,
+                    error: BaseException | None, now: float) -> Effects:
         task = run.plan.task
         if error is not None:
             if run.status == "running" and generation == run.generation:
-                effects += self._fail(run, str(error))
-            else:  # refused because a pause or cancel was saved first: nothing committed
-                log.debug("task %s: chunk not run: %s", task.ident, error)
-            return effects + self._next(task.yield_ms)
+                return self._fail(run, str(error))
+            # Refused because a pause or cancel was saved first: nothing committed.
+            log.debug("task %s: chunk not run: %s", task.ident, error)
+            return []
         assert result is not None and run.sizer is not None
         run.sizer.observe(result.scanned, result.duration_ms)
         chunk_s, run.last_chunk_at = now - run.last_chunk_at, now
         if result.scanned:  # committed, whatever happened to the task meanwhile
             run.checkpoint = result.last
             run.processed += result.processed
-        if run.status == "running" and generation == run.generation:
-            run.waiting = ("yielding to foreground writes" if result.yielded_to
-                           else "WAL checkpoint" if result.checkpoint else None)
-            effects += self._event(run, chunk_rows=result.processed, chunk_s=chunk_s)
-            if result.exhausted:
-                effects += self._verify(run)
-        return effects + self._next(task.yield_ms)
+        if run.status != "running" or generation != run.generation:
+            return []
+        run.waiting = ("yielding to foreground writes" if result.yielded_to
+                       else "WAL checkpoint" if result.checkpoint else None)
+        effects = self._event(run, chunk_rows=result.processed, chunk_s=chunk_s)
+        if result.exhausted:
+            effects += self._verify(run)
+        return effects
 
     def _next(self, yield_ms: float) -> Effects:
         if not any(r.status == "running" and r.active for r in self._runs.values()):
