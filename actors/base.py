@@ -44,6 +44,9 @@ class BaseActor(pykka.ThreadingActor):
     """
 
     name: ClassVar[str] = ""
+    #: How long stopping the engine waits for this actor to finish what it is doing
+    #: (the Writer commits what is queued, which may be a lot).
+    stop_timeout_s: ClassVar[float] = 120.0
     # A forgotten engine must not keep the interpreter from exiting.
     use_daemon_thread = True
 

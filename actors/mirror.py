@@ -22,7 +22,7 @@ from sqlwarden.errors import EngineStopped, MirrorError, UnexpectedMessage
 from sqlwarden.mirror.ranges import TableReport, table_check
 from sqlwarden.mirror.reconcile import Step
 from sqlwarden.mirror.session import MirrorSession
-from sqlwarden.mirror.state import Job, MirrorState
+from sqlwarden.mirror.state import Job, MirrorState, ViewBoard
 from sqlwarden.protocol import (
     MIRROR,
     PROGRESS,
@@ -60,13 +60,19 @@ class MirrorActor(BaseActor):
 
     name = MIRROR
 
-    def __init__(self, *, config: Config, wall: Callable[[], float] = time.time,
-                 **kwargs: Any) -> None:
+    #: A step blocked on a server that went silent lasts until the statement times out
+    #: (`dialect.QUERY_TIMEOUT_S`); stopping the engine waits this long for it at most.
+    stop_timeout_s = 30.0
+
+    def __init__(self, *, config: Config, board: ViewBoard | None = None,
+                 wall: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        """`board` is where the actor puts up its view for readers on other threads."""
         super().__init__(**kwargs)
         assert config.mirror is not None
         self.config = config
         self._wall = wall
         self.state = MirrorState(config.mirror, wall=wall)
+        self.board = board if board is not None else ViewBoard(self.state.view)
         self.session: MirrorSession | None = None
         self._run: _Run | None = None
 
@@ -83,6 +89,12 @@ class MirrorActor(BaseActor):
         self.perform(self.state.stop())
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
+        try:
+            return self._route(message, envelope)
+        finally:
+            self.board.view = self.state.view
+
+    def _route(self, message: Message, envelope: Envelope) -> Any:
         match message:
             case MirrorStatus():
                 return self.state.view

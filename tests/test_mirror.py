@@ -624,6 +624,29 @@ def writes_work(engine: Engine) -> None:
     assert mirror_status(engine)["outbox"]["depth"] == 50
 
 
+def test_status_answers_while_the_mirror_waits_on_a_server_that_says_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SW_MYSQL_PASSWORD", "unused-password")
+    # Takes the connection and never sends the server's greeting: the mirror's connect
+    # waits inside one step, for up to connect_timeout_s.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(30)
+        port = int(silent.getsockname()[1])
+        dsn = f"mysql://nobody:${{SW_MYSQL_PASSWORD}}@127.0.0.1:{port}/nothing"
+        with Engine(make_config(tmp_path, dsn, connect_timeout_s=60)) as engine:
+            accepted, _ = silent.accept()
+            with accepted:
+                # The actor is held by the connect; status and the view do not wait for it.
+                status = mirror_status(engine)
+                assert (status["state"], status["error"]) == ("connecting", None)
+                assert engine.mirror.view().state == "connecting"
+                writes_work(engine)
+            # Hung up on: the connect fails, and the mirror is down, retrying.
+            assert wait_state(engine, "down")["attempt"] >= 1
+
+
 def test_a_server_out_of_reach_is_a_state_and_the_engine_keeps_working(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SW_MYSQL_PASSWORD", "unused-password")

@@ -45,6 +45,7 @@ from sqlwarden.facade.parts import Fts, Mirror, Sync, Tasks
 from sqlwarden.fts.deferral import read_deferral
 from sqlwarden.fts.indexes import find_indexes
 from sqlwarden.futures import Future
+from sqlwarden.mirror.state import MirrorState, ViewBoard
 from sqlwarden.msglog.log import MessageLog, NullMessageLog
 from sqlwarden.protocol import (
     Checkpoint,
@@ -119,11 +120,13 @@ class Engine:
         self._state = "new"
         self._fatal: Failure | None = None
         self._stopped = threading.Event()
-        self._actors: list[tuple[str, pykka.ActorRef[Any]]] = []
+        self._actors: list[tuple[str, pykka.ActorRef[Any], float]] = []
         self._log: MessageLog | None = None
         self._bus: Bus | None = None
         self._readers: ReaderPool | None = None
         self._status_server: StatusServer | None = None
+        #: The Mirror's latest view, read without asking it (see `ViewBoard`).
+        self.mirror_board: ViewBoard | None = None
         self.supervisor = Supervisor(redactor=self._redactor, on_fatal=self._on_fatal)
 
     @classmethod
@@ -182,7 +185,9 @@ class Engine:
                               run_id=self.run_id)
             self._start_actor(SyncActor, config=self.config, run_id=self.run_id)
             if self.mirror.enabled:
-                self._start_actor(MirrorActor, config=self.config)
+                assert self.config.mirror is not None
+                self.mirror_board = ViewBoard(MirrorState(self.config.mirror).view)
+                self._start_actor(MirrorActor, config=self.config, board=self.mirror_board)
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:
                 self._status_server.start()
@@ -196,7 +201,7 @@ class Engine:
             # Runs a gone process left `running` are marked failed, then schedules armed.
             self._ask("sync", SyncBoot())
             if self.mirror.enabled:
-                # Connects on its own thread; a server out of reach is a state, not an error.
+                # Connects in its first step; a server out of reach is a state, not an error.
                 self._ask("mirror", MirrorBoot())
         except BaseException:
             self._shutdown()
@@ -210,7 +215,7 @@ class Engine:
         ready: Future[None] = Future()
         ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
                                 scheduler=self.scheduler, ready=ready, **kwargs)
-        self._actors.append((actor_class.name, ref))
+        self._actors.append((actor_class.name, ref, actor_class.stop_timeout_s))
         # No timeout: setup may rebuild a large index, and on_start always answers.
         ready.get()
         self._bus.register(actor_class.name, ref)
@@ -244,14 +249,14 @@ class Engine:
             self._status_server = None
         if self._readers is not None:
             self._readers.close()
-        for name, ref in reversed(self._actors):
+        for name, ref, stop_timeout_s in reversed(self._actors):
             if name == "writer" and checksums and ref.is_alive():
                 self._record_checksums()
             if self._bus is not None:
                 self._bus.unregister(name)
             if ref.is_alive():
                 with contextlib.suppress(pykka.Timeout):
-                    ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+                    ref.stop(block=True, timeout=stop_timeout_s)
         self._actors.clear()
         if self._own_scheduler:
             self.scheduler.stop()

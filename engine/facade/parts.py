@@ -11,14 +11,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlwarden import views
-from sqlwarden.errors import MirrorError
+from sqlwarden.errors import EngineStopped, MirrorError
 from sqlwarden.futures import Future, Timeout
 from sqlwarden.protocol import (
     BeginCatchUp,
     ControlTask,
     EndCatchUp,
     FtsStatus,
-    MirrorStatus,
     ProgressSnapshot,
     Reconcile,
     RestoreFtsNow,
@@ -172,9 +171,13 @@ class Mirror:
         return self._engine.status().get("mirror", {})
 
     def view(self) -> views.MirrorView:
+        """The mirror's state as its actor last put it up (answered at once, even while
+        the mirror waits on its server)."""
         self._require()
-        view: views.MirrorView = self._engine.ask("mirror", MirrorStatus())
-        return view
+        board = self._engine.mirror_board
+        if board is None or self._engine.state != "running":
+            raise EngineStopped("engine")
+        return board.view
 
 
 class RunHandle:

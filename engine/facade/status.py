@@ -21,7 +21,6 @@ from sqlwarden.mirror import local as mirror_sql
 from sqlwarden.protocol import (
     FtsStatus,
     Message,
-    MirrorStatus,
     ProgressSnapshot,
     SyncStatus,
     TasksStatus,
@@ -145,9 +144,7 @@ def mirror_status(engine: Engine) -> dict[str, Any]:
     else:
         outbox = {"depth": depth, "oldest_age_s": None if oldest is None
                   else round(max(0.0, time.time() - oldest), 3)}
-    answers = _answers(engine, ("mirror", MirrorStatus()))
-    out: dict[str, Any] = (answers if isinstance(answers, dict)
-                           else mirror_view_dict(answers[0]))
+    out = mirror_view_dict(engine.mirror.view())
     out["outbox"] = outbox
     return out
 

@@ -56,6 +56,19 @@ LAG_WINDOW = 5000
 STEP = "step"
 
 
+class ViewBoard:
+    """The mirror's latest view, put up by its actor after every message it handles.
+
+    Status reads it from any thread without asking the actor, so it is
+    answered at once even while a step waits on the server (a connect to a
+    host that does not answer, a statement held by a lock). Each view is a
+    frozen value, and putting up a new one is one assignment.
+    """
+
+    def __init__(self, view: MirrorView) -> None:
+        self.view = view
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """The unit of work a step does: `connect`, `reconcile`, `verify` or `drain`."""
