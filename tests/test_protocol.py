@@ -61,7 +61,7 @@ def test_a_failing_tell_is_recorded_and_shown_in_status(engine: Engine) -> None:
 
 
 def test_a_message_that_bypasses_the_bus_is_reported_not_handled(engine: Engine) -> None:
-    ref = dict(engine._actors)["writer"]
+    ref = {name: ref for name, ref, _ in engine._actors}["writer"]
     ref.tell("not an envelope")
     engine.write("INSERT INTO sites (id, org, name, updated_at) VALUES (1, 'a', 'b', 'c')")
     [failure] = engine.status()["failures"]["recent"]
