@@ -72,7 +72,8 @@ class MirrorActor(BaseActor):
         self.config = config
         self._wall = wall
         self.state = MirrorState(config.mirror, wall=wall)
-        self.board = board if board is not None else ViewBoard(self.state.view)
+        self.board = board if board is not None else ViewBoard()
+        self.board.view = self.state.view
         self.session: MirrorSession | None = None
         self._run: _Run | None = None
 

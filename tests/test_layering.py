@@ -93,6 +93,19 @@ def test_the_package_imports_nothing_eagerly() -> None:
                                  "typing.TYPE_CHECKING", "typing.Any"}
 
 
+def test_the_engine_and_the_cli_load_no_openssl_before_the_mirror_s_driver() -> None:
+    # So the connector's C extension can load its own OpenSSL when an engine starts
+    # with a mirror, in a service as in the `sqlwarden` command (see mirror.driver).
+    probe = ("import sys; from sqlwarden import Engine; "
+             "from sqlwarden.cli.main import build_parser; build_parser(); "
+             "early = [m for m in ('_ssl', '_hashlib') if m in sys.modules]; "
+             "from sqlwarden.mirror.driver import load_driver; "
+             "print(early, load_driver().HAVE_CEXT)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[] True"
+
+
 def test_importing_sqlwarden_loads_neither_pykka_nor_the_mysql_connector() -> None:
     probe = ("import sys, sqlwarden; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'pykka', 'mysql', 'apsw'}))")

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from sqlwarden.cli.client import engine_if_running
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import duration, local_time
+from sqlwarden.config import load_config
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def cmd_fts_status(args: argparse.Namespace) -> int:
     from sqlwarden.db.status import read_fts
 
-    config = load(args.config)
+    config = load_config(args.config)
     tables, deferral = read_fts(config)
     engine = engine_if_running(config)
     live = engine.status.get("fts") if engine is not None else None
@@ -94,7 +94,7 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
     from sqlwarden.db.connect import open_reader
     from sqlwarden.facade import Engine, fts_view_dict
 
-    config = load(args.config)
+    config = load_config(args.config)
     open_reader(config.database).close()  # refuses, changing nothing, if there is no database
     engine = engine_if_running(config)
     if engine is not None:

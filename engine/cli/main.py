@@ -3,8 +3,7 @@
 Exit codes: 0 on success, 2 when the user's input is at fault (one line on
 stderr, nothing changed), 1 on an internal failure. Set SQLWARDEN_DEBUG=1 to
 see tracebacks. Each command group registers its own sub-commands from its
-module (`run`, `status`, `tasks`, `fts`, `sync`, `mirror`, `replay`) and
-loads its config with `load`.
+module (`run`, `status`, `tasks`, `fts`, `sync`, `mirror`, `replay`).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from sqlwarden import __version__
+from sqlwarden.cli import fts, mirror, replay, run, status, sync, tasks
 from sqlwarden.cli.output import PROG, one_line, print_error
-from sqlwarden.config import Config, load_config
 from sqlwarden.errors import EngineError
 
 
@@ -35,9 +34,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: the global options and every command group's commands."""
-    # Imported here: the command groups import `load` from this module.
-    from sqlwarden.cli import fts, mirror, replay, run, status, sync, tasks
-
     parser = _Parser(prog=PROG, description="Keep a device's SQLite database healthy while data "
                      "pours in.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -84,17 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: internal error: {type(exc).__name__}: {one_line(exc)} "
               "(set SQLWARDEN_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
-
-
-def load(path: str) -> Config:
-    """The config at `path`; with a mirror, its driver is loaded before anything else
-    loads OpenSSL, so the connector's C extension can be used (see `mirror.driver`)."""
-    config = load_config(path)
-    if config.mirror is not None and config.mirror.enabled:
-        from sqlwarden.mirror.driver import load_driver
-
-        load_driver()
-    return config
 
 
 if __name__ == "__main__":

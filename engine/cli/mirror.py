@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlwarden.cli.client import EngineRefused, engine_if_running
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import PROG, one_line, print_error
-from sqlwarden.config import Config
+from sqlwarden.config import Config, load_config
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -131,7 +130,7 @@ def _load_mirrored(file: str) -> Config:
     """The config at `file`, which must have an enabled mirror."""
     from sqlwarden.errors import ConfigError
 
-    config = load(file)
+    config = load_config(file)
     if config.mirror is None or not config.mirror.enabled:
         raise ConfigError("there is no enabled `mirror:` section", file=file)
     return config

@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 from sqlwarden import __version__
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import PROG, one_line, progress_bar, size
 from sqlwarden.cli.sync import print_run, sync_with_bar
-from sqlwarden.config import Config
+from sqlwarden.config import Config, load_config
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +33,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def cmd_run(args: argparse.Namespace) -> int:
     from sqlwarden.facade import Engine, stop_on_signals
 
-    config = load(args.config)
+    config = load_config(args.config)
     stop = threading.Event()
     started = time.monotonic()
     total_rows = 0

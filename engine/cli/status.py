@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import PROG, local_time, print_tasks, size
+from sqlwarden.config import load_config
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load(args.config)
+    config = load_config(args.config)
     tables = ", ".join(t.name for t in config.tables) or "none"
     sources = ", ".join(s.name for s in config.sources) or "none"
     print(f"{args.config}: OK")
@@ -41,7 +41,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from sqlwarden.db.status import read_status
 
-    config = load(args.config)
+    config = load_config(args.config)
     status = read_status(config)
     if args.json:
         print(json.dumps(status, indent=2))

@@ -14,9 +14,8 @@ from typing import Any
 
 from sqlwarden.cli.client import EngineRefused, engine_if_running
 from sqlwarden.cli.fts import print_fts_after
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import PROG, duration, local_time, progress_bar, unknown_name
-from sqlwarden.config import Config
+from sqlwarden.config import Config, load_config
 from sqlwarden.errors import EngineError
 
 
@@ -57,7 +56,7 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
     from sqlwarden.errors import SyncBusy
     from sqlwarden.views import SyncRunView
 
-    config = load(args.config)
+    config = load_config(args.config)
     _check_source(config, args.source, args.config)
     mode = "full" if args.full else "auto"
     engine = engine_if_running(config)
@@ -88,7 +87,7 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
 def cmd_sync_history(args: argparse.Namespace) -> int:
     from sqlwarden.db.status import read_sync
 
-    config = load(args.config)
+    config = load_config(args.config)
     if args.source is not None:
         _check_source(config, args.source, args.config)
     runs, rejects = read_sync(config, args.source, args.limit)

@@ -10,8 +10,8 @@ import argparse
 import json
 
 from sqlwarden.cli.client import EngineRefused, find_engine
-from sqlwarden.cli.main import load
 from sqlwarden.cli.output import print_tasks, unknown_name
+from sqlwarden.config import load_config
 from sqlwarden.errors import EngineError
 
 
@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def cmd_task_list(args: argparse.Namespace) -> int:
     from sqlwarden.db.status import read_status
 
-    config = load(args.config)
+    config = load_config(args.config)
     tasks = read_status(config)["tasks"]
     if args.json:
         print(json.dumps(tasks, indent=2))
@@ -60,7 +60,7 @@ def cmd_task_list(args: argparse.Namespace) -> int:
 def cmd_task_control(args: argparse.Namespace) -> int:
     from sqlwarden.errors import TaskConflict, UnknownTask
 
-    config = load(args.config)
+    config = load_config(args.config)
     names = [t.name for t in config.tasks]
     if args.name not in names:
         raise UnknownTask(unknown_name("task", args.name, names, args.config), task=args.name)

@@ -8,7 +8,6 @@ database has moved on.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import apsw
@@ -36,6 +35,10 @@ def canonical(value: Any) -> bytes:
 
 def table_checksum(conn: apsw.Connection, table: TableConfig) -> TableChecksum:
     """`table`'s checksum over its declared columns, read in primary-key order."""
+    # Imported here, not with the module: the engine's own imports must not load
+    # OpenSSL before the mirror's driver does (see `mirror.driver`).
+    import hashlib
+
     digest = hashlib.sha256()
     rows = 0
     for row in conn.execute(f"SELECT {column_list(table.column_names)} FROM "

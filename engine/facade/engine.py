@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType, TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import apsw
 import pykka
@@ -45,7 +45,8 @@ from sqlwarden.facade.parts import Fts, Mirror, Sync, Tasks
 from sqlwarden.fts.deferral import read_deferral
 from sqlwarden.fts.indexes import find_indexes
 from sqlwarden.futures import Future
-from sqlwarden.mirror.state import MirrorState, ViewBoard
+from sqlwarden.mirror.driver import load_driver
+from sqlwarden.mirror.state import ViewBoard
 from sqlwarden.msglog.log import MessageLog, NullMessageLog
 from sqlwarden.protocol import (
     Checkpoint,
@@ -64,7 +65,6 @@ from sqlwarden.protocol import (
 )
 from sqlwarden.redact import Redactor
 from sqlwarden.scheduler import Scheduler
-from sqlwarden.statusd import StatusServer
 from sqlwarden.supervisor import Failure, Supervisor
 from sqlwarden.tasks.chunks import TaskPlan, read_task_rows
 from sqlwarden.views import (
@@ -72,6 +72,9 @@ from sqlwarden.views import (
     WriteResult,
     WriterState,
 )
+
+if TYPE_CHECKING:
+    from sqlwarden.statusd import StatusServer
 
 FACADE = "facade"
 #: How long stopping waits for an actor to commit what is queued and close.
@@ -168,8 +171,14 @@ class Engine:
         self._log.start()
         self._bus = Bus(self._log)
         try:
+            if self.mirror.enabled:
+                # Before the status endpoint's modules load OpenSSL: the connector's C
+                # extension needs its own (see `mirror.driver`).
+                load_driver()
             # Bound first: a port that is taken must not leave a new database behind.
             if self.config.status.enabled:
+                from sqlwarden.statusd import StatusServer
+
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
                     health=self.health, control=self._control_for_http,
@@ -186,7 +195,7 @@ class Engine:
             self._start_actor(SyncActor, config=self.config, run_id=self.run_id)
             if self.mirror.enabled:
                 assert self.config.mirror is not None
-                self.mirror_board = ViewBoard(MirrorState(self.config.mirror).view)
+                self.mirror_board = ViewBoard()
                 self._start_actor(MirrorActor, config=self.config, board=self.mirror_board)
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:

@@ -175,7 +175,7 @@ class Mirror:
         the mirror waits on its server)."""
         self._require()
         board = self._engine.mirror_board
-        if board is None or self._engine.state != "running":
+        if board is None or board.view is None or self._engine.state != "running":
             raise EngineStopped("engine")
         return board.view
 

@@ -7,11 +7,11 @@ Python, about 1.6x slower. Loading the shipped libraries globally first
 makes the dynamic loader use them for the extension. That has to happen
 before Python's own `ssl` or `hashlib` loads the system libraries under the
 same names, and it changes the whole process, so it is never an import side
-effect: `load_driver` does it right before the mirror's first import of the
-connector. The `sqlwarden` command calls `load_driver` first thing when its
-config has a mirror; a service that embeds the engine and wants the C
-extension calls it before its own first `import ssl`. Too late, the
-connector runs in pure Python and the mirror's status says so.
+effect: `load_driver` does it right before the connector's first import,
+which `Engine.start` makes first thing when the config has a mirror. The
+engine's own modules load neither `ssl` nor `hashlib` before that (a test
+holds them to it). A service that imported either itself gets the connector
+in pure Python, and the mirror's status says so.
 """
 
 from __future__ import annotations

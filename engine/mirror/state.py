@@ -65,8 +65,8 @@ class ViewBoard:
     frozen value, and putting up a new one is one assignment.
     """
 
-    def __init__(self, view: MirrorView) -> None:
-        self.view = view
+    def __init__(self) -> None:
+        self.view: MirrorView | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ import json
 import os
 import queue
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -70,7 +69,7 @@ class MessageLog:
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         #: The engine's run id, also stored with the task rows it writes.
-        self._run = run or secrets.token_hex(4)
+        self._run = run or os.urandom(4).hex()
         self._thread: threading.Thread | None = None
         self._compressor: threading.Thread | None = None
         self._file: Any = None
