@@ -134,9 +134,7 @@ class BaseActor(pykka.ThreadingActor):
                 case After(delay_s=delay, message=message, key=key):
                     self.later(key, delay, message)
                 case Cancel(key=key):
-                    timer = self._timers.pop(key, None)
-                    if timer is not None:
-                        timer.cancel()
+                    self._disarm(key)
                 case Report(kind=kind, error=error):
                     self.supervisor.report(self.name, kind, error)
                 case _:
@@ -158,15 +156,18 @@ class BaseActor(pykka.ThreadingActor):
 
     def later(self, key: str, delay_s: float, message: Message) -> None:
         """In `delay_s` seconds, send `message` to this actor; replaces timer `key`."""
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
+        self._disarm(key)
 
         def fire() -> None:
             with contextlib.suppress(EngineStopped):  # the engine stopped while it waited
                 self.bus.tell(self.name, self.name, message)
 
         self._timers[key] = self.scheduler.call_later(delay_s, fire)
+
+    def _disarm(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     # --- messages -----------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlwarden.actors.base import DEFERRED, BaseActor
 from sqlwarden.actors.bus import Envelope
 from sqlwarden.config import Config
-from sqlwarden.effects import Effects
-from sqlwarden.errors import EngineStopped, MirrorError, UnexpectedMessage
+from sqlwarden.effects import Tell
+from sqlwarden.errors import MirrorError, UnexpectedMessage
 from sqlwarden.mirror.ranges import TableReport, table_check
 from sqlwarden.mirror.reconcile import Step
 from sqlwarden.mirror.session import MirrorSession
@@ -53,6 +53,11 @@ class _Run:
         self.job = job
         self.steps = steps
         self.started = started
+
+    def ended(self, **outcome: Any) -> Reconciled:
+        """The message that says this run ended, with `outcome` (tables, or error)."""
+        return Reconciled(number=self.job.number, verify=self.job.kind == "verify",
+                          seconds=round(time.monotonic() - self.started, 3), **outcome)
 
 
 class MirrorActor(BaseActor):
@@ -174,9 +179,7 @@ class MirrorActor(BaseActor):
         except StopIteration as done:
             self._run = None
             reports: list[TableReport] = done.value
-            self._tell(Reconciled(number=job.number, verify=job.kind == "verify",
-                                  tables=tuple(table_check(r) for r in reports),
-                                  seconds=round(time.monotonic() - run.started, 3)))
+            self._tell(run.ended(tables=tuple(table_check(r) for r in reports)))
             return
         if request is None:
             self.perform(self.state.go_on())
@@ -200,9 +203,7 @@ class MirrorActor(BaseActor):
         run = self._end_run()
         self.session.close()
         if run is not None:
-            self._tell(Reconciled(number=run.job.number, verify=run.job.kind == "verify",
-                                  error=str(error),
-                                  seconds=round(time.monotonic() - run.started, 3)))
+            self._tell(run.ended(error=str(error)))
         self._tell(self.state.failure(error))
 
     def _end_run(self) -> _Run | None:
@@ -213,15 +214,11 @@ class MirrorActor(BaseActor):
         return run
 
     def _tell(self, message: Message) -> None:
-        with contextlib.suppress(EngineStopped):
-            self.bus.tell(self.name, self.name, message)
+        """An outcome, told to this actor itself (so the message log has it)."""
+        self.perform([Tell(MIRROR, message)])
 
     def _progress(self, table: str, done: int, total: int | None) -> None:
         ended = total is not None and done >= total
-        with contextlib.suppress(EngineStopped):
-            self.bus.tell(self.name, PROGRESS, ProgressEvent(
-                scope="mirror", name=table, processed=done, total=total,
-                state="done" if ended else "running", terminal=ended))
-
-    def answered(self, context: Any, result: Any, error: BaseException | None) -> Effects:
-        raise UnexpectedMessage(self.name, context)  # every request here has its own callback
+        self.perform([Tell(PROGRESS, ProgressEvent(
+            scope="mirror", name=table, processed=done, total=total,
+            state="done" if ended else "running", terminal=ended))])

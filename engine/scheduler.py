@@ -75,10 +75,7 @@ class Scheduler:
                 return timer
             heapq.heappush(self._heap, timer)
             self._changed.notify()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sqlwarden-scheduler",
-                                                daemon=True)
-                self._thread.start()
+            self._started()
         return timer
 
     def stop(self) -> None:
@@ -96,19 +93,29 @@ class Scheduler:
         with self._changed:
             return sum(not t.cancelled for t in self._heap)
 
+    def _started(self) -> None:
+        """Start the thread that runs due calls, once (called holding the lock)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sqlwarden-scheduler",
+                                            daemon=True)
+            self._thread.start()
+
+    def _due(self) -> Timer | None:
+        """The earliest call if it is due, taken off the heap (called holding the lock)."""
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+        if self._heap and self._heap[0].when <= self.clock():
+            return heapq.heappop(self._heap)
+        return None
+
     def _next_due(self) -> Timer | None:
-        """The next call to run now, waiting for it; None once stopped."""
+        """The next call, once it is due; None once stopped."""
         with self._changed:
             while not self._stopped:
-                while self._heap and self._heap[0].cancelled:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._changed.wait()
-                    continue
-                delay = self._heap[0].when - self.clock()
-                if delay <= 0:
-                    return heapq.heappop(self._heap)
-                self._changed.wait(delay)
+                timer = self._due()
+                if timer is not None:
+                    return timer
+                self._changed.wait(self._heap[0].when - self.clock() if self._heap else None)
             return None
 
     def _run(self) -> None:
@@ -119,21 +126,13 @@ class Scheduler:
 class ManualScheduler(Scheduler):
     """A scheduler whose clock moves only when `advance` is called; for tests.
 
-    Due calls run on the thread that calls `advance`, in deadline order.
+    It has no thread: due calls run on the thread that calls `advance`, in
+    deadline order.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
         super().__init__(clock=lambda: self._now)
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, next(self._seq), callback)
-        with self._changed:
-            if self._stopped:
-                timer.cancel()
-            else:
-                heapq.heappush(self._heap, timer)
-        return timer
 
     def advance(self, seconds: float = 0.0) -> int:
         """Move the clock on by `seconds` and run what fell due; returns how many ran."""
@@ -142,18 +141,14 @@ class ManualScheduler(Scheduler):
         ran = 0
         while True:
             with self._changed:
-                while self._heap and self._heap[0].cancelled:
-                    heapq.heappop(self._heap)
-                if not self._heap or self._heap[0].when > self._now:
-                    return ran
-                timer = heapq.heappop(self._heap)
+                timer = self._due()
+            if timer is None:
+                return ran
             _call(timer)
             ran += 1
 
-    def stop(self) -> None:
-        with self._changed:
-            self._stopped = True
-            self._heap.clear()
+    def _started(self) -> None:
+        pass  # `advance` runs what is due
 
 
 def _call(timer: Timer) -> None:

@@ -100,7 +100,7 @@ class SyncSchedule:
         self._wall = wall
         self._sources = {s.name: SourceState(s) for s in sources}
         self._waiters: list[tuple[Any, tuple[str, ...]]] = []
-        self.stopping = False
+        self._stopping = False
 
     # --- input --------------------------------------------------------------------------
 
@@ -150,8 +150,8 @@ class SyncSchedule:
         return []
 
     def progress(self, message: PumpProgress) -> Effects:
-        source = self._sources.get(message.source)
-        if source is None or source.run is None or source.run.id != message.run:
+        source = self._running(message.source, message.run)
+        if source is None or source.run is None:
             return []
         source.run = replace(source.run, rows=message.rows, rejects=message.rejects)
         source.total = message.total
@@ -161,8 +161,8 @@ class SyncSchedule:
 
     def pump_ended(self, message: PumpEnded) -> Effects:
         """A run's reading has ended: record its outcome, then schedule what comes next."""
-        source = self._sources.get(message.source)
-        if source is None or source.run is None or source.run.id != message.run:
+        source = self._running(message.source, message.run)
+        if source is None or source.run is None:
             return []
         error = self._redactor.text(message.error) if message.error else None
         status = "ok" if error is None and not message.stopped else (
@@ -204,13 +204,20 @@ class SyncSchedule:
             raise UnknownSource(f"no source named {name!r} (sources: {known})", source=name)
         return source
 
+    def _running(self, name: str, run: int) -> SourceState | None:
+        """The source whose run under way is `run` (None for a report of another run)."""
+        source = self._sources.get(name)
+        if source is None or source.run is None or source.run.id != run:
+            return None
+        return source
+
     def running(self) -> list[SourceState]:
         """Sources with a run under way (for stopping them)."""
         return [s for s in self._sources.values() if s.run is not None]
 
     def stop(self) -> Effects:
         """Disarm every timer and refuse every ask still waiting: the engine is stopping."""
-        self.stopping = True
+        self._stopping = True
         effects: Effects = [Cancel(s.timer) for s in self._sources.values()]
         for source in self._sources.values():
             effects += [Fail(w, EngineStopped(SYNC)) for w in source.waiters]
@@ -271,7 +278,7 @@ class SyncSchedule:
         source.shown_at = (wall, now)
         source.due_shown = (shown if shown is not None or due is None
                             else wall + max(due - now, 0.0))
-        if due is None or self.stopping:
+        if due is None or self._stopping:
             return [Cancel(source.timer)]
         return [After(max(0.0, due - now), SyncTick(source=source.name, token=source.token),
                       source.timer)]
@@ -301,7 +308,7 @@ class SyncSchedule:
                           status="running", reason=message.reason, attempt=message.attempt,
                           started_at=message.started_at, ended_at=None, rows=0, rejects=0)
         source.run, source.state, source.total = run, "running", None
-        if self.stopping:
+        if self._stopping:
             return []
         problem = self._launch(source.config, run.id, plan)
         if problem is not None:
