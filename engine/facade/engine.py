@@ -107,7 +107,7 @@ class Engine:
         # The engine stops the scheduler it made; one passed in is the caller's.
         self._own_scheduler = scheduler is None
         self.scheduler = scheduler if scheduler is not None else Scheduler()
-        self._progress_clock = progress_clock or self.scheduler.now
+        self._progress_clock = progress_clock  # None: the scheduler's clock
         self._start_tasks = start_tasks
         self._plans = tuple(TaskPlan(t, config.table(t.table)) for t in config.tasks)
         self._requirements = {name: plan.task for plan in self._plans
