@@ -154,6 +154,8 @@ BROKEN = [
     pytest.param("database:\n  path: [unclosed\n", 3, "", "invalid YAML", id="yaml-syntax"),
     pytest.param("database:\n  path: x.db\n   readers: 2\n", 3, "", "invalid YAML",
                  id="yaml-indentation"),
+    pytest.param("\x00\x01binary", None, "", "invalid YAML: unacceptable character",
+                 id="control-characters"),
     pytest.param("", None, "", "the config is empty", id="empty-file"),
     pytest.param("- database\n- tables\n", 1, "", "expected a mapping, got a list",
                  id="top-level-list"),

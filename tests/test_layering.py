@@ -97,13 +97,29 @@ def test_the_engine_and_the_cli_load_no_openssl_before_the_mirror_s_driver() -> 
     # So the connector's C extension can load its own OpenSSL when an engine starts
     # with a mirror, in a service as in the `sqlwarden` command (see mirror.driver).
     probe = ("import sys; from sqlwarden import Engine; "
-             "from sqlwarden.cli.main import build_parser; build_parser(); "
+             "from sqlwarden.cli.app import build_parser; build_parser(); "
              "early = [m for m in ('_ssl', '_hashlib') if m in sys.modules]; "
              "from sqlwarden.mirror.driver import load_driver; "
              "print(early, load_driver().HAVE_CEXT)")
     out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[] True"
+
+
+def test_a_command_that_finds_no_engine_has_loaded_no_openssl(tmp_path: Path) -> None:
+    # `mirror reconcile`, `sync now` and `fts restore` look for a running engine first,
+    # then start one of their own.
+    config = tmp_path / "m.yaml"
+    config.write_text(f"database: {{path: {tmp_path / 'm.db'}}}\n"
+                      "tables:\n  t:\n    columns:\n      id: {type: integer, primary_key: true}\n"
+                      "mirror: {dsn: 'mysql://u:pw@127.0.0.1:9/d', scope: s}\n")
+    probe = ("import sys; from sqlwarden import load_config; "
+             "from sqlwarden.cli.client import engine_if_running; "
+             f"found = engine_if_running(load_config({str(config)!r})); "
+             "print(found, [m for m in ('_ssl', '_hashlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "None []"
 
 
 def test_importing_sqlwarden_loads_neither_pykka_nor_the_mysql_connector() -> None:

@@ -1,7 +1,6 @@
 """The `sqlwarden` command: one module per command group, one line per error.
 
-- `main`: the parser, `main()`, exit codes, errors turned into one line, and
-  `load` (a config, with its mirror driver loaded first).
+- `app`: the parser, `main()`, exit codes, errors turned into one line.
 - `run`: `run`. `status`: `status`, `check-config`. `tasks`: `task list`,
   `pause`, `resume`, `cancel`. `fts`: `fts status`, `fts restore`. `sync`:
   `sync now`, `sync history`. `mirror`: `mirror reconcile`, `mirror verify`.
@@ -12,6 +11,6 @@
 Only this package turns errors into exit codes and one-line messages.
 """
 
-from sqlwarden.cli.main import main
+from sqlwarden.cli.app import main
 
 __all__ = ["main"]

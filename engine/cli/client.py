@@ -9,8 +9,10 @@ back as `EngineRefused` with the engine's reason and the status code, an
 engine that no longer answers as `NoEngine`. Each command decides what a
 refusal means for its exit code.
 
-`urllib` is imported inside the functions: the command loads the mirror's
-driver (and the OpenSSL it needs) before anything imports `ssl`.
+`urllib` loads OpenSSL, so it is imported only once there is an engine to
+ask, and after the mirror's driver: a command that finds none goes on to
+start an engine of its own, whose mirror wants the connector's C extension
+(see `mirror.driver`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlwarden.cli.output import PROG
 from sqlwarden.errors import EngineError
+from sqlwarden.mirror.driver import load_driver
 
 if TYPE_CHECKING:
     from urllib.error import HTTPError
@@ -92,8 +95,6 @@ def find_engine(config: Config, *, needed_for: str | None = None) -> EngineClien
     Raises `NoEngine` saying why there is none, and, with `needed_for`, what
     needed one.
     """
-    import urllib.request
-
     from sqlwarden.db.status import running_engine
 
     def missing(why: str) -> NoEngine:
@@ -104,6 +105,10 @@ def find_engine(config: Config, *, needed_for: str | None = None) -> EngineClien
         raise missing(f"no running engine with a status endpoint found for "
                       f"{config.database.path}; start one with `{PROG} run CONFIG`")
     url, run_id = found
+    if config.mirror is not None and config.mirror.enabled:
+        load_driver()
+    import urllib.request
+
     try:
         # The address may be stale, and the port taken by something else since.
         with urllib.request.urlopen(f"{url}/status", timeout=STATUS_TIMEOUT_S) as response:

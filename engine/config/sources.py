@@ -173,10 +173,8 @@ def _ndjson_source(spec: At, keys: dict[str, At], base: Path, check_paths: bool,
     path = resolve(base, path_at.string())
     if check_paths and path.exists() and not path.is_dir():
         raise path_at.error(f"{path} is not a directory")
-    return NdjsonSourceConfig(
-        **common, path=path,
-        max_record_mb=optional(keys, "max_record_mb", lambda a: a.number(0.001, 1024.0),
-                               16.0))
+    return NdjsonSourceConfig(**common, path=path, **converted(keys, {
+        "max_record_mb": lambda a: a.number(0.001, 1024.0)}))
 
 
 def _http_source(spec: At, keys: dict[str, At], table: TableConfig,
@@ -210,9 +208,9 @@ def _http_source(spec: At, keys: dict[str, At], table: TableConfig,
             "records_at": optional_text,
             "total_at": optional_text,
             "next_at": optional_text,
+            "timeout_s": lambda a: a.number(0.01, 3600.0),
         }),
         full_every_s=optional(keys, "full_every",
                               lambda a: None if a.value is None else a.duration(minimum=1.0),
                               d.full_every_s),
-        timeout_s=optional(keys, "timeout_s", lambda a: a.number(0.01, 3600.0), d.timeout_s),
         headers=headers)

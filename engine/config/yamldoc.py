@@ -65,7 +65,11 @@ class Document:
 def parse_yaml(text: str, *, file: str, environ: Mapping[str, str] | None = None) -> Document:
     """Parse `text` (named `file` in errors) into a `Document`."""
     env = os.environ if environ is None else environ
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks the text's characters as it is made (a NUL, say).
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
     try:
         try:
             root = loader.get_single_node()

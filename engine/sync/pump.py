@@ -12,6 +12,7 @@ how the run ended (`PumpEnded`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,8 @@ from sqlwarden.protocol import (
 )
 from sqlwarden.sync.sources.base import Reader, SourceError
 from sqlwarden.views import FtsLease, FtsView, SyncBatchResult
+
+log = logging.getLogger(__name__)
 
 #: Batches a pump keeps at the Writer at once.
 IN_FLIGHT = 3
@@ -123,6 +126,7 @@ class Pump:
 
     def _run(self) -> None:
         backlog = self.reader.backlog()
+        log.info("source %s: run %d starts: %s", self.source.name, self.run, backlog.detail)
         self.total = backlog.rows
         self._progress(0, 0.0)
         if backlog.rows is not None:

@@ -1,7 +1,7 @@
 """A catch-up in its own process, for the crash tests in test_fts.py, and the
 documents both use.
 
-    python -m tests.fts_driver CONFIG FIRST_ID ROWS
+    python -m tests.support.fts_driver CONFIG FIRST_ID ROWS
 
 It defers FTS upkeep, says so and waits for a line on stdin (so a test can
 kill it right after the drop), changes some old rows, inserts ROWS new ones

@@ -1,7 +1,7 @@
 """An engine with a mirror in its own process, for the crash test in test_mirror.py, and
 the rows both use.
 
-    python -m tests.mirror_driver CONFIG ROWS CHUNK
+    python -m tests.support.mirror_driver CONFIG ROWS CHUNK
 
 It starts the engine from the YAML config, waits for the mirror's first
 reconcile, inserts rows 1..ROWS of `item` in transactions of CHUNK rows (a

@@ -1,6 +1,6 @@
 """One source run in its own process, for the crash test in test_sync_ndjson.py.
 
-    python -m tests.sync_driver CONFIG SOURCE
+    python -m tests.support.sync_driver CONFIG SOURCE
 
 It starts the engine from the YAML config, runs SOURCE to its end, prints
 how the run ended and exits. A test kills it with SIGKILL while it runs.
