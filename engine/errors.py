@@ -16,6 +16,9 @@ class EngineError(Exception):
     retryable: bool = False
     #: The user's input (config, arguments, records) is at fault, not the engine.
     user_error: bool = False
+    #: For a transient fault, what it waits for, in status's words ("disk full",
+    #: "database locked by another process"; see `sqlwarden.db.faults`).
+    waiting_for: str | None = None
 
 
 class ConfigError(EngineError):
@@ -74,11 +77,12 @@ class WriteError(EngineError):
 
     def __init__(
         self, message: str, *, message_kind: str, sqlite_error: str | None = None,
-        retryable: bool = False,
+        retryable: bool = False, waiting_for: str | None = None,
     ) -> None:
         self.message_kind = message_kind
         self.sqlite_error = sqlite_error
-        self.retryable = retryable
+        self.retryable = retryable or waiting_for is not None
+        self.waiting_for = waiting_for
         super().__init__(message)
 
 

@@ -6,4 +6,5 @@
 - `writer`: `WriterCore`, everything the single Writer does with its connection
 - `readers`: the pool of read-only connections lent to callers
 - `checksum`: per-table checksums; `status`: status read from the file alone
+- `faults`: which SQLite failures are waits (a lock held elsewhere, a full disk)
 """

@@ -22,6 +22,7 @@ import apsw
 from sqlwarden.config import Config, TableConfig
 from sqlwarden.db.checksum import table_checksum
 from sqlwarden.db.connect import file_size, savepoint, transaction, variable_limit
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.db.schema import META_TABLE, MIRROR_RANGES_TABLE, OUTBOX_TABLE
 from sqlwarden.db.sql import insert_sql, rows_per_statement, upsert_sql
 from sqlwarden.errors import (
@@ -79,7 +80,6 @@ CHECKPOINT_MODES = {
     "restart": apsw.SQLITE_CHECKPOINT_RESTART,
     "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
 }
-_RETRYABLE = (apsw.BusyError, apsw.LockedError)
 #: Connection settings the engine relies on; a sender's SQL may read, not set them.
 _ENGINE_PRAGMAS = frozenset({
     "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit",
@@ -104,7 +104,8 @@ class WriterCore:
         self.tasks = {plan.task.name: plan for plan in tasks}
         self._callables: dict[str, Callable[..., object]] = {}
         self._clock = clock
-        self._wal_path = str(config.database.path) + "-wal"
+        self._db_path = str(config.database.path)
+        self._wal_path = self._db_path + "-wal"
         self.variable_limit = variable_limit(conn)
         self._indexed = {t.name: has_secondary_index(t) for t in config.tables}
         self.page_size = int(conn.pragma("page_size"))
@@ -152,7 +153,7 @@ class WriterCore:
         except Exception as exc:
             if len(messages) > 1:
                 return self._commit_isolated(messages)
-            outcomes = [as_engine_error(messages[0], exc)]
+            outcomes = [as_engine_error(messages[0], exc, path=self._db_path)]
             self.failed_messages += 1
             return outcomes
         self._committed(messages, outcomes)
@@ -174,7 +175,7 @@ class WriterCore:
                             with savepoint(self.conn):
                                 outcomes[i] = self.apply(message)
                         except Exception as exc:
-                            outcomes[i] = as_engine_error(message, exc)
+                            outcomes[i] = as_engine_error(message, exc, path=self._db_path)
                         if not self.conn.in_transaction:
                             culprits[i] = (outcomes[i] if isinstance(outcomes[i], EngineError)
                                            else _ended_transaction(message))
@@ -182,8 +183,9 @@ class WriterCore:
             except _TransactionEnded:
                 continue
             except Exception as exc:  # BEGIN or COMMIT failed: nothing committed
-                failed: list[Outcome] = [culprits.get(i, as_engine_error(m, exc))
-                                         for i, m in enumerate(messages)]
+                failed: list[Outcome] = [
+                    culprits.get(i, as_engine_error(m, exc, path=self._db_path))
+                    for i, m in enumerate(messages)]
                 self.failed_messages += len(failed)
                 return failed
             ordered = [outcomes[i] for i in range(len(messages))]
@@ -520,14 +522,19 @@ def has_secondary_index(table: TableConfig) -> bool:
                 or any(c.unique for c in table.columns))
 
 
-def as_engine_error(message: Message, exc: BaseException) -> EngineError:
-    """Turn what a write raised into the `EngineError` its sender receives."""
+def as_engine_error(message: Message, exc: BaseException, *,
+                    path: str | None = None) -> EngineError:
+    """Turn what a write raised into the `EngineError` its sender receives.
+
+    A lock held by another process or a full disk (on the filesystem of
+    the database at `path`) makes it retryable, saying what it waits for.
+    """
     if isinstance(exc, EngineError):
         return exc
     target = getattr(message, "table", None)
     what = f"{message.kind} into {target}" if target else message.kind
     error = WriteError(f"{what} failed: {exc}", message_kind=message.kind,
                        sqlite_error=type(exc).__name__,
-                       retryable=isinstance(exc, _RETRYABLE))
+                       waiting_for=wait_reason(exc, path=path))
     error.__cause__ = exc
     return error

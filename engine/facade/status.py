@@ -171,11 +171,31 @@ def engine_health(engine: Engine) -> tuple[bool, list[str]]:
             reasons.append(f"task {ident} (provides {task['provides']}) is "
                            f"{task['status']}: {task['processed']:,} of "
                            f"{task['total'] if task['total'] is not None else '?'} rows")
+        if task.get("waiting_for"):
+            reasons.append(f"task {ident} waits: {task['waiting_for']}")
         if task["last_progress_save_error"]:
             reasons.append(f"task {ident}: saving progress failed "
                            f"({task['progress_save_failures']} times so far): "
                            f"{task['last_progress_save_error']}")
+    reasons.extend(_waits(engine))
     return not reasons, reasons
+
+
+def _waits(engine: Engine) -> list[str]:
+    """What the sync sources and the mirror wait for (a lock, a full disk, a server)."""
+    waits: list[str] = []
+    if engine.config.sources:
+        sources = sync_status(engine)
+        if isinstance(sources, dict):
+            waits.append(f"sync: {sources['error']}")
+        else:
+            waits.extend(f"source {s['name']} waits: {s['waiting_for']}"
+                         for s in sources if s.get("waiting_for"))
+    if engine.mirror.enabled:
+        mirror = mirror_view_dict(engine.mirror.view())
+        if mirror.get("waiting_for"):
+            waits.append(f"mirror waits: {mirror['waiting_for']}")
+    return waits
 
 
 def run_view_dict(run: views.SyncRunView) -> dict[str, Any]:
