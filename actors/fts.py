@@ -15,7 +15,7 @@ from sqlwarden.actors.base import DEFERRED, BaseActor
 from sqlwarden.actors.bus import Envelope
 from sqlwarden.config import Config
 from sqlwarden.effects import Effects
-from sqlwarden.fts.controller import FtsController
+from sqlwarden.fts.controller import FtsController, tables_written
 from sqlwarden.protocol import FTS, FtsStatus, Message
 
 
@@ -27,7 +27,8 @@ class FtsControllerActor(BaseActor):
     def __init__(self, *, config: Config, wall: Callable[[], float] = time.time,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.controller = FtsController(config.fts_deferral, wall=wall)
+        self.controller = FtsController(config.fts_deferral, wall=wall,
+                                        writes=tables_written(config))
 
     def teardown(self) -> None:
         self.perform(self.controller.stop())

@@ -27,6 +27,7 @@ from sqlwarden.views import (
     FtsLease,
     FtsRestored,
     FtsRestoreResult,
+    FtsTableView,
     FtsView,
 )
 
@@ -161,3 +162,79 @@ def test_stopping_answers_everyone_still_waiting() -> None:
     effects = fts.stop()
     assert {e.waiter for e in effects if isinstance(e, Fail)} == {"boot", "later"}
     assert all(isinstance(e.error, EngineStopped) for e in effects if isinstance(e, Fail))
+
+
+# --- which tables a source defers -------------------------------------------------------
+
+DOCS_FTS = FtsTableView(name="docs_fts", kind="external", source="docs", triggers=(),
+                        problem=None)
+NOTES_FTS = FtsTableView(name="notes_fts", kind="external", source="notes", triggers=(),
+                         problem=None)
+
+
+def record(*tables: str, sources: tuple[tuple[str, int], ...]) -> FtsDeferralView:
+    return FtsDeferralView(sources=sources, started_at=1e9, tables=tables,
+                           hwm=tuple((t, 0) for t in tables))
+
+
+def booted_with_tables() -> FtsController:
+    fts = FtsController(SETTINGS, wall=lambda: 1e9,
+                        writes={"docs_feed": ("docs",), "notes_feed": ("notes",),
+                                "items_feed": ("items",)})
+    (inspect,) = requests(fts.handle(FtsTick(), "boot", now=0.0))
+    fts.answered(inspect.context, FtsInspection(tables=(DOCS_FTS, NOTES_FTS), deferral=None),
+                 None, now=0.0)
+    return fts
+
+
+def test_a_source_writing_a_table_without_fts_defers_nothing_and_asks_the_writer_nothing(
+        ) -> None:
+    fts = booted_with_tables()
+    effects = fts.handle(BeginCatchUp(source="items_feed", backlog_rows=50_000), "i", now=1.0)
+    assert requests(effects) == []
+    lease = replies(effects)["i"]
+    assert not lease.deferred and lease.reason == (
+        "no FTS table that can be deferred indexes items")
+    # Tables named in the message win over the config.
+    (ask,) = requests(fts.handle(BeginCatchUp(source="items_feed", backlog_rows=50_000,
+                                              tables=("docs",)), "d", now=2.0))
+    assert isinstance(ask.message, DeferFts) and ask.message.tables == ("docs",)
+
+
+def test_each_source_defers_its_own_fts_tables_and_they_come_back_as_their_sources_end(
+        ) -> None:
+    fts = booted_with_tables()
+    (ask,) = requests(fts.handle(BeginCatchUp(source="docs_feed", backlog_rows=50_000), "d",
+                                 now=1.0))
+    assert isinstance(ask.message, DeferFts) and ask.message.tables == ("docs",)
+    lease = replies(fts.answered(ask.context, record("docs_fts", sources=(("docs_feed", 1),)),
+                                 None, now=1.0))["d"]
+    assert lease.deferred and lease.tables == ("docs_fts",)
+
+    # Another table's source adds its own FTS table to the deferral in place.
+    (ask,) = requests(fts.handle(BeginCatchUp(source="notes_feed", backlog_rows=50_000), "n",
+                                 now=2.0))
+    assert isinstance(ask.message, DeferFts) and ask.message.tables == ("notes",)
+    assert ask.message.sources == (("docs_feed", 1), ("notes_feed", 1))
+    both = record("docs_fts", "notes_fts", sources=(("docs_feed", 1), ("notes_feed", 1)))
+    lease = replies(fts.answered(ask.context, both, None, now=2.0))["n"]
+    assert lease.deferred and lease.tables == ("notes_fts",)
+    assert fts.view(2.0).tables == ("docs_fts", "notes_fts")
+
+    # docs ends: docs_fts alone is restored; notes_fts stays deferred for notes_feed.
+    (restore,) = requests(fts.handle(EndCatchUp(source="docs_feed"), "end d", now=3.0))
+    assert isinstance(restore.message, RestoreFts)
+    assert restore.message.tables == ("docs_fts",)
+    assert restore.message.sources == (("notes_feed", 1),)
+    left = record("notes_fts", sources=(("notes_feed", 1),))
+    partial = FtsRestoreResult(tables=RESTORED.tables, duration_ms=1.0, remaining=left)
+    effects = fts.answered(restore.context, partial, None, now=4.0)
+    view = replies(effects)["end d"]
+    assert (view.state, view.tables, view.sources) == ("deferred", ("notes_fts",),
+                                                        (("notes_feed", 1),))
+    assert Cancel(TICK) not in effects  # the maximum age still guards notes_fts
+
+    (restore,) = requests(fts.handle(EndCatchUp(source="notes_feed"), "end n", now=5.0))
+    assert isinstance(restore.message, RestoreFts) and restore.message.tables == ()
+    view = replies(fts.answered(restore.context, RESTORED, None, now=6.0))["end n"]
+    assert view.state == "live" and view.tables == ()

@@ -27,6 +27,7 @@ and the triggers present never disagree, whatever point a crash hits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 
@@ -124,14 +125,21 @@ def write_deferral(conn: apsw.Connection, deferral: Deferral | None) -> None:
 
 
 def defer(conn: apsw.Connection, sources: tuple[tuple[str, int], ...],
-          started_at: float) -> Deferral | None:
-    """Drop every deferrable FTS table's triggers and persist the record (call in a
-    transaction). Returns None, changing nothing, when there is nothing to defer."""
-    if read_deferral(conn) is not None:
-        raise FtsError("FTS triggers are already deferred")
+          started_at: float, *, content: tuple[str, ...] = ()) -> Deferral | None:
+    """Drop the triggers of every deferrable FTS table that indexes one of the `content`
+    tables (all of them when empty) and persist the record (call in a transaction).
+
+    With a record already there, the tables it lacks join it (its start time stays;
+    `sources` replaces its sources). Returns None, changing nothing, when there is
+    nothing more to defer."""
+    existing = read_deferral(conn)
+    held = {t.fts.lower() for t in existing.tables} if existing is not None else set()
+    wanted = {name.lower() for name in content}
     tables = []
     for index in find_indexes(conn):
-        if index.problem is not None or index.source is None:
+        if index.problem is not None or index.source is None or index.name.lower() in held:
+            continue
+        if wanted and index.source.lower() not in wanted:
             continue
         hwm = None
         if index.has_rowid:
@@ -148,7 +156,11 @@ def defer(conn: apsw.Connection, sources: tuple[tuple[str, int], ...],
             triggers=tuple((t.name, t.sql) for t in index.triggers)))
     if not tables:
         return None
-    deferral = Deferral(sources=sources, started_at=started_at, tables=tuple(tables))
+    if existing is not None:
+        deferral = dataclasses.replace(existing, sources=sources,
+                                       tables=(*existing.tables, *tables))
+    else:
+        deferral = Deferral(sources=sources, started_at=started_at, tables=tuple(tables))
     write_deferral(conn, deferral)
     return deferral
 
@@ -202,14 +214,28 @@ def _drop_capture(conn: apsw.Connection, fts: str) -> None:
 
 
 def restore(conn: apsw.Connection, deferral: Deferral, *, rebuild_share: float,
-            buffer_bytes: int = 16 * FTS5_DEFAULT_HASHSIZE) -> tuple[FtsRestored, ...]:
+            buffer_bytes: int = 16 * FTS5_DEFAULT_HASHSIZE, only: tuple[str, ...] = (),
+            sources: tuple[tuple[str, int], ...] | None = None
+            ) -> tuple[tuple[FtsRestored, ...], Deferral | None]:
     """Recreate the snapshot's triggers, bring each index up to date and clear the
-    record (call in a transaction; on an error nothing has changed once it rolls back)."""
-    out = []
+    record (call in a transaction; on an error nothing has changed once it rolls back).
+
+    `only` names the FTS tables to restore (all when empty); the others stay deferred
+    in the record, with `sources` as its sources when given. Returns what was restored
+    and the record left (None when nothing stays deferred)."""
+    names = {name.lower() for name in only}
+    out, kept = [], []
     for table in deferral.tables:
+        if names and table.fts.lower() not in names:
+            kept.append(table)
+            continue
         out.append(_restore_table(conn, table, rebuild_share, buffer_bytes))
-    write_deferral(conn, None)
-    return tuple(out)
+    left = None
+    if kept:
+        left = dataclasses.replace(deferral, tables=tuple(kept),
+                                   sources=deferral.sources if sources is None else sources)
+    write_deferral(conn, left)
+    return tuple(out), left
 
 
 def _restore_table(conn: apsw.Connection, table: DeferredTable, rebuild_share: float,

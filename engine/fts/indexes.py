@@ -64,6 +64,14 @@ class FtsIndex:
     #: External content whose one insert trigger copies the columns as they are, so
     #: FTS5's own 'rebuild' gives exactly what the triggers would.
     plain: bool = False
+    #: The `content=` table (None: none given; "" for contentless).
+    content: str | None = None
+    #: `content_rowid=` as written (None: the rowid).
+    content_rowid: str | None = None
+    #: The indexed columns as declared, `UNINDEXED` kept (`"note UNINDEXED"`).
+    columns: tuple[str, ...] = ()
+    #: `tokenize=` as written (None: FTS5's default, unicode61).
+    tokenize: str | None = None
 
     @property
     def incremental(self) -> bool:
@@ -89,7 +97,8 @@ def find_indexes(conn: apsw.Connection) -> tuple[FtsIndex, ...]:
 
 
 def _index(conn: apsw.Connection, name: str, sql: str, triggers: list[Trigger]) -> FtsIndex:
-    options = _fts_options(sql)
+    args = _fts_args(sql)
+    options = _fts_options(args)
     content = options.get("content")
     kind = "own" if content is None else "contentless" if content == "" else "external"
     mine: list[Trigger] = []
@@ -129,9 +138,30 @@ def _index(conn: apsw.Connection, name: str, sql: str, triggers: list[Trigger]) 
     inserts = [t for t in mine if t.event == "insert"]
     plain = (kind == "external" and source is not None and content is not None
              and content.lower() == source.lower() and len(inserts) == 1
-             and _copies_columns(inserts[0].body, name, options.get("content_rowid", "rowid")))
+             and copied_columns(inserts[0].body, name,
+                                rowid_names(conn, source, options.get("content_rowid")))
+             is not None)
+    columns = tuple(" ".join(_unquote(word) for word in arg.split())
+                    for arg in args if "=" not in arg and arg.strip())
     return FtsIndex(name=name, kind=kind, source=source, triggers=tuple(mine), problem=problem,
-                    has_rowid=has_rowid, plain=plain)
+                    has_rowid=has_rowid, plain=plain, content=content,
+                    content_rowid=options.get("content_rowid"), columns=columns,
+                    tokenize=options.get("tokenize"))
+
+
+_ROWID_NAMES = ("rowid", "oid", "_rowid_")
+
+
+def rowid_names(conn: apsw.Connection, table: str, content_rowid: str | None) -> set[str]:
+    """Lower-cased names under which a row of `table` gives the FTS rowid: `content_rowid`
+    and, when that is the rowid or its INTEGER PRIMARY KEY alias, every name of the rowid."""
+    wanted = (content_rowid or "rowid").lower()
+    pk = [(name, kind) for name, kind, key in conn.execute(
+        "SELECT name, type, pk FROM pragma_table_info(?)", (table,)) if key]
+    alias = pk[0][0].lower() if len(pk) == 1 and pk[0][1].upper() == "INTEGER" else None
+    if wanted in _ROWID_NAMES or wanted == alias:
+        return {*_ROWID_NAMES, *([alias] if alias else [])}
+    return {wanted}
 
 
 _PLAIN_INSERT = re.compile(
@@ -140,24 +170,26 @@ _PLAIN_INSERT = re.compile(
     re.IGNORECASE)
 
 
-def _copies_columns(body: str, fts: str, content_rowid: str) -> bool:
-    """True for `BEGIN INSERT INTO fts (rowid, a, b) VALUES (new.<id>, new.a, new.b); END`
-    (no WHEN, nothing computed): the shape whose index FTS5's 'rebuild' reproduces."""
+def copied_columns(body: str, fts: str, rowids: set[str]) -> tuple[str, ...] | None:
+    """The columns (lower-cased) an insert trigger of the shape `BEGIN INSERT INTO fts
+    (rowid, a, b) VALUES (new.<id>, new.a, new.b); END` copies (no WHEN, nothing
+    computed: the shape whose index FTS5's 'rebuild' reproduces); None for any other
+    shape. `rowids` are the names the row's FTS rowid may be read by."""
     match = _PLAIN_INSERT.match(body)
     if match is None or _unquote(match["fts"]).lower() != fts.lower():
-        return False
+        return None
     cols = [_unquote(c.strip()).lower() for c in match["cols"].split(",")]
     vals = [v.strip() for v in match["vals"].split(",")]
-    if len(cols) != len(vals):
-        return False
+    if len(cols) != len(vals) or "rowid" not in cols:
+        return None
     for col, val in zip(cols, vals, strict=True):
         prefix, dot, name = val.partition(".")
         if prefix.strip().lower() != "new" or not dot:
-            return False
-        want = content_rowid.lower() if col == "rowid" else col
-        if _unquote(name.strip()).lower() != want:
-            return False
-    return "rowid" in cols
+            return None
+        read = _unquote(name.strip()).lower()
+        if read not in (rowids if col == "rowid" else {col}):
+            return None
+    return tuple(c for c in cols if c != "rowid")
 
 
 def _module(sql: str) -> str | None:
@@ -165,11 +197,11 @@ def _module(sql: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _fts_options(sql: str) -> dict[str, str]:
-    """The `key=value` arguments of `CREATE VIRTUAL TABLE ... USING fts5(...)`."""
+def _fts_args(sql: str) -> list[str]:
+    """The arguments of `CREATE VIRTUAL TABLE ... USING fts5(...)`, as written."""
     using = re.search(r"\bUSING\s+\w+\s*\(", sql, re.IGNORECASE)
     if using is None:
-        return {}
+        return []
     args, depth, quote_char, current = [], 0, "", ""
     for ch in sql[using.end():]:
         if quote_char:
@@ -193,6 +225,11 @@ def _fts_options(sql: str) -> dict[str, str]:
         else:
             current += ch
     args.append(current)
+    return args
+
+
+def _fts_options(args: list[str]) -> dict[str, str]:
+    """The `key=value` arguments among `args`, keys lower-cased, values unquoted."""
     options = {}
     for arg in args:
         key, eq, value = arg.partition("=")

@@ -88,6 +88,7 @@ class Checker:
         self._reconcile: tuple[int, Any] | None = None  # (seq, number) in flight
         self._progress: dict[tuple[Any, Any], tuple[float, int]] = {}
         self._deferred: int | None = None  # seq of the FTS deferral in effect
+        self._deferred_since: Any = None  # its started_at
         self._fts_known = False
 
     def _report(self, rule: int, seqs: tuple[int, ...], text: str) -> None:
@@ -207,12 +208,19 @@ class Checker:
         if message == "writer.fts_defer":
             fields = record.get("fields") or {}
             if fields.get("sources") is not None:  # None: nothing needed deferring
+                since = fields.get("started_at")
+                if self._deferred is not None and since is not None and \
+                        since == self._deferred_since:
+                    return  # more tables joined the deferral in effect (same start)
                 if self._deferred is not None:
                     self._report(3, (self._deferred, seq), "FTS triggers deferred again while "
                                  f"the deferral of seq {self._deferred} was in effect")
                 self._deferred, self._fts_known = seq, True
+                self._deferred_since = fields.get("started_at")
         elif message == "writer.fts_restore":
             restored = _items((record.get("fields") or {}).get("tables"))
+            if isinstance((record.get("fields") or {}).get("remaining"), dict):
+                return  # some tables restored, the rest still deferred
             if restored:
                 if self._deferred is None and self._fts_known:
                     self._report(3, (seq,), "FTS triggers restored without a deferral")
@@ -220,6 +228,8 @@ class Checker:
         elif message == "writer.fts_inspect":
             deferral = (record.get("fields") or {}).get("deferral")
             self._deferred = seq if isinstance(deferral, dict) else None
+            self._deferred_since = deferral.get("started_at") if isinstance(deferral,
+                                                                            dict) else None
             self._fts_known = True
 
     def _end_run(self) -> None:
