@@ -5,6 +5,11 @@ picks: a connect, one range of a reconcile or verify, or one outbox batch.
 Outcomes go back to the machine as messages this actor tells itself, so the
 message log shows them. Between two steps every other message is answered:
 status, reconcile and verify asks, and stop.
+
+What the mirror needs the Writer to apply (drained outbox rows, stored
+ranges, quarantined rows) is asked for without waiting; an answer that
+says the database waits (locked by another program, disk full) keeps the
+request to send again (`resend`) after a backoff the machine decides.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from sqlwarden.actors.base import DEFERRED, BaseActor
-from sqlwarden.actors.bus import Envelope
+from sqlwarden.actors.bus import Answer, Envelope
 from sqlwarden.config import Config
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.effects import Tell
 from sqlwarden.errors import MirrorError, UnexpectedMessage
-from sqlwarden.mirror.ranges import TableReport, table_check
+from sqlwarden.mirror.quarantine import recorded
+from sqlwarden.mirror.ranges import TableReport, stored_key, table_check
 from sqlwarden.mirror.reconcile import Step
-from sqlwarden.mirror.session import MirrorSession
+from sqlwarden.mirror.session import DrainOutcome, MirrorSession
 from sqlwarden.mirror.state import Job, MirrorState, ViewBoard
 from sqlwarden.protocol import (
     MIRROR,
@@ -36,10 +43,10 @@ from sqlwarden.protocol import (
     MirrorUp,
     OutboxDrained,
     ProgressEvent,
+    QuarantineMirrorRows,
     Reconcile,
     ReconcileBegun,
     Reconciled,
-    SaveMirrorRanges,
     Verify,
 )
 from sqlwarden.redact import Redactor
@@ -81,6 +88,8 @@ class MirrorActor(BaseActor):
         self.board.view = self.state.view
         self.session: MirrorSession | None = None
         self._run: _Run | None = None
+        #: A Writer request that met a wait, kept to be sent again, and what follows it.
+        self._held: tuple[Message, Callable[[], None]] | None = None
 
     def setup(self) -> None:
         # The connector is imported here, in the engine's process (see mirror.driver);
@@ -145,6 +154,9 @@ class MirrorActor(BaseActor):
                                         server=self.session.server_version))
                 case "drain":
                     self._drain()
+                case "resend":
+                    assert self._held is not None
+                    self._write(*self._held)
                 case _:
                     self._advance(job)
         except Exception as exc:
@@ -156,14 +168,34 @@ class MirrorActor(BaseActor):
         if batch is None:
             self.perform(self.state.outbox_empty())
             return
-        self.session.apply_batch(batch)
+        outcome = self.session.apply_batch(batch)
+        refused = len(outcome.refused) - len(batch.unreadable)  # those were no upserts
         drained = self.state.applied(
-            entries=batch.entries, upserts=sum(len(r) for r in batch.upserts.values()),
+            entries=batch.entries,
+            upserts=sum(len(r) for r in batch.upserts.values()) - refused,
             deletes=sum(len(k) for k in batch.deletes.values()), upto_seq=batch.upto_seq,
             changed_at=batch.changed_at)
-        self.request(WRITER, OutboxDrained(upto_seq=batch.upto_seq,
-                                           stale_ranges=batch.stale_ranges),
-                     lambda answer: self._after_writer(answer.error, drained))
+        done = OutboxDrained(upto_seq=batch.upto_seq, stale_ranges=batch.stale_ranges)
+        quarantine = self._quarantine_of(outcome)
+        if quarantine is None:
+            self._write(done, lambda: self._tell(drained))
+        else:
+            # Recorded before the outbox rows go: a crash between repeats the batch.
+            self._write(quarantine, lambda: self._write(done, lambda: self._tell(drained)))
+
+    def _quarantine_of(self, outcome: DrainOutcome) -> QuarantineMirrorRows | None:
+        """What the Writer must record of a drain's quarantined and released keys."""
+        if not outcome.refused and not outcome.released:
+            return None
+        tables = {t.name: t for t in self.config.tables}
+        add: list[tuple[str, Any, str, float]] = []
+        for name in {r.table for r in outcome.refused}:
+            add += recorded(tables[name], [r for r in outcome.refused if r.table == name],
+                            self._wall())
+        return QuarantineMirrorRows(
+            add=tuple(add),
+            clear=tuple((name, stored_key(tables[name], key))
+                        for name, key in outcome.released))
 
     def _advance(self, job: Job) -> None:
         """The next range of the reconcile or verify `job`, starting it if need be."""
@@ -184,27 +216,49 @@ class MirrorActor(BaseActor):
         if request is None:
             self.perform(self.state.go_on())
             return
-        assert isinstance(request, SaveMirrorRanges)
-        self.request(WRITER, request, lambda answer: self._after_writer(answer.error, None))
+        self._write(request, lambda: self.perform(self.state.go_on()))
 
-    def _after_writer(self, error: BaseException | None, drained: Drained | None) -> None:
-        """The Writer applied what a step needed (stored ranges, a drained batch), or not."""
-        if error is not None:
-            self._failed(error)
-        elif drained is None:
-            self.perform(self.state.go_on())
-        else:
-            self._tell(drained)
+    def _write(self, message: Message, then: Callable[[], None]) -> None:
+        """Ask the Writer to apply `message`, and `then()` once it has. An answer that
+        waits (`faults.wait_reason`) holds the request to be sent again; any other
+        failure takes the mirror down."""
+        def answered(answer: Answer) -> None:
+            try:
+                reason = None if answer.error is None else wait_reason(
+                    answer.error, path=self.config.database.path)
+                if answer.error is None:
+                    self._held = None
+                    self.state.writer_done()
+                    then()
+                elif reason is not None:
+                    self._held = (message, then)
+                    self.perform(self.state.writer_waits(reason))
+                else:
+                    self._held = None
+                    self._failed(answer.error)
+            finally:
+                self.board.view = self.state.view  # an answer is no message: put it up here
+
+        try:
+            self.request(WRITER, message, answered)
+        except Exception as exc:  # never sent (the Writer stopped): the loop must not stall
+            self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
         """Whatever went wrong, the mirror lives on: classified, reported, retried."""
         assert self.session is not None
-        error = exc if isinstance(exc, MirrorError) else self.session.error(exc, "mirror")
+        reason = wait_reason(exc, path=self.config.database.path)
+        if isinstance(exc, MirrorError):
+            error = exc
+        elif reason is not None:  # the local database, not the server: retried all the same
+            error = MirrorError(f"mirror: {reason}: {exc}", retryable=True)
+        else:
+            error = self.session.error(exc, "mirror")
         run = self._end_run()
         self.session.close()
         if run is not None:
             self._tell(run.ended(error=str(error)))
-        self._tell(self.state.failure(error))
+        self._tell(self.state.failure(error, waiting_for=reason))
 
     def _end_run(self) -> _Run | None:
         run, self._run = self._run, None

@@ -41,7 +41,7 @@ ACTIONS = ("pause", "resume", "cancel")
 TASK_STATES = ("pending", "running", "paused", "done", "failed", "cancelled")
 PATHS = ("GET /healthz", "GET /status", "GET /metrics",
          f"POST /tasks/NAME/{'|'.join(ACTIONS)}", "POST /fts/restore", "POST /sync/SOURCE",
-         "POST /mirror/reconcile")
+         "POST /mirror/reconcile", "POST /mirror/retry")
 MIRROR_STATES = ("starting", "connecting", "up", "reconciling", "down", "failed")
 FTS_STATES = ("live", "deferred", "restoring", "restore_failed")
 #: Writer counters exported as `sqlwarden_writer_<key>_total`, with their help text.
@@ -73,9 +73,11 @@ class StatusServer:
                  control: Callable[[str, str], dict[str, Any]] | None = None,
                  fts_restore: Callable[[], dict[str, Any]] | None = None,
                  sync_run: Callable[[str, str], dict[str, Any]] | None = None,
-                 mirror_reconcile: Callable[[], dict[str, Any]] | None = None) -> None:
+                 mirror_reconcile: Callable[[], dict[str, Any]] | None = None,
+                 mirror_retry: Callable[[], dict[str, Any]] | None = None) -> None:
         self._status = status
         self._mirror_reconcile = mirror_reconcile
+        self._mirror_retry = mirror_retry
         self._sync_run = sync_run
         self._health = health
         self._control = control
@@ -140,6 +142,13 @@ class StatusServer:
                     return _json(503, {"error": str(exc)})
             case ["", "mirror", "reconcile"]:
                 return self._reconcile()
+            case ["", "mirror", "retry"]:
+                if self._mirror_retry is None:
+                    return _json(503, {"error": "the mirror is not available"})
+                try:
+                    return _json(200, self._mirror_retry())
+                except EngineStopped as exc:
+                    return _json(503, {"error": str(exc)})
             case ["", "tasks", *_]:
                 return _json(400, {"error": f"expected POST /tasks/NAME/ACTION with ACTION "
                                             f"one of {', '.join(ACTIONS)}; got {path}"})
@@ -348,5 +357,16 @@ def _mirror_metrics(mirror: dict[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{PREFIX}mirror_drained_changes",
                               "Outbox changes written to the mirror.",
                               value=mirror.get("drained_changes") or 0)
-    yield CounterMetricFamily(f"{PREFIX}mirror_reconciles", "Reconciles run.",
+    yield CounterMetricFamily(f"{PREFIX}mirror_reconciles", "Reconciles completed.",
                               value=mirror.get("reconciles") or 0)
+    yield CounterMetricFamily(f"{PREFIX}mirror_reconciles_failed", "Reconciles that failed.",
+                              value=mirror.get("reconciles_failed") or 0)
+    yield GaugeMetricFamily(f"{PREFIX}mirror_waiting",
+                            "1 while the mirror waits (its server, a locked database, a full "
+                            "disk) and retries by itself.",
+                            value=float(bool(mirror.get("waiting_for"))))
+    quarantine = mirror.get("quarantine") or {}
+    if quarantine.get("count") is not None:
+        yield GaugeMetricFamily(f"{PREFIX}mirror_quarantined_rows",
+                                "Rows the mirror could not send, kept off it until they change "
+                                "or are retried.", value=quarantine["count"])

@@ -7,7 +7,9 @@ and the private MariaDB server, the way the actor drives it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from sqlwarden.errors import MirrorError, MirrorUnavailable
 from sqlwarden.mirror.session import MirrorSession
 from sqlwarden.mirror.state import STEP, Job, MirrorState
 from sqlwarden.protocol import (
+    Drained,
     MirrorDown,
     MirrorStep,
     MirrorUp,
@@ -161,6 +164,195 @@ def test_an_error_retrying_cannot_fix_waits_until_asked_and_fails_waiting_asks()
     assert state.step(step_of(woken)) == Job("connect")
     effects = state.down(state.failure(MirrorError("access denied", errno=1045)))
     assert isinstance(answers(effects)["later"], MirrorUnavailable)
+
+
+def test_completed_and_failed_reconciles_are_counted_apart() -> None:
+    state, token = connected()
+    assert state.step(token) == Job("reconcile", 1)
+    state.reconciled(ended(1))
+    state.down(state.failure(MirrorError("gone away", retryable=True)))
+    state.up(MirrorUp(driver="C extension", server="10.11"))
+    state.reconciled(ended(2, error="gone away again"))
+    state.reconciled(ended(1, verify=True, error="a verify is no reconcile"))
+    assert (state.view.reconciles, state.view.reconciles_failed) == (1, 1)
+
+
+def test_a_writer_request_that_waits_is_sent_again_with_backoff_and_says_why() -> None:
+    state, token = connected()
+    assert state.step(token) == Job("reconcile", 1)
+    token = step_of(state.reconciled(ended(1)))
+    assert state.step(token) == Job("drain")
+    delays = []
+    for _ in range(3):  # the batch is on the server; deleting its outbox rows waits
+        effects = state.writer_waits("database locked by another process")
+        (timer,) = [e for e in effects if isinstance(e, After)]
+        delays.append(timer.delay_s)
+        assert state.step(timer.message.token) == Job("resend")
+    assert delays == [0.5, 1.0, 2.0]
+    assert (state.view.state, state.view.waiting_for) == ("up", "database locked by another "
+                                                                "process")
+    # An ask meanwhile wakes the loop: the held request goes first, then the reconcile.
+    sleeping = step_of(state.writer_waits("database locked by another process"))
+    woken = state.reconcile("r")
+    assert state.step(sleeping) is None and state.step(step_of(woken)) == Job("resend")
+    state.writer_done()
+    assert state.view.waiting_for is None
+    assert state.step(step_of(state.go_on())) == Job("reconcile", 2)
+    assert answers(state.reconciled(ended(2)))["r"].number == 2
+
+
+class Loop:
+    """Runs the machine as the Mirror actor does (one message at a time, effects carried
+    out in order, the Writer answering later), with outcomes drawn from `rng`."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.state = MirrorState(MIRROR, wall=lambda: 1e9)
+        self.mailbox: deque[Any] = deque()
+        self.timer: MirrorStep | None = None
+        self.run: Job | None = None  # the reconcile or verify under way (the actor's)
+        self.asked: list[str] = []
+        self.answers: dict[str, list[Any]] = {}
+        self.calm = False  # once calm, everything succeeds
+        self.after_write: Callable[[], None] = lambda: None  # what follows the request
+        self.perform(self.state.boot())
+
+    def perform(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Tell(message=message):
+                    self.mailbox.append(message)
+                case After(message=MirrorStep() as message):
+                    self.timer = message
+                case Cancel():
+                    self.timer = None
+                case Reply(waiter=waiter) | Fail(waiter=waiter):
+                    self.answers.setdefault(waiter, []).append(effect)
+                case _:
+                    raise AssertionError(f"unexpected effect {effect}")
+
+    def ask(self) -> None:
+        waiter = f"ask{len(self.asked)}"
+        self.asked.append(waiter)
+        self.perform(self.state.reconcile(waiter) if self.rng.random() < 0.7
+                     else self.state.verify(waiter))
+
+    def chance(self, p: float) -> bool:
+        return not self.calm and self.rng.random() < p
+
+    def handle(self, message: Any) -> None:
+        match message:
+            case MirrorStep(token=token):
+                job = self.state.step(token)
+                if job is not None:
+                    self.do(job)
+            case ("writer", then):  # the Writer's answer to a request
+                if self.chance(0.2):
+                    self.perform(self.state.writer_waits("disk full"))
+                elif self.chance(0.1):
+                    self.fail(retryable=True)
+                else:
+                    self.state.writer_done()
+                    then()
+            case MirrorUp():
+                self.perform(self.state.up(message))
+            case MirrorDown():
+                self.perform(self.state.down(message))
+            case ReconcileBegun():
+                self.perform(self.state.begun(message))
+            case Reconciled():
+                self.perform(self.state.reconciled(message))
+            case Drained():
+                self.perform(self.state.drained(message))
+
+    def do(self, job: Job) -> None:
+        if job.kind == "connect":
+            if self.chance(0.3):
+                self.fail(retryable=self.rng.random() < 0.8)
+            else:
+                self.mailbox.append(MirrorUp(driver="C extension", server="10.11"))
+        elif job.kind == "resend":
+            self.mailbox.append(("writer", self.after_write))
+        elif job.kind == "drain":
+            if self.calm or self.rng.random() < 0.3:
+                self.perform(self.state.outbox_empty())
+            elif self.chance(0.1):
+                self.fail(retryable=True)
+            else:
+                drained = self.state.applied(entries=1, upserts=1, deletes=0, upto_seq=1,
+                                             changed_at=[1e9])
+                self.after_write = lambda: self.mailbox.append(drained)
+                self.mailbox.append(("writer", self.after_write))
+        else:
+            if self.run is None:
+                self.run = job
+                self.mailbox.append(ReconcileBegun(number=job.number,
+                                                   verify=job.kind == "verify"))
+            if self.chance(0.15):
+                self.fail(retryable=self.rng.random() < 0.7)
+            elif self.calm or self.rng.random() < 0.4:
+                self.run = None
+                self.mailbox.append(ended(job.number, verify=job.kind == "verify"))
+            elif self.rng.random() < 0.5:
+                self.after_write = lambda: self.perform(self.state.go_on())
+                self.mailbox.append(("writer", self.after_write))
+            else:
+                self.perform(self.state.go_on())
+
+    def fail(self, *, retryable: bool) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            self.mailbox.append(ended(run.number, verify=run.kind == "verify", error="boom"))
+        self.mailbox.append(self.state.failure(MirrorError("boom", retryable=retryable)))
+
+    def turn(self) -> bool:
+        """One message, or the timer when nothing is queued; False when idle."""
+        if self.mailbox:
+            self.handle(self.mailbox.popleft())
+        elif self.timer is not None:
+            self.mailbox.append(self.timer)
+            self.timer = None
+        else:
+            return False
+        return True
+
+    def waiting(self) -> list[str]:
+        return [w for w in self.asked if w not in self.answers]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_no_ask_is_left_waiting_whatever_order_outcomes_and_asks_arrive_in(seed: int) -> None:
+    loop = Loop(random.Random(seed))
+    for _ in range(200):
+        if loop.rng.random() < 0.15:
+            loop.ask()  # an ask lands between any two messages
+        else:
+            loop.turn()
+    # Every ask gets exactly one answer once things go well...
+    loop.calm = True
+    for _ in range(5000):
+        if not loop.waiting() and not loop.mailbox:
+            break
+        if not loop.turn() and loop.waiting():
+            # Sleeping with asks unanswered: only a mirror that failed for good may,
+            # and it must have answered them.
+            break
+    assert not loop.waiting(), (f"left waiting: {loop.waiting()} in state "
+                                f"{loop.state.view.state}")
+    assert all(len(a) == 1 for a in loop.answers.values())
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_stopping_at_any_moment_answers_every_ask_once(seed: int) -> None:
+    loop = Loop(random.Random(seed))
+    for _ in range(loop.rng.randrange(1, 150)):
+        if loop.rng.random() < 0.2:
+            loop.ask()
+        else:
+            loop.turn()
+    loop.perform(loop.state.stop())
+    assert not loop.waiting()
+    assert all(len(a) == 1 for a in loop.answers.values())
 
 
 # --- a reconcile, step by step, against MariaDB -----------------------------------------

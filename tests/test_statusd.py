@@ -250,4 +250,4 @@ def test_an_unknown_path_is_404_with_the_paths_there_are(url: str, method: str) 
     assert json.loads(text)["paths"] == ["GET /healthz", "GET /status", "GET /metrics",
                                          "POST /tasks/NAME/pause|resume|cancel",
                                          "POST /fts/restore", "POST /sync/SOURCE",
-                                         "POST /mirror/reconcile"]
+                                         "POST /mirror/reconcile", "POST /mirror/retry"]

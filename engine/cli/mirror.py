@@ -1,7 +1,8 @@
 """`sqlwarden mirror`: the MySQL mirror reconciled with SQLite, or verified against it.
 
 Exit codes beyond the usual: 3 when the mirror's server cannot be reached;
-verify exits 1 when something differs.
+verify exits 1 when something differs, and 4 when the mirror equals SQLite
+except for quarantined rows (rows the mirror could not take, listed).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlwarden.cli.client import EngineRefused, engine_if_running
-from sqlwarden.cli.output import PROG, one_line, print_error
+from sqlwarden.cli.output import PROG, local_time, one_line, print_error
 from sqlwarden.config import Config, load_config
+
+#: `mirror verify`'s exit code when the only difference is quarantined rows.
+QUARANTINED_EXIT = 4
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `mirror reconcile` and `mirror verify` to the command line."""
+    """Add `mirror reconcile`, `mirror verify` and `mirror retry` to the command line."""
     mirror = commands.add_parser(
         "mirror", help="reconcile or verify the MySQL mirror",
         description="The mirror copies the tables listed under `mirror:` to a MySQL-compatible "
@@ -42,12 +46,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify = actions.add_parser(
         "verify", help="compare SQLite and the mirror; change nothing",
         description="Read CONFIG's database (read-only) and the mirror, and report per table "
-                    "the key ranges whose row count or checksum differ. Creates and changes "
-                    "nothing on either side. Exits 0 when in sync, 1 when something differs, "
-                    "2 for a config or login problem, 3 when the server cannot be reached.")
+                    "the key ranges whose row count or checksum differ, and the rows in "
+                    "quarantine (rows the mirror could not take: they are left out of the "
+                    "comparison). Creates and changes nothing on either side. Exits 0 when in "
+                    "sync, 1 when something differs, 2 for a config or login problem, 3 when "
+                    "the server cannot be reached, 4 when in sync except for quarantined rows.")
     verify.add_argument("config", metavar="CONFIG", help="the YAML config file")
     verify.add_argument("--json", action="store_true", help="print JSON instead of a table")
     verify.set_defaults(func=cmd_mirror_verify)
+    retry = actions.add_parser(
+        "retry", help="send the quarantined rows to the mirror again",
+        description="Rows the mirror could not take (a value the server refuses or cannot "
+                    "hold) wait in quarantine until they change. This puts every one back in "
+                    "the outbox now: each is sent again, leaves the quarantine once it is on "
+                    "the server, or stays with the new reason. Asks the running engine when "
+                    "there is one; otherwise starts the engine on CONFIG for this.")
+    retry.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    retry.set_defaults(func=cmd_mirror_retry)
 
 
 def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
@@ -91,6 +106,7 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_mirror_verify(args: argparse.Namespace) -> int:
     from sqlwarden.errors import MirrorError
+    from sqlwarden.mirror.quarantine import entries
     from sqlwarden.mirror.session import MirrorSession, outbox_depth, table_check
 
     config = _load_mirrored(args.config)
@@ -102,6 +118,7 @@ def cmd_mirror_verify(args: argparse.Namespace) -> int:
         reports = session.reconcile(apply=False)
         assert session.reader is not None
         depth = outbox_depth(session.reader)[0] if session.has_outbox() else 0
+        held, shown = entries(session.reader)
     except MirrorError as exc:
         print_error(one_line(exc))
         return 3 if exc.retryable else 2
@@ -109,21 +126,58 @@ def cmd_mirror_verify(args: argparse.Namespace) -> int:
         session.close()
     checks = [table_check(r) for r in reports]
     differs = any(c.differing for c in checks)
+    code = 1 if differs else QUARANTINED_EXIT if held else 0
     if args.json:
         print(json.dumps({"in_sync": not differs, "outbox_depth": depth,
                           "seconds": round(time.monotonic() - started, 3),
-                          "tables": [dataclasses.asdict(c) for c in checks]},
+                          "tables": [dataclasses.asdict(c) for c in checks],
+                          "quarantined": held, "quarantined_rows": shown},
                          indent=2, default=str))
-        return 1 if differs else 0
+        return code
     print(f"verify of {config.mirror.dsn.where} (scope {config.mirror.scope!r}) took "
           f"{time.monotonic() - started:.2f}s")
     _print_checks(checks, verb="verify")
     if depth:
         print(f"  {depth:,} changes are still in the outbox; a running engine sends them "
               "shortly, so some differences may be only those")
-    print("in sync" if not differs else "the mirror differs from SQLite; run "
-          f"`{PROG} mirror reconcile {args.config}` to repair it")
-    return 1 if differs else 0
+    if held:
+        print(f"  {held:,} rows are quarantined (not on the mirror; left out of the "
+              "comparison):")
+        for entry in shown:
+            print(f"    {entry['table']} key {entry['key']!r} since {local_time(entry['at'])}: "
+                  f"{entry['reason']}")
+        if held > len(shown):
+            print(f"    ... and {held - len(shown):,} more")
+    if differs:
+        print("the mirror differs from SQLite; run "
+              f"`{PROG} mirror reconcile {args.config}` to repair it")
+    elif held:
+        print("in sync except for the quarantined rows; they are sent when they change, or "
+              f"now with `{PROG} mirror retry {args.config}`")
+    else:
+        print("in sync")
+    return code
+
+
+def cmd_mirror_retry(args: argparse.Namespace) -> int:
+    config = _load_mirrored(args.config)
+    engine = engine_if_running(config)
+    if engine is not None:
+        try:
+            out = engine.post("/mirror/retry")
+        except EngineRefused as exc:
+            print_error(exc.message)
+            return 3 if exc.unavailable else 1
+        queued = int(out["queued"])
+        print(f"asked the running engine at {engine.url}")
+    else:
+        from sqlwarden.facade import Engine
+
+        with Engine(config, start_tasks=False) as running:
+            queued = running.mirror.retry_quarantined()
+    print(f"{queued:,} quarantined rows are queued to be sent again" if queued
+          else "no row is quarantined")
+    return 0
 
 
 def _load_mirrored(file: str) -> Config:

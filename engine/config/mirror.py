@@ -89,7 +89,7 @@ def parse_mirror(at: At, tables: tuple[TableConfig, ...]) -> MirrorConfig:
                 "scope_column")
     values = converted(keys, {
         "enabled": At.boolean,
-        "key_chars": lambda a: a.integer(1, 760),
+        "key_chars": lambda a: a.integer(1, 768),
         "batch_rows": lambda a: a.integer(1, 100_000),
         "range_rows": lambda a: a.integer(10, 10_000_000),
         "poll_ms": lambda a: a.integer(10, 60_000),

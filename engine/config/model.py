@@ -337,9 +337,11 @@ class MirrorConfig:
     #: This device's value of the scope column; rows of other scopes are never touched.
     scope: str
     scope_column: str = "sw_scope"
-    #: Width of a text key column in the mirror (`VARCHAR(n)`; InnoDB keys are limited
-    #: to 3072 bytes, 4 per character in utf8mb4).
-    key_chars: int = 191
+    #: Most characters of a text key column in the mirror (`VARCHAR(n)`). The mirror
+    #: makes it as wide as an InnoDB index can hold (3072 bytes, 4 per character in
+    #: utf8mb4, shared with the scope and the other key columns): 703 for a lone text
+    #: key. A smaller value here narrows it.
+    key_chars: int = 768
     #: Outbox keys per drain transaction, and rows per multi-row statement.
     batch_rows: int = 1000
     #: Rows per key range when comparing checksums during a reconcile.

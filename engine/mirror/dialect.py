@@ -7,9 +7,21 @@ reads back equal to what SQLite holds and both sides order keys alike:
 |---------------------|-------------------------------------|-----------------------|
 | integer, boolean    | BIGINT                              | BIGINT                |
 | real                | DOUBLE                              | DOUBLE                |
-| text                | VARCHAR(key_chars) utf8mb4_nopad_bin| LONGTEXT utf8mb4_bin  |
+| text                | VARCHAR(n) utf8mb4_nopad_bin        | LONGTEXT utf8mb4_bin  |
 | timestamp           | VARCHAR(64) utf8mb4_nopad_bin       | VARCHAR(64) utf8mb4_bin |
 | blob                | VARBINARY(767)                      | LONGBLOB              |
+
+A text key column is as wide as an InnoDB index can hold: every index of
+a mirror table is at most 3072 bytes, utf8mb4 counts 4 bytes a character,
+and the scope column (64 characters) and the digest share it, so a table
+with one text key holds keys of up to 703 characters (`key_widths`; the
+config's `key_chars` can only narrow it).
+
+A value the mirror cannot hold as it is (a non-finite float, a key or a
+timestamp longer than its column) is never sent: `refusal` names why, and
+the row is quarantined (`sqlwarden.mirror.quarantine`). So is a row the
+server refuses (`ROW_ERRNOS`): those errors are about one row's data, not
+the table or the connection.
 
 Timestamps stay the exact text SQLite stores (ISO-8601), so fractional
 seconds and offsets are never rounded away. Text keys use a binary NO PAD
@@ -30,10 +42,11 @@ shortest text that reads back as the same double, in MariaDB's layout (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlwarden.config import ColumnConfig, MirrorConfig, MysqlDsn, TableConfig
+from sqlwarden.config import ColumnConfig, IndexConfig, MirrorConfig, MysqlDsn, TableConfig
 from sqlwarden.db.sql import quote
 from sqlwarden.errors import MirrorError
 from sqlwarden.mirror.driver import load_driver
@@ -43,6 +56,14 @@ from sqlwarden.redact import Redactor
 DIGEST_COLUMN = "sw_digest"
 TIMESTAMP_CHARS = 64
 BLOB_KEY_BYTES = 767
+#: Characters of the scope column (the value is validated to fit).
+SCOPE_CHARS = 64
+#: What one InnoDB index may hold (utf8mb4 counts 4 bytes per character).
+INDEX_BYTES = 3072
+CHAR_BYTES = 4
+#: Bytes a fixed-width column takes in an index, by logical type.
+_FIXED_KEY_BYTES = {"integer": 8, "boolean": 8, "real": 8,
+                    "timestamp": TIMESTAMP_CHARS * CHAR_BYTES, "blob": BLOB_KEY_BYTES}
 #: Seconds a statement may take before the connection counts as lost.
 QUERY_TIMEOUT_S = 120
 
@@ -78,6 +99,23 @@ FATAL_ERRNOS = frozenset({
     1118,  # row size too large
     1071,  # key too long
 })
+#: Errors about one row's data, not the table or the connection: a statement that
+#: meets one is retried in halves to find the row(s), which are quarantined.
+ROW_ERRNOS = frozenset({
+    1048,  # column cannot be null
+    1264, 1690,  # value out of range
+    1292,  # incorrect (date, number) value
+    1366,  # incorrect string value (not valid in the column's character set)
+    1406,  # data too long for the column
+    3140,  # invalid JSON
+    4025,  # CHECK constraint failed
+})
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """Whether the server refused a statement for a row's data (see `ROW_ERRNOS`)."""
+    errno = getattr(exc, "errno", None)
+    return errno in ROW_ERRNOS
 
 
 def mysql_error(exc: BaseException, *, where: str = "",
@@ -240,16 +278,100 @@ def _mariadb_layout(text: str) -> str:
     return f"{sign}{head}e{sci}"
 
 
+def key_widths(table: TableConfig, config: MirrorConfig) -> dict[str, int]:
+    """Characters of each text key column: what is left of one index's bytes once the
+    scope, the other key columns and the digest are in, shared out (at most `key_chars`)."""
+    texts = [c for c in table.primary_key if table.column(c).type == "text"]
+    if not texts:
+        return {}
+    fixed = sum(_FIXED_KEY_BYTES.get(table.column(c).type, 0) for c in table.primary_key
+                if c not in texts)
+    left = INDEX_BYTES - SCOPE_CHARS * CHAR_BYTES - fixed - 4  # 4: the digest, INT
+    width = max(1, min(config.key_chars, left // CHAR_BYTES // len(texts)))
+    return {c: width for c in texts}
+
+
+class RowCheck:
+    """Finds, before sending, the values of a row the mirror cannot hold (`refusal`)."""
+
+    def __init__(self, table: TableConfig, config: MirrorConfig) -> None:
+        widths = key_widths(table, config)
+        key = set(table.primary_key)
+        #: (position, column name, most characters or bytes, what it is) to measure
+        self._sized: list[tuple[int, str, int, str]] = []
+        for i, column in enumerate(table.columns):
+            if column.name in widths:
+                self._sized.append((i, column.name, widths[column.name], "text key"))
+            elif column.type == "timestamp":
+                self._sized.append((i, column.name, TIMESTAMP_CHARS, "timestamp text"))
+            elif column.type == "blob" and column.name in key:
+                self._sized.append((i, column.name, BLOB_KEY_BYTES, "blob key"))
+        # Mirrored tables are STRICT: only a REAL column can hold a float.
+        self._reals = [(i, c.name) for i, c in enumerate(table.columns) if c.type == "real"]
+
+    def refusal(self, row: Sequence[Any]) -> str | None:
+        """Why the mirror cannot hold `row` as it is, or None when it can."""
+        for i, name in self._reals:
+            value = row[i]
+            # A NaN or an infinity has no MySQL DOUBLE (nor a literal the server reads).
+            if type(value) is float and not math.isfinite(value):
+                return f"non-finite float in column {name} ({value!r})"
+        for i, name, most, what in self._sized:
+            value = row[i]
+            if isinstance(value, (str, bytes)) and len(value) > most:
+                unit = "bytes" if isinstance(value, bytes) else "characters"
+                return (f"{what} in column {name} is {len(value):,} {unit}; the mirror "
+                        f"column holds {most:,}")
+        return None
+
+
+def index_sql(table: TableConfig, config: MirrorConfig, index: IndexConfig) -> str:
+    """The mirror's form of a declared secondary index: scope first, text cut to fit.
+
+    Never UNIQUE: uniqueness is SQLite's to enforce, and a unique mirror index would
+    make an upsert of one row update another (ON DUPLICATE KEY matches any unique key).
+    """
+    widths = key_widths(table, config)
+    sized: dict[str, int] = {}
+    fixed = 0
+    for name in index.columns:
+        column = table.column(name)
+        if column.type in ("integer", "boolean", "real"):
+            fixed += 8
+        elif name in widths and column.type == "text":
+            sized[name] = widths[name] * CHAR_BYTES
+        elif column.type == "timestamp":
+            sized[name] = TIMESTAMP_CHARS * CHAR_BYTES
+        elif column.type == "blob" and name in table.primary_key:
+            sized[name] = BLOB_KEY_BYTES
+        else:
+            sized[name] = 0  # LONGTEXT or LONGBLOB: only a prefix can be indexed
+    share = (INDEX_BYTES - SCOPE_CHARS * CHAR_BYTES - fixed) // max(1, len(sized))
+    parts = [mq(config.scope_column)]
+    for name in index.columns:
+        column = table.column(name)
+        if name not in sized or (sized[name] and sized[name] <= share):
+            parts.append(mq(name))
+        elif column.type == "blob":
+            parts.append(f"{mq(name)}({share})")
+        else:
+            parts.append(f"{mq(name)}({share // CHAR_BYTES})")
+    return f"INDEX {mq(index.name)} ({', '.join(parts)})"
+
+
 def create_table_sql(table: TableConfig, config: MirrorConfig) -> str:
-    """CREATE TABLE for `table`'s mirror: scope column first, then columns, then the digest."""
+    """CREATE TABLE for `table`'s mirror: scope column first, then columns, then the digest,
+    with the declared secondary indexes."""
     key = set(table.primary_key)
+    widths = key_widths(table, config)
     scope = (f"{mq(config.scope_column)} VARCHAR(64) CHARACTER SET utf8mb4 "
              "COLLATE utf8mb4_nopad_bin NOT NULL")
     columns = [scope]
     for column in table.columns:
         null = " NOT NULL" if column.not_null or column.name in key else " NULL"
+        chars = widths.get(column.name, config.key_chars)
         columns.append(f"{mq(column.name)} "
-                       f"{column_type(column, key=column.name in key, key_chars=config.key_chars)}"
+                       f"{column_type(column, key=column.name in key, key_chars=chars)}"
                        f"{null}")
     columns.append(f"{mq(DIGEST_COLUMN)} INT UNSIGNED AS (CRC32({mysql_canonical(table)})) "
                    "STORED")
@@ -257,6 +379,7 @@ def create_table_sql(table: TableConfig, config: MirrorConfig) -> str:
     columns.append(f"PRIMARY KEY ({pk})")
     # Key and digest side by side: a checksum pass reads this narrow index, not the rows.
     columns.append(f"KEY {mq(DIGEST_COLUMN)} ({pk}, {mq(DIGEST_COLUMN)})")
+    columns.extend(index_sql(table, config, index) for index in table.indexes)
     return (f"CREATE TABLE IF NOT EXISTS {mq(table.name)} (\n  " + ",\n  ".join(columns)
             + "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin")
 

@@ -10,7 +10,7 @@ outbox rows and stored ranges go to it as messages.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -95,8 +95,9 @@ def range_where(table: TableConfig, low: Key | None, high: Key | None) -> tuple[
 
 
 def read_ranges(conn: apsw.Connection, table: TableConfig, low: Key | None, high: Key | None,
-                size: int) -> Iterator[KeyRange]:
-    """SQLite's rows above `low` up to `high`, as ranges of `size` keys with their rows."""
+                size: int, *, skip: Container[Key] = frozenset()) -> Iterator[KeyRange]:
+    """SQLite's rows above `low` up to `high`, as ranges of `size` keys with their rows;
+    keys in `skip` (quarantined: the mirror does not hold them) are left out."""
     width = len(table.primary_key)
     where, params = range_where(table, low, high)
     cursor = conn.execute(
@@ -104,7 +105,10 @@ def read_ranges(conn: apsw.Connection, table: TableConfig, low: Key | None, high
         f"FROM {quote(table.name)} {where} ORDER BY {column_list(table.primary_key)}", params)
     cutter = Cutter(size, low, keep_rows=True)
     for row in cursor:
-        done = cutter.add(row[:width], row_digest(row[width]))
+        key = row[:width]
+        if skip and key in skip:
+            continue
+        done = cutter.add(key, row_digest(row[width]))
         if done is not None:
             yield done
     yield from cutter.finish(high)

@@ -15,6 +15,12 @@ changed since are read again: a restart in sync reads no SQLite rows. Stored
 ranges that do not add up to the table's row count are distrusted and the
 table is read whole.
 
+Quarantined keys (`quarantine`) are left out on both sides: SQLite's rows
+of them are skipped, and the mirror holding one is an orphan to delete. A
+row the server refuses while copied is quarantined (the step yields the
+`QuarantineMirrorRows` the Writer must apply) and its range's count and
+digest lose it, so the next reconcile finds the range equal.
+
 The generator yields after each range (or each commit of a copy); the
 Mirror actor sends itself one message per step, so it answers status, stop
 and other requests between ranges.
@@ -27,7 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import apsw
 
@@ -42,9 +48,9 @@ from sqlwarden.mirror.dialect import (
     key_upto,
     mq,
     sqlite_canonical,
-    upsert_statements,
 )
 from sqlwarden.mirror.local import read_ranges, rows_by_keys, snapshot
+from sqlwarden.mirror.quarantine import Item, Refused, RowSender, recorded
 from sqlwarden.mirror.ranges import (
     Cutter,
     Key,
@@ -54,9 +60,10 @@ from sqlwarden.mirror.ranges import (
     merged,
     range_shape,
     row_digest,
+    shown,
     stored_key,
 )
-from sqlwarden.protocol import SaveMirrorRanges
+from sqlwarden.protocol import QuarantineMirrorRows, SaveMirrorRanges
 
 if TYPE_CHECKING:
     from sqlwarden.mirror.session import MirrorSession
@@ -67,7 +74,8 @@ log = logging.getLogger(__name__)
 _COPY_COMMIT_ROWS = 20_000
 #: What a step hands back: a message the Writer must apply before the reconcile goes
 #: on, or None after a unit of work.
-Step = SaveMirrorRanges | None
+Step = SaveMirrorRanges | QuarantineMirrorRows | None
+T = TypeVar("T")
 
 
 class Reconciler:
@@ -76,6 +84,8 @@ class Reconciler:
     def __init__(self, session: MirrorSession) -> None:
         self.session = session
         self.mirror = session.mirror
+        #: Rows of the table under way the mirror could not take.
+        self._refused: list[Refused] = []
 
     def steps(self, *, apply: bool = True) -> Generator[Step, None, list[TableReport]]:
         """Compare every mirrored table, one range per step; with `apply`, make the mirror
@@ -109,11 +119,15 @@ class Reconciler:
     def _table(self, table: TableConfig, *, apply: bool) -> Generator[Step, None, TableReport]:
         assert self.session.reader is not None and self.session.stored is not None
         report = TableReport(table=table.name)
+        self._refused = []
         with snapshot(self.session.reader):
             count = f"SELECT count(*) FROM {quote(table.name)}"
             row = self.session.reader.execute(count).fetchone()
             total = int(row[0]) if row is not None else 0
             report.sqlite_rows = total
+            held = self.session.quarantined.of(table.name)
+            if held:  # quarantined rows are in no range
+                total -= len(rows_by_keys(self.session.reader, table, sorted(held)))
             if not self.session.has_rows(table):
                 ranges = yield from self._copy_all(table, report, apply=apply)
             else:
@@ -127,6 +141,8 @@ class Reconciler:
                     report.ranges, report.mirror_rows = 0, 0
                     report.differing.clear()
                     ranges = yield from self._compare(table, report, None, apply=apply)
+            if self._refused:
+                yield self._quarantine(table)
             if self.session.stored.available:
                 self.session.stored.forget(table.name)
                 yield SaveMirrorRanges(
@@ -135,6 +151,16 @@ class Reconciler:
                                  for r in merged(ranges, self.mirror.range_rows)))
         report.skipped = not report.differing
         return report
+
+    def _quarantine(self, table: TableConfig) -> QuarantineMirrorRows:
+        """What the Writer must record for the rows of `table` the mirror did not take."""
+        for refused in self._refused:
+            self.session.quarantined.add(table.name, refused.key)
+            log.warning("mirror: quarantined %s key %.100r: %s", table.name,
+                        shown(refused.key), refused.reason)
+        message = QuarantineMirrorRows(add=recorded(table, self._refused, time.time()))
+        self._refused = []
+        return message
 
     def _copy_all(self, table: TableConfig, report: TableReport, *,
                   apply: bool) -> Generator[Step, None, list[KeyRange]]:
@@ -147,9 +173,10 @@ class Reconciler:
             report.differing.append(RangeDiff(low=None, high=None, sqlite_rows=total,
                                               mirror_rows=0))
         report.sqlite_read = total
+        skip = self.session.quarantined.of(table.name)
         if not apply or not total:
             read = []
-            for r in read_ranges(self.session.reader, table, None, None, size):
+            for r in read_ranges(self.session.reader, table, None, None, size, skip=skip):
                 r.chunk = None
                 read.append(r)
             return read
@@ -161,22 +188,29 @@ class Reconciler:
             f"ORDER BY {column_list(pk)}")
         cutter = Cutter(size, None, keep_rows=False)
         ranges: list[KeyRange] = []
+        sender = RowSender(table, self.mirror, self.session.literals, self.mirror.batch_rows)
+        refused: list[Refused] = []  # appended to by both threads
 
         def rows() -> Iterator[tuple[Any, ...]]:
             for row in source:
-                done = cutter.add(row[:width], row_digest(row[width]))
+                key = row[:width]
+                if skip and key in skip:
+                    continue
+                done = cutter.add(key, row_digest(row[width]))
                 if done is not None:
                     ranges.append(done)
                 yield row[width + 1:]
             ranges.extend(cutter.finish(None))
 
-        statements = upsert_statements(table, self.mirror, self.session.literals, rows(),
-                                       self.mirror.batch_rows)
+        def statements() -> Iterator[tuple[list[Item], bytes]]:
+            for batch in sender.batches(rows(), refused):
+                yield batch, sender.statement(batch)
+
         per_commit = max(1, _COPY_COMMIT_ROWS // self.mirror.batch_rows)
         cursor = self.session.cursor()
         try:
-            for i, sql in enumerate(_ahead(statements), start=1):
-                cursor.execute(sql)
+            for i, (batch, sql) in enumerate(_ahead(statements()), start=1):
+                sender.send(cursor, batch, refused, sql)
                 if i % per_commit == 0:
                     self.session.conn.commit()
                     self.session.progress(table.name, min(total, i * self.mirror.batch_rows), total)
@@ -185,8 +219,31 @@ class Reconciler:
         finally:
             cursor.close()
         self.session.progress(table.name, total, total)
-        report.copied = total
+        report.copied = total - len(refused)
+        if refused:
+            self._set_aside(table, ranges, refused)
         return ranges
+
+    def _set_aside(self, table: TableConfig, ranges: list[KeyRange],
+                   refused: list[Refused]) -> None:
+        """Take refused rows out of the ranges that counted them, for quarantine."""
+        for r in refused:
+            digest = self._digest(table, r.key)
+            if digest is not None:
+                found = next(k for k in ranges if k.high is None or r.key <= k.high)
+                found.rows -= 1
+                found.digest = cast(int, found.digest) - digest
+        self._refused.extend(refused)
+
+    def _digest(self, table: TableConfig, key: Key) -> int | None:
+        """The row digest of `key` in SQLite, None when there is no such row."""
+        assert self.session.reader is not None
+        names = column_list(table.primary_key)
+        marks = ", ".join("?" * len(key))
+        row = self.session.reader.execute(
+            f"SELECT {sqlite_canonical(table)} FROM {quote(table.name)} "
+            f"WHERE ({names}) = ({marks})", key).fetchone()
+        return None if row is None else row_digest(row[0])
 
     # --- comparing ----------------------------------------------------------------------
 
@@ -194,14 +251,16 @@ class Reconciler:
         """The ranges to compare: stored ones still known as they are, the rest read."""
         assert self.session.reader is not None
         size = self.mirror.range_rows
+        skip = self.session.quarantined.of(table.name)
         if stored is None:
-            yield from read_ranges(self.session.reader, table, None, None, size)
+            yield from read_ranges(self.session.reader, table, None, None, size, skip=skip)
             return
         for known in stored:
             if known.digest is not None:
                 yield known
             else:
-                yield from read_ranges(self.session.reader, table, known.low, known.high, size)
+                yield from read_ranges(self.session.reader, table, known.low, known.high, size,
+                                       skip=skip)
 
     def _range_where(self, table: TableConfig, low: Key | None,
                      high: Key | None) -> tuple[str, list[Any]]:
@@ -233,9 +292,9 @@ class Reconciler:
             report.mirror_rows += mirror[0]
             if r.chunk is None and mirror != (r.rows, r.digest):
                 # A stored range the mirror disagrees with: read SQLite's rows of it.
-                r.chunk = [pair for piece in read_ranges(self.session.reader, table, r.low, r.high,
-                                                         self.mirror.range_rows)
-                           for pair in piece.chunk or ()]
+                r.chunk = [pair for piece in read_ranges(
+                    self.session.reader, table, r.low, r.high, self.mirror.range_rows,
+                    skip=self.session.quarantined.of(table.name)) for pair in piece.chunk or ()]
                 r.rows, r.digest = len(r.chunk), sum(d for _, d in r.chunk)
             if r.chunk is not None:
                 report.sqlite_read += r.rows
@@ -244,9 +303,12 @@ class Reconciler:
                 report.differing.append(RangeDiff(low=r.low, high=r.high, sqlite_rows=r.rows,
                                                   mirror_rows=mirror[0]))
                 if apply:
-                    copied, deleted = self._repair(table, r.chunk or [], where, params)
+                    copied, deleted, refused = self._repair(table, r.chunk or [], where,
+                                                            params)
                     report.copied += copied
                     report.deleted += deleted
+                    if refused:
+                        self._set_aside(table, [r], refused)
             self.session.progress(table.name, done, report.sqlite_rows)
             r.chunk = None
             out.append(r)
@@ -273,8 +335,9 @@ class Reconciler:
             cursor.close()
 
     def _repair(self, table: TableConfig, chunk: list[tuple[Key, int]], where: str,
-                params: Sequence[Any]) -> tuple[int, int]:
-        """Merge the range's two sorted (key, digest) streams; fix what differs."""
+                params: Sequence[Any]) -> tuple[int, int, list[Refused]]:
+        """Merge the range's two sorted (key, digest) streams; fix what differs. Returns
+        rows copied, rows deleted, and the rows the mirror did not take."""
         assert self.session.reader is not None and self.session.literals is not None
         mirror = list(self._mirror_digests(table, where, params))
         orphans: list[Key] = []
@@ -298,16 +361,19 @@ class Reconciler:
                                          self.mirror.batch_rows):
                 cursor.execute(sql)
             rows = rows_by_keys(self.session.reader, table, wanted)
-            for sql in upsert_statements(table, self.mirror, self.session.literals, rows,
-                                         self.mirror.batch_rows):
+            refused = RowSender(table, self.mirror, self.session.literals,
+                                self.mirror.batch_rows).upsert(cursor, rows)
+            # An older version on the mirror would pass for a refused row: take it off.
+            for sql in delete_statements(table, self.mirror, self.session.literals,
+                                         [r.key for r in refused], self.mirror.batch_rows):
                 cursor.execute(sql)
             self.session.conn.commit()
         finally:
             cursor.close()
-        return len(rows), len(orphans)
+        return len(rows) - len(refused), len(orphans), refused
 
 
-def _ahead(items: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+def _ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Produce `items` on another thread, `depth` ahead, so building overlaps sending."""
     out: queue.Queue[Any] = queue.Queue(maxsize=depth)
     done = object()

@@ -11,6 +11,9 @@ or verifies whole tables:
   batch's last sequence number. A key changed again meanwhile got a new,
   higher sequence number, so it stays pending. A crash anywhere repeats a
   batch, which the upserts and deletes make harmless.
+- Quarantine: a row the mirror cannot hold, or the server refuses, is set
+  aside alone (`quarantine`); the batch commits without it, and the caller
+  records it through the Writer with the outbox rows it drains.
 - Reconcile and verify: `reconcile_steps` compares every table range by
   range (`reconcile`), one step at a time, so the actor answers status, stop
   and other requests between ranges.
@@ -38,9 +41,9 @@ from sqlwarden.mirror.dialect import (
     create_table_sql,
     delete_statements,
     expected_columns,
+    index_sql,
     mq,
     mysql_error,
-    upsert_statements,
 )
 from sqlwarden.mirror.driver import driver_name
 from sqlwarden.mirror.local import (
@@ -51,6 +54,7 @@ from sqlwarden.mirror.local import (
     rows_by_keys,
     snapshot,
 )
+from sqlwarden.mirror.quarantine import Quarantined, Refused, RowSender, row_key
 from sqlwarden.mirror.ranges import (
     Key,
     TableReport,
@@ -58,7 +62,7 @@ from sqlwarden.mirror.ranges import (
     table_check,
 )
 from sqlwarden.mirror.reconcile import Reconciler, Step
-from sqlwarden.protocol import SaveMirrorRanges
+from sqlwarden.protocol import Message
 from sqlwarden.redact import Redactor
 
 __all__ = ["DrainBatch", "MirrorSession", "outbox_depth", "table_check"]
@@ -81,6 +85,17 @@ class DrainBatch:
     changed_at: list[float]
     #: (table, ord) of stored ranges with a digest that hold drained keys
     stale_ranges: tuple[tuple[str, int], ...] = ()
+    #: keys whose rows SQLite cannot hand over as text (not valid UTF-8)
+    unreadable: tuple[Refused, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    """What a drain batch left out (quarantined) and which quarantined keys it sent."""
+
+    refused: list[Refused]
+    #: (table, key) of keys that were quarantined and are now on the server (or deleted)
+    released: list[tuple[str, Key]]
 
 
 class MirrorSession:
@@ -103,6 +118,7 @@ class MirrorSession:
         self.server_version = ""
         #: Mirror tables not on the server (only when opened with `create=False`).
         self.missing: set[str] = set()
+        self.quarantined = Quarantined()
 
     @property
     def where(self) -> str:
@@ -133,6 +149,7 @@ class MirrorSession:
         if self.reader is None:
             self.reader = open_mirror_reader(self.config)
         self.stored = StoredRanges(self.reader)
+        self.quarantined = Quarantined.load(self.reader, self.tables)
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -176,7 +193,21 @@ class MirrorSession:
                     f"mirror table {table.name} has columns ({', '.join(found)}) but the "
                     f"config needs ({', '.join(want)}); alter or drop it on the server",
                     table=table.name)
+            if create and table.indexes:
+                self._add_indexes(table)
         self.conn.commit()
+
+    def _add_indexes(self, table: TableConfig) -> None:
+        """Declared secondary indexes a mirror table made earlier lacks, added now."""
+        have = {str(r[0]).lower() for r in self.query(
+            "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (self.mirror.dsn.database, table.name))}
+        for index in table.indexes:
+            if index.name.lower() not in have:
+                log.info("mirror: adding index %s to %s", index.name, table.name)
+                self.query(f"ALTER TABLE {mq(table.name)} ADD "
+                           f"{index_sql(table, self.mirror, index)}")
 
     def has_outbox(self) -> bool:
         """Whether the database has an outbox yet (an older engine's may not)."""
@@ -203,33 +234,66 @@ class MirrorSession:
             upserts: dict[str, list[tuple[Any, ...]]] = {}
             deletes: dict[str, list[Key]] = {}
             stale: list[tuple[str, int]] = []
+            unreadable: list[Refused] = []
             for name, wanted in keys.items():
                 table = by_name[name]
-                rows = rows_by_keys(self.reader, table, wanted)
-                positions = [table.column_names.index(c) for c in table.primary_key]
-                present = {tuple(row[i] for i in positions) for row in rows}
+                rows, bad = self._current_rows(table, wanted)
+                unreadable.extend(bad)
+                key = row_key(table)
+                present = {key(row) for row in rows} | {r.key for r in bad}
                 upserts[name] = rows
                 deletes[name] = [k for k in wanted if k not in present]
                 stale.extend((name, i) for i in self.stored.holding(table, wanted))
         return DrainBatch(upto_seq=pending[-1][0], entries=len(pending), upserts=upserts,
                           deletes=deletes, changed_at=[row[3] for row in pending],
-                          stale_ranges=tuple(stale))
+                          stale_ranges=tuple(stale), unreadable=tuple(unreadable))
 
-    def apply_batch(self, batch: DrainBatch) -> None:
-        """Write one drain batch to the server in one transaction."""
+    def _current_rows(self, table: TableConfig, keys: list[Key]
+                      ) -> tuple[list[tuple[Any, ...]], list[Refused]]:
+        """The rows of `keys` that exist, and the keys whose row cannot be read as text."""
+        assert self.reader is not None
+        try:
+            return rows_by_keys(self.reader, table, keys), []
+        except UnicodeDecodeError:
+            pass  # another program stored bytes as TEXT: find the rows one by one
+        rows: list[tuple[Any, ...]] = []
+        bad: list[Refused] = []
+        for key in keys:
+            try:
+                rows.extend(rows_by_keys(self.reader, table, [key]))
+            except UnicodeDecodeError as exc:
+                bad.append(Refused(table.name, key, f"text that is not valid UTF-8 ({exc})"))
+        return rows, bad
+
+    def apply_batch(self, batch: DrainBatch) -> DrainOutcome:
+        """Write one drain batch to the server in one transaction, all but the rows the
+        mirror cannot hold: those are taken off the mirror and returned to quarantine."""
         assert self.literals is not None
         cursor = None
+        outcome = DrainOutcome(refused=list(batch.unreadable), released=[])
         try:
             cursor = self.cursor()
             for table in self.tables:
-                for sql in delete_statements(table, self.mirror, self.literals,
-                                             batch.deletes.get(table.name, []),
+                name = table.name
+                deletes = batch.deletes.get(name, [])
+                for sql in delete_statements(table, self.mirror, self.literals, deletes,
                                              self.mirror.batch_rows):
                     cursor.execute(sql)
-                for sql in upsert_statements(table, self.mirror, self.literals,
-                                             batch.upserts.get(table.name, []),
+                rows = batch.upserts.get(name, [])
+                sender = RowSender(table, self.mirror, self.literals, self.mirror.batch_rows)
+                refused = sender.upsert(cursor, rows)
+                gone = [r.key for r in (*batch.unreadable, *refused) if r.table == name]
+                # An older version on the mirror would pass for the row: take it off.
+                for sql in delete_statements(table, self.mirror, self.literals, gone,
                                              self.mirror.batch_rows):
                     cursor.execute(sql)
+                outcome.refused.extend(refused)
+                held = self.quarantined.of(name)
+                if held:
+                    out = set(gone)
+                    outcome.released.extend(
+                        (name, k) for k in (*deletes, *map(sender.key, rows))
+                        if k in held and k not in out)
             self.conn.commit()
         except Exception as exc:
             self.rollback()
@@ -238,11 +302,18 @@ class MirrorSession:
             if cursor is not None:
                 with contextlib.suppress(Exception):
                     cursor.close()
+        for entry in outcome.refused:
+            self.quarantined.add(entry.table, entry.key)
+            log.warning("mirror: quarantined %s key %.100r: %s", entry.table,
+                        entry.key[0] if len(entry.key) == 1 else entry.key, entry.reason)
+        for name, key in outcome.released:
+            self.quarantined.discard(name, key)
+        return outcome
 
     # --- reconcile and verify -----------------------------------------------------------
 
     def reconcile(self, *, apply: bool = True,
-                  on_request: Callable[[SaveMirrorRanges], None] | None = None
+                  on_request: Callable[[Message], None] | None = None
                   ) -> list[TableReport]:
         """The whole reconcile (or with `apply=False` verify) at once; `on_request`
         applies what it needs the Writer to (without it nothing is stored)."""

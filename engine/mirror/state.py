@@ -14,6 +14,11 @@ comes next and keeps what status shows:
 - A verify first sends what the outbox holds (a bounded number of batches),
   so pending changes are not reported as drift.
 - Otherwise drain the outbox, and poll it every `poll_ms` while it is empty.
+- A Writer request the mirror needs (deleting drained outbox rows, storing
+  ranges, recording quarantined rows) that meets a wait (the database locked
+  by another program, a full disk) is sent again after a doubling backoff
+  (`resend`), before anything else and without leaving the server: the
+  mirror goes on from where it stood, and `waiting_for` says why meanwhile.
 
 The machine holds no connection and no thread: it is fed messages (asks,
 and the outcomes the actor tells itself: `mirror.up`, `mirror.down`,
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlwarden.config import MirrorConfig
+from sqlwarden.db.faults import backoff_s
 from sqlwarden.effects import After, Cancel, Effects, Fail, Reply, Tell
 from sqlwarden.errors import MirrorError, MirrorUnavailable
 from sqlwarden.mirror.ranges import percentile
@@ -54,6 +60,8 @@ VERIFY_DRAIN_BATCHES = 100
 LAG_WINDOW = 5000
 #: The timer of the next step (a poll of the outbox, or a reconnect).
 STEP = "step"
+#: What the mirror waits for while its server cannot be used and is retried.
+SERVER_AWAY = "mirror server unavailable"
 
 
 class ViewBoard:
@@ -71,7 +79,8 @@ class ViewBoard:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """The unit of work a step does: `connect`, `reconcile`, `verify` or `drain`."""
+    """The unit of work a step does: `connect`, `reconcile`, `verify`, `drain`, or
+    `resend` (the Writer request that waited)."""
 
     kind: str
     number: int = 0
@@ -102,6 +111,8 @@ class MirrorState:
         self._token = 0
         #: No step is queued: the loop waits for a timer, or for someone to ask.
         self._sleeping = True
+        #: A Writer request met a wait and is sent again (attempts so far).
+        self._writer_waits = 0
 
     # --- asks ---------------------------------------------------------------------------
 
@@ -140,6 +151,8 @@ class MirrorState:
         if token != self._token:
             return None
         self._sleeping = False
+        if self._writer_waits:
+            return Job("resend")
         if not self._connected:
             return Job("connect")
         if self._running is not None:
@@ -172,17 +185,35 @@ class MirrorState:
             return self._next_now()
         return self._next_after(self.mirror.poll_ms / 1000)
 
-    def failure(self, error: MirrorError) -> MirrorDown:
-        """The connection failed or the work could not be done: what to tell, with the wait."""
+    def failure(self, error: MirrorError, waiting_for: str | None = None) -> MirrorDown:
+        """The connection failed or the work could not be done: what to tell, with the wait
+        (`waiting_for`: what a retryable failure waits for, when not the server)."""
         self._connected = False
         self._running = None
+        self._writer_waits = 0
         self._verify_drains = 0  # the next verify drains afresh, once connected again
         self._attempt += 1
         wait = self._backoff if error.retryable else None
         if error.retryable:
             self._backoff = min(self._backoff * 2, self.mirror.backoff_max_s)
         return MirrorDown(error=str(error), retryable=error.retryable, attempt=self._attempt,
-                          retry_in_s=wait, started=self._started)
+                          retry_in_s=wait, started=self._started,
+                          waiting_for=(waiting_for or SERVER_AWAY) if error.retryable else None)
+
+    def writer_waits(self, reason: str) -> Effects:
+        """A Writer request met a wait (`reason`): send it again after a backoff."""
+        self._writer_waits += 1
+        if self._writer_waits == 1:
+            log.warning("mirror waits: %s", reason)
+        self._set(waiting_for=reason)
+        return self._next_after(backoff_s(self._writer_waits))
+
+    def writer_done(self) -> None:
+        """A Writer request went through: whatever it waited for has gone."""
+        if self._writer_waits:
+            log.info("mirror: %s no more; going on", self.view.waiting_for)
+            self._writer_waits = 0
+            self._set(waiting_for=None)
 
     def applied(self, *, entries: int, upserts: int, deletes: int, upto_seq: int,
                 changed_at: list[float]) -> Drained:
@@ -210,7 +241,7 @@ class MirrorState:
         self._backoff, self._attempt = self.mirror.backoff_initial_s, 0
         self._pending = True  # one reconcile per successful connect
         self._set(state="up", driver=message.driver, server_version=message.server, error=None,
-                  attempt=0, retry_at=None)
+                  attempt=0, retry_at=None, waiting_for=None)
         log.info("mirror: connected to %s (%s)", self.mirror.dsn.where, message.driver)
         return self._next_now()
 
@@ -219,7 +250,7 @@ class MirrorState:
         retry_at = (self._wall() + message.retry_in_s if message.retry_in_s is not None
                     else None)
         self._set(state=state, error=message.error, attempt=message.attempt,
-                  retry_at=retry_at, reconciling=False)
+                  retry_at=retry_at, reconciling=False, waiting_for=message.waiting_for)
         if message.attempt == 1:
             log.warning("mirror %s: %s", state, message.error)
         effects: Effects = []
@@ -251,8 +282,12 @@ class MirrorState:
             waiters = [w for n, w in self._verifies if n == message.number]
             self._verifies = deque((n, w) for n, w in self._verifies if n != message.number)
             return [_answer(w, view) for w in waiters] + self._continue(message)
-        self._set(reconciling=False, reconciles=self.view.reconciles + 1, last_reconcile=view,
-                  state="up" if message.error is None else self.view.state)
+        if message.error is None:
+            self._set(reconciling=False, reconciles=self.view.reconciles + 1,
+                      last_reconcile=view, state="up")
+        else:
+            self._set(reconciling=False, reconciles_failed=self.view.reconciles_failed + 1,
+                      last_reconcile=view)
         effects = [_answer(w, view) for number in [n for n in self._reconcile_waiters
                                                    if n <= message.number]
                    for w in self._reconcile_waiters.pop(number)]
