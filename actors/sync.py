@@ -115,7 +115,7 @@ class SyncActor(BaseActor):
         """Start a run's pump thread; why it could not start, or None."""
         assert self._reader is not None
         try:
-            reader = runs.make_reader(self._reader, source, plan)
+            reader = runs.make_reader(self._reader, source, plan, self.config.tables)
         except Exception as exc:
             return str(exc)
         pump = Pump(source=source, run=run, reader=reader,

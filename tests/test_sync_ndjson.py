@@ -268,8 +268,9 @@ PARENTS = """\
 
 def test_rows_the_database_refuses_become_rejects_and_the_rest_commit(tmp_path: Path) -> None:
     folder = inbox(tmp_path)
-    write_lines(folder / "a.ndjson", [json.dumps({"id": i, "parent_id": p, "label": f"c{i}"})
-                                      for i, p in ((1, 1), (2, 9), (3, 2), (4, 8), (5, 1))])
+    at = write_lines(folder / "a.ndjson", [
+        json.dumps({"id": i, "parent_id": p, "label": f"c{i}"})
+        for i, p in ((1, 1), (2, 9), (3, 2), (4, 8), (5, 1))])
     config = make_config(tmp_path, tables=PARENTS, table="children")
     with Engine(config) as engine:
         engine.write("INSERT INTO parents (id, name) VALUES (1, 'p1'), (2, 'p2')")
@@ -280,8 +281,9 @@ def test_rows_the_database_refuses_become_rejects_and_the_rest_commit(tmp_path: 
                 (1, 1), (3, 2), (5, 1)]
         stored = rejects(engine)
         assert len(stored) == 2
-        for (position, reason, raw, _), parent in zip(stored, (9, 8), strict=True):
-            assert "children" in position
+        for (position, reason, raw, _), parent, line in zip(stored, (9, 8), (1, 3),
+                                                            strict=True):
+            assert position == f"a.ndjson:{at[line]}"
             assert "the database refused the row" in reason
             assert "FOREIGN KEY constraint failed" in reason
             assert f"'parent_id': {parent}" in raw

@@ -7,6 +7,12 @@ overlaps writing the last one. It announces a large backlog to the
 FtsController (and ends that catch-up however the run ends), reports each
 committed batch (`PumpProgress`) and, once every batch it sent is answered,
 how the run ended (`PumpEnded`).
+
+A batch the Writer could not apply for a reason that passes by itself (the
+database locked by another program past the busy timeout, a full disk) does
+not end the run: the pump says what it waits for, waits with backoff (a stop
+ends the wait at once) and sends that batch and the ones after it again. Each
+batch names the count of batches before it, so none is applied twice.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlwarden.config import Config, SourceConfig
+from sqlwarden.db import faults
 from sqlwarden.errors import EngineError, EngineStopped, SyncError
 from sqlwarden.protocol import (
     BeginCatchUp,
@@ -76,6 +83,11 @@ class Pump:
         self.stop = threading.Event()
         self.rows = 0
         self.rejects = 0
+        #: Records that went in (written or already equal); none with rejects fails the run.
+        self.accepted = 0
+        self.first_reject: str | None = None
+        #: What the run waits out now (None while it goes on).
+        self.waiting_for: str | None = None
         self.total: int | None = None
         self.lease: FtsLease | None = None
         self.fts_after: FtsView | None = None
@@ -97,6 +109,10 @@ class Pump:
         error: BaseException | None = None
         try:
             self._run()
+            if self.rejects and not self.accepted and not self.interrupted:
+                raise SyncError(f"source {self.source.name}: every record was rejected "
+                                f"({self.rejects:,}); the first: {self.first_reject}",
+                                source=self.source.name)
         except BaseException as exc:  # every way out is reported to the actor
             error = exc
         ended = self._ended(error)
@@ -131,7 +147,7 @@ class Pump:
         self._progress(0, 0.0)
         if backlog.rows is not None:
             self._maybe_defer(backlog.rows)
-        in_flight: deque[tuple[Any, int, float]] = deque()
+        in_flight: deque[tuple[Any, SyncBatch, float]] = deque()
         primary: BaseException | None = None
         read = 0  # records read so far
         try:
@@ -150,10 +166,10 @@ class Pump:
                                     files=tuple(prepared.files),
                                     on_reject=self.source.on_reject, at=self._wall())
                 self._seq += 1
-                in_flight.append((self._ask("writer", message), prepared.rows,
-                                  time.perf_counter()))
+                in_flight.append((self._ask("writer", message), message, time.perf_counter()))
                 while len(in_flight) >= IN_FLIGHT:
-                    self._settle(in_flight.popleft())
+                    if not self._settle(in_flight):
+                        break
         except BaseException as exc:
             primary = exc
             raise
@@ -164,8 +180,10 @@ class Pump:
             first_error: BaseException | None = None
             while in_flight:
                 try:
-                    self._settle(in_flight.popleft())
+                    if not self._settle(in_flight):
+                        break
                 except BaseException as exc:
+                    in_flight.popleft()
                     first_error = first_error or exc
             try:
                 if self.lease is not None:
@@ -180,19 +198,61 @@ class Pump:
             self.lease = self._ask("fts", BeginCatchUp(source=self.source.name,
                                                        backlog_rows=rows)).get()
 
-    def _settle(self, item: tuple[Any, int, float]) -> None:
-        future, _, sent_at = item
-        result: SyncBatchResult = future.get()
+    def _settle(self, in_flight: deque[tuple[Any, SyncBatch, float]]) -> bool:
+        """Take the oldest batch's answer off `in_flight`; False when a stop came first.
+
+        A batch that met a wait (see `faults.wait_reason`) is sent again, with
+        every batch after it (they were refused or failed alike), after a
+        backoff; its error is raised only when it is not a wait.
+        """
+        attempt = 0
+        while True:
+            future, message, sent_at = in_flight[0]
+            try:
+                result: SyncBatchResult = future.get()
+                break
+            except EngineError as exc:
+                reason = faults.wait_reason(exc)
+                if reason is None:
+                    raise
+            # The batches after it were refused or failed alike; their answers say nothing.
+            for later, _, _ in list(in_flight)[1:]:
+                with contextlib.suppress(Exception):
+                    later.get()
+            attempt += 1
+            self._wait(reason, attempt)
+            if self.stop.wait(faults.backoff_s(attempt)):
+                self.interrupted = True
+                in_flight.clear()
+                self._wait(None, 0)
+                return False
+            log.info("source %s: run %d sends batch %d again after waiting (%s)",
+                     self.source.name, self.run, message.seq, reason)
+            sent = [m for _, m, _ in in_flight]
+            in_flight.clear()
+            in_flight.extend((self._ask("writer", m), m, time.perf_counter()) for m in sent)
+        in_flight.popleft()
         self.rows += result.rows
         self.rejects += result.rejects
+        self.accepted += result.accepted
+        if self.first_reject is None:
+            self.first_reject = result.first_reject
+        self.waiting_for = None
         self._progress(result.rows, time.perf_counter() - sent_at)
+        return True
+
+    def _wait(self, reason: str | None, attempt: int) -> None:
+        if reason is not None and attempt == 1:
+            log.warning("source %s: run %d waits: %s", self.source.name, self.run, reason)
+        self.waiting_for = reason
+        self._progress(0, 0.0)
 
     def _progress(self, batch_rows: int, batch_s: float) -> None:
         with contextlib.suppress(EngineStopped):
             self._tell("sync", PumpProgress(source=self.source.name, run=self.run,
                                             rows=self.rows, rejects=self.rejects,
                                             batch_rows=batch_rows, batch_s=batch_s,
-                                            total=self.total))
+                                            total=self.total, waiting_for=self.waiting_for))
 
     def _check_memory(self) -> None:
         limit = self.source.memory_limit_mb

@@ -8,14 +8,17 @@ The Writer applies a batch with `apply_batch` in one transaction: rows
 upserted, rejects stored, file positions advanced and the run's counters
 raised, all together. A batch names how many batches its run has committed
 and where each file stood; if the database disagrees, it is refused. So a
-batch is never applied twice, and none is applied after a gap.
+batch is never applied twice, and none is applied after a gap. A row the
+database or the driver refuses (a constraint, a STRICT type, an integer past
+64 bits, a lone surrogate) becomes a reject at its record's position, and the
+rest of the batch commits with the positions past it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any
 
@@ -26,6 +29,7 @@ from sqlwarden.config import (
     HttpSourceConfig,
     NdjsonSourceConfig,
     SourceConfig,
+    TableConfig,
 )
 from sqlwarden.db.schema import REJECTS_TABLE, SYNC_FILES_TABLE, SYNC_RUNS_TABLE
 from sqlwarden.db.sql import quote, upsert_sql
@@ -36,11 +40,17 @@ from sqlwarden.protocol import (
     Reject,
     StartSyncRun,
     SyncBatch,
+    TableRows,
 )
 from sqlwarden.sync.sources.base import Reader
 from sqlwarden.sync.sources.demo import cursor_of
 from sqlwarden.sync.sources.generator import GeneratorReader
-from sqlwarden.sync.sources.mapping import raw_text
+from sqlwarden.sync.sources.mapping import (
+    raw_text,
+    storable,
+    unstorable,
+    with_column_defaults,
+)
 from sqlwarden.sync.sources.ndjson import FileState, NdjsonReader
 from sqlwarden.views import SyncBatchResult, SyncRunView
 
@@ -102,11 +112,12 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
             raise SyncError(f"source {message.source}: {pos.file} is recorded read to byte "
                             f"{at:,}, the batch starts at {pos.start:,}; refused",
                             source=message.source)
-    rows = 0
+    rows = accepted = 0
     rejects = list(message.rejects)
     for part in message.tables:
-        rows += _upsert(conn, part.table, part.columns, part.key, part.rows,
-                        rows_per(part.table, len(part.columns)), rejects, message)
+        refused = len(rejects)
+        rows += _upsert(conn, part, rows_per(part.table, len(part.columns)), rejects, message)
+        accepted += len(part.rows) - (len(rejects) - refused)
     if rejects:
         if message.on_reject == "fail":
             first = rejects[0]
@@ -115,8 +126,8 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
         conn.executemany(
             f"INSERT INTO {REJECTS_TABLE} (source, run, position, reason, raw, at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [(message.source, message.run, r.position, r.reason, r.raw, message.at)
-             for r in rejects])
+            [(message.source, message.run, storable(r.position), storable(r.reason),
+              storable(r.raw), message.at) for r in rejects])
     for pos in message.files:
         conn.execute(
             f"INSERT INTO {SYNC_FILES_TABLE} (source, file, position, size, done, updated_at) "
@@ -127,42 +138,72 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
     conn.execute(f"UPDATE {SYNC_RUNS_TABLE} SET batches = batches + 1, "
                  "rows_written = rows_written + ?, rejects = rejects + ? WHERE id = ?",
                  (rows, len(rejects), message.run))
-    return SyncBatchResult(rows=rows, rejects=len(rejects))
+    shown = f"{rejects[0].position}: {rejects[0].reason}" if rejects else None
+    return SyncBatchResult(rows=rows, rejects=len(rejects), accepted=accepted,
+                           first_reject=shown)
 
 
-def _upsert(conn: apsw.Connection, table: str, columns: tuple[str, ...], key: tuple[str, ...],
-            rows: tuple[Any, ...], per: int, rejects: list[Reject], message: SyncBatch) -> int:
-    """Upsert `rows`; returns how many were written (a row sent again unchanged is not).
+#: What one row can cause, and only that row: a constraint, a value a STRICT column
+#: does not take, one too big, or one that cannot be bound at all (an integer past
+#: 64 bits, text with a lone surrogate). Anything else (a lock, a full disk, a
+#: missing table) is the batch's failure, not a row's.
+ROW_ERRORS = (apsw.ConstraintError, apsw.MismatchError, apsw.TooBigError, OverflowError,
+              UnicodeEncodeError)
+
+
+def _upsert(conn: apsw.Connection, part: TableRows, per: int, rejects: list[Reject],
+            message: SyncBatch) -> int:
+    """Upsert `part.rows`; returns how many were written (a row sent again unchanged is not).
 
     Rows the database refuses become rejects, or fail the batch under `on_reject: fail`.
+    A refused statement is split in halves until the rows it refuses stand alone, so
+    one bad row among thousands costs a few statements, not one per row.
     """
-    try:
+    rows = part.rows
+
+    def write(lo: int, hi: int) -> int:
         written = 0
         with _savepoint(conn):
-            for start in range(0, len(rows), per):
-                chunk = rows[start:start + per]
-                conn.execute(upsert_sql(table, columns, key, len(chunk), only_changed=True),
+            for start in range(lo, hi, per):
+                chunk = rows[start:min(hi, start + per)]
+                conn.execute(upsert_sql(part.table, part.columns, part.key, len(chunk),
+                                        only_changed=True),
                              tuple(chain.from_iterable(chunk)))
                 written += conn.changes()
         return written
-    except apsw.ConstraintError as exc:
-        if message.on_reject == "fail":
-            raise SyncError(f"source {message.source}: the database refused a row of batch "
-                            f"{message.seq} ({table}): {exc} (on_reject: fail)",
-                            source=message.source) from exc
-    # One row at a time, to keep what fits and reject only what does not.
-    written = 0
-    sql = upsert_sql(table, columns, key, 1, only_changed=True)
-    for index, values in enumerate(rows):
+
+    def isolate(lo: int, hi: int) -> int:
         try:
-            with _savepoint(conn):
-                conn.execute(sql, values)
-                written += conn.changes()
-        except apsw.ConstraintError as exc:
-            rejects.append(Reject(position=f"batch {message.seq} row {index} ({table})",
-                                  reason=f"the database refused the row: {exc}",
-                                  raw=raw_text(repr(dict(zip(columns, values, strict=True))))))
-    return written
+            return write(lo, hi)
+        except ROW_ERRORS as exc:
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                return isolate(lo, mid) + isolate(mid, hi)
+            reject = _refused(part, lo, exc, message)
+            if message.on_reject == "fail":
+                raise SyncError(f"source {message.source}: record at {reject.position} "
+                                f"rejected: {reject.reason} (on_reject: fail)",
+                                source=message.source) from exc
+            rejects.append(reject)
+            return 0
+
+    return isolate(0, len(rows)) if rows else 0
+
+
+def _refused(part: TableRows, index: int, exc: BaseException, message: SyncBatch) -> Reject:
+    """The reject for row `index` of `part`, which the database (or binding) refused."""
+    values = part.rows[index]
+    position = (f"{part.origin}{part.offsets[index]}" if len(part.offsets) == len(part.rows)
+                else f"batch {message.seq} row {index} ({part.table})")
+    reason = f"the database refused the row: {exc}"
+    if isinstance(exc, (OverflowError, UnicodeEncodeError)):
+        for column, value in zip(part.columns, values, strict=True):
+            why = unstorable(value)
+            if why is not None:
+                reason = f"column {column!r}: {why}"
+                break
+    return Reject(position=position, reason=reason,
+                  raw=raw_text(repr(dict(zip(part.columns, values, strict=True)))))
 
 
 @contextlib.contextmanager
@@ -272,8 +313,16 @@ def plan_run(conn: apsw.Connection, source: SourceConfig, requested: str,
     return RunPlan(mode, None, "from the first missing id")
 
 
-def make_reader(conn: apsw.Connection, source: SourceConfig, plan: RunPlan) -> Reader:
-    """The reader for a run (file positions and cursors read from `conn`)."""
+def make_reader(conn: apsw.Connection, source: SourceConfig, plan: RunPlan,
+                tables: Sequence[TableConfig] = ()) -> Reader:
+    """The reader for a run (file positions and cursors read from `conn`).
+
+    `tables` are the declared tables: a mapped source's optional fields take
+    their columns' defaults from them.
+    """
+    if isinstance(source, (NdjsonSourceConfig, HttpSourceConfig)):
+        table = next((t for t in tables if t.name == source.table), None)
+        source = replace(source, fields=with_column_defaults(source.fields, table))
     if isinstance(source, NdjsonSourceConfig):
         return NdjsonReader(source, file_states(conn, source.name))
     if isinstance(source, HttpSourceConfig):

@@ -9,6 +9,12 @@ that retrying can help, the next wait from `retries`; after an HTTP 429 or
 otherwise `every` after this completion. A second request while a source
 runs joins that run or is refused; it never starts another.
 
+A run's start or end row that cannot be written for a reason that passes by
+itself (the database locked by another program, a full disk) is a wait, not
+a failure: the request goes again after a backoff, the source says what it
+waits for, and whoever asked for the run keeps waiting for it. (The pump
+waits out such faults for its batches the same way.)
+
 Deadlines are points on the scheduler's monotonic clock. The wall clock is
 read only where the database keeps wall times (when the last run ended) and
 to show times to people; a next run is never further away than `every`, so
@@ -27,6 +33,7 @@ from typing import Any
 import apsw
 
 from sqlwarden.config import SourceConfig
+from sqlwarden.db import faults
 from sqlwarden.effects import After, Cancel, Effects, Fail, Reply, Report, Request, Tell
 from sqlwarden.errors import EngineStopped, SyncBusy, UnknownSource
 from sqlwarden.protocol import (
@@ -76,6 +83,12 @@ class SourceState:
     #: Bumped whenever the timer is re-armed: a tick with an older token is stale.
     token: int = 0
     waiters: list[Any] = field(default_factory=list)
+    #: What the source's run waits out now (a lock held elsewhere, a full disk).
+    waiting_for: str | None = None
+    #: Writes of the run's start or end row that met a wait in a row (the backoff).
+    waits: int = 0
+    #: The start or end row's request, sent again when the timer fires.
+    resend: Request | None = None
 
     @property
     def name(self) -> str:
@@ -136,6 +149,9 @@ class SyncSchedule:
         source = self._sources.get(name)
         if source is None or token != source.token:
             return []  # a timer that was re-armed since
+        if source.resend is not None:
+            resend, source.resend = source.resend, None
+            return [resend]
         if source.state in ("starting", "running"):
             return []
         return self._begin(source, source.due_reason or "schedule", "auto", now)
@@ -155,9 +171,11 @@ class SyncSchedule:
             return []
         source.run = replace(source.run, rows=message.rows, rejects=message.rejects)
         source.total = message.total
+        source.waiting_for = message.waiting_for
         return [Tell(PROGRESS, ProgressEvent(
             scope="sync", name=source.name, processed=message.rows, total=message.total,
-            state="running", chunk_rows=message.batch_rows, chunk_s=message.batch_s))]
+            state="running", waiting=message.waiting_for, chunk_rows=message.batch_rows,
+            chunk_s=message.batch_s))]
 
     def pump_ended(self, message: PumpEnded) -> Effects:
         """A run's reading has ended: record its outcome, then schedule what comes next."""
@@ -179,7 +197,8 @@ class SyncSchedule:
         run = replace(source.run, status=status, ended_at=end.ended_at, rows=message.rows,
                       rejects=message.rejects, error=error, note=note,
                       fts_lease=message.fts_lease, fts_after=message.fts_after)
-        return [Request(WRITER, end, ("ended", source.name, run, message))]
+        source.waiting_for = None
+        return [Request(WRITER, end, ("ended", source.name, run, message, end))]
 
     def answered(self, context: Any, result: Any, error: BaseException | None,
                  now: float) -> Effects:
@@ -188,11 +207,31 @@ class SyncSchedule:
             case ("reaped", waiter):
                 return self._reaped(waiter, result, error, now)
             case ("started", name, message, plan):
-                return self._started(self._sources[name], message, plan, result, error, now)
-            case ("ended", name, run, message):
-                return self._ended(self._sources[name], run, message, error, now)
+                source = self._sources[name]
+                return (self._wait_again(source, error, Request(WRITER, message, context), now)
+                        or self._started(source, message, plan, result, error, now))
+            case ("ended", name, run, message, end):
+                source = self._sources[name]
+                return (self._wait_again(source, error, Request(WRITER, end, context), now)
+                        or self._ended(source, run, message, error, now))
             case _:
                 raise ValueError(f"no request was sent with context {context!r}")
+
+    def _wait_again(self, source: SourceState, error: BaseException | None, again: Request,
+                    now: float) -> Effects:
+        """When `error` is a wait, arm the timer that sends `again` after a backoff;
+        otherwise nothing (the answer is handled as it is)."""
+        reason = faults.wait_reason(error) if error is not None else None
+        if reason is None or self._stopping:
+            source.waits, source.waiting_for = 0, None
+            if source.due_reason == "waiting":
+                source.due = source.due_reason = source.due_shown = None
+            return []
+        source.waits += 1
+        if source.waits == 1:
+            log.warning("source %s: its run waits: %s", source.name, reason)
+        source.waiting_for, source.resend = reason, again
+        return self._arm(source, now + faults.backoff_s(source.waits), "waiting", now)
 
     def views(self, now: float) -> tuple[SourceView, ...]:
         return self._views((), now)
@@ -407,7 +446,7 @@ class SyncSchedule:
         return SourceView(name=source.name, kind=source.config.kind, state=source.state,
                           current=source.run, last=source.last, next_run_at=next_at,
                           next_reason=source.due_reason, not_before=shown_not_before,
-                          total=source.total)
+                          total=source.total, waiting_for=source.waiting_for)
 
 
 def _clock(at: float) -> str:

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlwarden.config import HttpSourceConfig
 from sqlwarden.protocol import Reject, TableRows
 from sqlwarden.sync.sources.base import Backlog, Prepared, SourceError
-from sqlwarden.sync.sources.mapping import Mapper, RecordRejected, raw_text
+from sqlwarden.sync.sources.mapping import RAW_KEEP, Mapper, RecordRejected, raw_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,91 @@ def retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+@dataclass(frozen=True, slots=True)
+class TooDeep:
+    """A record of a page nested too deeply to parse: its start and its length."""
+
+    head: str
+    length: int
+
+
+#: What a skip over a JSON value looks for: a string's start or a bracket.
+_STRUCTURE = re.compile(r'["\[\]{}]')
+_SCALAR_END = re.compile(r"[,\]}\s]|$")
+_SPACE = re.compile(r"\s*")
+
+
+def _skip(text: str, at: int) -> int:
+    """The index after the JSON value starting at `at`, without recursing."""
+    at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+    first = text[at]
+    if first == '"':
+        return int(scanstring(text, at + 1)[1])
+    if first not in "[{":
+        end = _SCALAR_END.search(text, at).start()  # type: ignore[union-attr]
+        if end == at:
+            raise ValueError("expected a value")
+        return end
+    depth = 0
+    while True:
+        found = _STRUCTURE.search(text, at)
+        if found is None:
+            raise ValueError("unterminated value")
+        char, at = found.group(), found.start()
+        if char == '"':
+            at = scanstring(text, at + 1)[1]
+            continue
+        depth += 1 if char in "[{" else -1
+        at += 1
+        if depth == 0:
+            return at
+
+
+def _elements(text: str, at: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each element of the JSON array starting at `at`."""
+    at = _SPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+    if text[at] == "]":
+        return
+    while True:
+        start = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        at = _skip(text, start)
+        yield start, at
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text[at] == "]":
+            return
+        if text[at] != ",":
+            raise ValueError("expected , or ]")
+        at += 1
+
+
+def _records_span(text: str, key: str | None) -> tuple[int, int]:
+    """(start, end) of the page's record array: the body, or its member `key`."""
+    at = _SPACE.match(text).end()  # type: ignore[union-attr]
+    if key is None:
+        if text[at] != "[":
+            raise ValueError("expected a list")
+        return at, _skip(text, at)
+    if text[at] != "{":
+        raise ValueError("expected an object")
+    at += 1
+    while True:
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text[at] != '"':
+            raise ValueError("expected a key")
+        name, at = scanstring(text, at + 1)
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text[at] != ":":
+            raise ValueError("expected :")
+        start = _SPACE.match(text, at + 1).end()  # type: ignore[union-attr]
+        at = _skip(text, start)
+        if name == key and text[start] == "[":
+            return start, at
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text[at] != ",":
+            raise ValueError(f"no list at key {key!r}")
+        at += 1
 
 
 class HttpReader:
@@ -115,11 +202,36 @@ class HttpReader:
             body = json.loads(reply.body)
         except ValueError as exc:
             raise SourceError(f"{where}: the response is not valid JSON ({exc})") from None
+        except RecursionError:
+            # The decoder recurses once per level: a record nested past its depth
+            # spoils the whole page. Cut the page into its records and parse each
+            # alone, so that record is rejected and the others go in.
+            body = self._split(reply.body, where)
         if s.total_at is not None and isinstance(body, dict) and self.total is None:
             total = body.get(s.total_at)
             if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
                 self.total = total
         return body
+
+    def _split(self, data: bytes, where: str) -> Any:
+        """The page with each record parsed alone; one too deep to parse is `TooDeep`."""
+        try:
+            text = data.decode("utf-8")
+            span = _records_span(text, self.source.records_at)
+            records: list[Any] = []
+            for start, end in _elements(text, span[0]):
+                try:
+                    records.append(json.loads(text[start:end]))
+                except RecursionError:
+                    records.append(TooDeep(text[start:start + RAW_KEEP], end - start))
+            if self.source.records_at is None:
+                return records
+            body = json.loads(text[:span[0]] + "[]" + text[span[1]:])
+            body[self.source.records_at] = records
+            return body
+        except (ValueError, IndexError, TypeError, RecursionError):
+            raise SourceError(f"{where}: the response is not valid JSON (nested too deeply "
+                              "to parse)", failure="fatal") from None
 
     def _records(self, body: Any, page: int) -> list[Any]:
         s = self.source
@@ -139,16 +251,25 @@ class HttpReader:
             records = self._records(body, page)
             batch = Prepared()
             rows = []
+            items = []  # each row's place on the page, for a reject if the database refuses it
             for i, record in enumerate(records):
+                if type(record) is TooDeep:
+                    batch.rejects.append(Reject(
+                        position=f"page {page} item {i}",
+                        reason="not readable JSON: it is nested too deeply to parse",
+                        raw=raw_text(record.head, record.length)))
+                    continue
                 try:
                     rows.append(self.mapper.row(record))
+                    items.append(i)
                 except RecordRejected as exc:
                     batch.rejects.append(Reject(
                         position=f"page {page} item {i}", reason=str(exc),
                         raw=raw_text(json.dumps(record, ensure_ascii=False))))
             if rows:
                 batch.tables.append(TableRows(table=s.table, columns=self.mapper.columns,
-                                              key=s.key, rows=tuple(rows)))
+                                              key=s.key, rows=tuple(rows),
+                                              origin=f"page {page} item ", offsets=tuple(items)))
             yield batch
             if s.next_at is not None:
                 link = body.get(s.next_at) if isinstance(body, dict) else None

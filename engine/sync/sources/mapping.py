@@ -14,10 +14,11 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlwarden.config import FieldMap
+from sqlwarden.config import FieldMap, TableConfig
 from sqlwarden.views import Row
 
 #: Raw text kept of a rejected record.
@@ -32,21 +33,67 @@ class RecordRejected(ValueError):
     """A record that cannot become a row, with the reason."""
 
 
+#: SQLite's integers are signed 64-bit; a wider one cannot be bound.
+INT_MIN = -(1 << 63)
+INT_MAX = (1 << 63) - 1
+_OUT_OF_RANGE = "an integer outside signed 64 bits"
+#: SQLite would store inf as a REAL and nan as NULL: neither is data the source meant.
+_NOT_FINITE = "a non-finite number (inf or nan)"
+
+
+def _int64(value: int) -> int:
+    if INT_MIN <= value <= INT_MAX:
+        return value
+    raise ValueError(_OUT_OF_RANGE)
+
+
+def _finite(value: float) -> float:
+    if math.isfinite(value):
+        return value
+    raise ValueError(_NOT_FINITE)
+
+
+def unstorable(value: Any) -> str | None:
+    """Why SQLite cannot store `value` as it is (None when it can).
+
+    The same rules as the converters, for values that reach the Writer
+    unconverted (a fast-path row, the generator's rows); the Writer names
+    the column with it when binding a row fails.
+    """
+    kind = type(value)
+    if kind is int:
+        return None if INT_MIN <= value <= INT_MAX else _OUT_OF_RANGE
+    if kind is float:
+        return None if math.isfinite(value) else _NOT_FINITE
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"text holding a lone surrogate (U+{ord(value[exc.start]):04X}), which "
+                    "cannot be stored as UTF-8")
+    return None
+
+
 def _to_integer(value: Any) -> int:
     kind = type(value)
     if kind is int:
-        return int(value)
-    if kind is float and value.is_integer():
-        return int(value)
+        return _int64(value)
+    if kind is float:
+        if value.is_integer():
+            return _int64(int(value))
+        _finite(value)
+        raise ValueError("expected an integer, not a fraction")
     if kind is str and _INTEGER.fullmatch(value.strip()):
-        return int(value)
+        return _int64(int(value))
     raise ValueError("expected an integer")
 
 
 def _to_real(value: Any) -> float:
     kind = type(value)
-    if kind is float or kind is int:
-        result = float(value)
+    if kind is float:
+        result = value
+    elif kind is int:
+        result = float(_int64(value))
     elif kind is str:
         try:
             result = float(value)
@@ -54,17 +101,17 @@ def _to_real(value: Any) -> float:
             raise ValueError("expected a number") from None
     else:
         raise ValueError("expected a number")
-    if not math.isfinite(result):
-        raise ValueError("expected a finite number")
-    return result
+    return _finite(result)
 
 
 def _to_text(value: Any) -> str:
     kind = type(value)
     if kind is str:
         return str(value)
-    if kind is int or kind is float:
-        return str(value)
+    if kind is int:
+        return str(_int64(value))
+    if kind is float:
+        return str(_finite(value))
     raise ValueError("expected text")
 
 
@@ -82,8 +129,12 @@ def _to_timestamp(value: Any) -> str:
     kind = type(value)
     if kind is str and _TIMESTAMP.fullmatch(value):
         return str(value)
-    if (kind is int or kind is float) and math.isfinite(value):
-        moment = datetime.fromtimestamp(value, tz=UTC)
+    if kind is int or kind is float:
+        _finite(value)
+        try:
+            moment = datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("a timestamp out of range") from None
         text = moment.strftime("%Y-%m-%dT%H:%M:%S")
         if moment.microsecond:
             text += f".{moment.microsecond:06d}"
@@ -101,10 +152,21 @@ def _to_blob(value: Any) -> bytes:
 
 
 def _to_any(value: Any) -> Any:
-    if type(value) is bool:
+    kind = type(value)
+    if kind is bool:
         return int(value)
+    if kind is int:
+        return _int64(value)
+    if kind is float:
+        return _finite(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
+        except ValueError:
+            raise ValueError(f"it holds {_NOT_FINITE}") from None
+        except RecursionError:
+            raise ValueError("it is nested too deeply") from None
     return value
 
 
@@ -113,6 +175,21 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "timestamp": _to_timestamp, "blob": _to_blob, "any": _to_any}
 #: Python types that go into a column unchanged (a fast path; anything else is converted).
 _EXACT = {"integer": int, "real": float, "text": str, "timestamp": str}
+
+
+def with_column_defaults(fields: tuple[FieldMap, ...],
+                         table: TableConfig | None) -> tuple[FieldMap, ...]:
+    """`fields`, where an optional field without a default of its own takes its column's.
+
+    A record without the value then stores what SQLite gives a row that leaves
+    the column out, rather than a NULL that a NOT NULL column refuses.
+    """
+    if table is None:
+        return fields
+    defaults = {c.name: c.default for c in table.columns if c.default is not None}
+    return tuple(replace(f, default=defaults[f.column])
+                 if f.default is None and not f.required and f.column in defaults else f
+                 for f in fields)
 
 
 class Mapper:
@@ -132,6 +209,9 @@ class Mapper:
             self._exact = tuple(exact)
             self._single = len(fields) == 1
             self._stamps = [i for i, f in enumerate(fields) if f.type == "timestamp"]
+            # The fast path still looks at reals: SQLite would store inf (and nan as
+            # NULL). An int past 64 bits cannot be bound: the Writer rejects that row.
+            self._reals = tuple(i for i, f in enumerate(fields) if f.type == "real")
 
     def row(self, record: Any) -> Row:
         """The row for `record`; raises `RecordRejected` with the reason."""
@@ -145,6 +225,9 @@ class Mapper:
             if self._single:
                 values = (values,)
             if tuple(map(type, values)) == self._exact:
+                for i in self._reals:
+                    if values[i] - values[i] != 0.0:  # inf - inf and nan - nan are nan
+                        return self._slow(record)
                 stamps = self._stamps
                 if not stamps:
                     return values
@@ -169,7 +252,7 @@ class Mapper:
                 continue
             try:
                 row.append(convert(value))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise RecordRejected(f"field {'.'.join(spec.path)!r} (column {spec.column}): "
                                      f"{exc}, got {_shown(value)}") from None
         return tuple(row)
@@ -177,7 +260,14 @@ class Mapper:
 
 def _shown(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return storable(text if len(text) <= 40 else text[:37] + "...")
+
+
+def storable(text: str) -> str:
+    """`text` with any lone surrogate written as its escape, so UTF-8 (and SQLite) holds it."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def raw_text(raw: bytes | str, length: int | None = None) -> str:
@@ -185,7 +275,8 @@ def raw_text(raw: bytes | str, length: int | None = None) -> str:
 
     `length` is the whole record's size when `raw` is only its start.
     """
-    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
+    # A lone surrogate (from JSON's \ud800 escape) is kept as that escape: UTF-8 cannot hold it.
+    data = raw.encode("utf-8", "backslashreplace") if isinstance(raw, str) else raw
     length = len(data) if length is None else length
     keep = data[:RAW_KEEP].decode("utf-8", "replace")
     if length > RAW_KEEP:

@@ -110,6 +110,8 @@ class NdjsonReader:
         pending = self._pending()
         batch = Prepared()
         rows: list[Row] = []
+        # The byte offset of each row's line, for a reject if the database refuses it.
+        offsets: list[int] = []
         for path, start, size in pending:
             name = path.name
             # Newest in the directory, not among the files with new bytes: an older
@@ -124,23 +126,25 @@ class NdjsonReader:
                         self._too_long(data, length, offset, name, batch)
                         position = end
                     elif kind == "last":
-                        self._line(data, offset, name, rows, batch, incomplete=True)
+                        self._line(data, offset, name, rows, offsets, batch, incomplete=True)
                         position = end
                     else:
                         at = 0
                         while at < len(data):
-                            at = self._lines(data, at, offset, name, rows, batch, limit)
+                            at = self._lines(data, at, offset, name, rows, offsets, batch,
+                                             limit)
                             position = offset + at
                             if len(rows) >= limit or len(batch.rejects) >= limit:
-                                self._close(batch, rows, name, start, position, size, False)
+                                self._close(batch, rows, offsets, name, start, position, size,
+                                            False)
                                 yield batch
-                                batch, rows, start = Prepared(), [], position
+                                batch, rows, offsets, start = Prepared(), [], [], position
                     if len(batch.rejects) >= limit:
-                        self._close(batch, rows, name, start, position, size, False)
+                        self._close(batch, rows, offsets, name, start, position, size, False)
                         yield batch
-                        batch, rows, start = Prepared(), [], position
-            self._close(batch, rows, name, start, position, size, position == size)
-            rows = []
+                        batch, rows, offsets, start = Prepared(), [], [], position
+            self._close(batch, rows, offsets, name, start, position, size, position == size)
+            rows, offsets = [], []
         if batch.files:
             yield batch
 
@@ -153,12 +157,13 @@ class NdjsonReader:
                     f"({self.source.max_record_mb:g} MB): {length:,} bytes"),
             raw=raw_text(head, length)))
 
-    def _close(self, batch: Prepared, rows: list[Row], name: str, start: int, end: int,
-               size: int, done: bool) -> None:
+    def _close(self, batch: Prepared, rows: list[Row], offsets: list[int], name: str,
+               start: int, end: int, size: int, done: bool) -> None:
         """Add what was read of one file to `batch`: its rows and its new position."""
         if rows:
             batch.tables.append(TableRows(table=self.source.table, columns=self.mapper.columns,
-                                          key=self.source.key, rows=tuple(rows)))
+                                          key=self.source.key, rows=tuple(rows),
+                                          origin=f"{name}:", offsets=tuple(offsets)))
         batch.files.append(FilePosition(file=name, start=start, end=end, size=size, done=done))
 
     def _blocks(self, f: Any, position: int, newest: bool,
@@ -207,17 +212,18 @@ class NdjsonReader:
             yield "last", carry, line_at, line_at + line_len, line_len
 
     def _lines(self, data: bytes, at: int, offset: int, name: str, rows: list[Row],
-               batch: Prepared, limit: int) -> int:
+               offsets: list[int], batch: Prepared, limit: int) -> int:
         """Parse lines of `data` (file offset `offset`) from index `at` until `rows`
         holds `limit` rows; returns the index after the last line parsed."""
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError:
-            return self._lines_slowly(data, at, offset, name, rows, batch, limit)
+            return self._lines_slowly(data, at, offset, name, rows, offsets, batch, limit)
         # ASCII: character and byte offsets agree, and one decode serves every line.
         scan = self._decoder.scan_once  # type: ignore[attr-defined]
         row_of = self.mapper.row
         append = rows.append
+        mark = offsets.append
         find = text.find
         max_bytes = self.max_bytes
         end_of_block = len(text)
@@ -232,37 +238,41 @@ class NdjsonReader:
                 if end != newline and text[end:newline].strip():
                     raise ValueError("extra data after the record")
                 append(row_of(record))
-            except (StopIteration, ValueError, RecordRejected) as exc:
+                mark(offset + at)
+            except (StopIteration, ValueError, RecordRejected, RecursionError) as exc:
                 line = data[at:newline]
                 if line.strip():
-                    self._reject_line(line, offset + at, name, rows, batch, exc)
+                    self._reject_line(line, offset + at, name, rows, offsets, batch, exc)
             at = newline + 1
         return at
 
     def _lines_slowly(self, data: bytes, at: int, offset: int, name: str, rows: list[Row],
-                      batch: Prepared, limit: int) -> int:
+                      offsets: list[int], batch: Prepared, limit: int) -> int:
         while at < len(data) and len(rows) < limit:
             newline = data.index(b"\n", at)
             if newline - at > self.max_bytes:
                 self._too_long(data[at:at + RAW_KEEP], newline - at, offset + at, name, batch)
             else:
-                self._line(data[at:newline], offset + at, name, rows, batch)
+                self._line(data[at:newline], offset + at, name, rows, offsets, batch)
             at = newline + 1
         return at
 
-    def _line(self, line: bytes, offset: int, name: str, rows: list[Row], batch: Prepared,
-              *, incomplete: bool = False) -> None:
+    def _line(self, line: bytes, offset: int, name: str, rows: list[Row], offsets: list[int],
+              batch: Prepared, *, incomplete: bool = False) -> None:
         if not line.strip():
             return
         try:
             text = line.decode("utf-8")
             record = self._decoder.decode(text)
             rows.append(self.mapper.row(record))
-        except (ValueError, RecordRejected) as exc:
-            self._reject_line(line, offset, name, rows, batch, exc, incomplete=incomplete)
+            offsets.append(offset)
+        except (ValueError, RecordRejected, RecursionError) as exc:
+            self._reject_line(line, offset, name, rows, offsets, batch, exc,
+                              incomplete=incomplete)
 
     def _reject_line(self, line: bytes, offset: int, name: str, rows: list[Row],
-                     batch: Prepared, exc: BaseException, *, incomplete: bool = False) -> None:
+                     offsets: list[int], batch: Prepared, exc: BaseException, *,
+                     incomplete: bool = False) -> None:
         if not isinstance(exc, RecordRejected):
             # Parse again for the decoder's own message (the fast path's may be terse).
             try:
@@ -271,9 +281,13 @@ class NdjsonReader:
                 exc = RecordRejected(f"not UTF-8 text ({err.reason} at byte {err.start})")
             except ValueError as err:
                 exc = RecordRejected(f"not valid JSON: {err}")
+            except RecursionError:
+                # The decoder recurses once per level; the line is refused, not the reader.
+                exc = RecordRejected("not readable JSON: it is nested too deeply to parse")
             else:
                 try:
                     rows.append(self.mapper.row(record))
+                    offsets.append(offset)
                     return
                 except RecordRejected as err:
                     exc = err
