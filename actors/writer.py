@@ -10,6 +10,7 @@ from sqlwarden.actors.base import DEFERRED, BaseActor
 from sqlwarden.actors.bus import Envelope
 from sqlwarden.config import Config
 from sqlwarden.db.connect import new_database_undone_on_error, open_writer
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.db.schema import apply_schema
 from sqlwarden.db.writer import WriterCore
 from sqlwarden.errors import EngineStopped, UnexpectedMessage
@@ -191,6 +192,19 @@ class WriterActor(BaseActor):
             mode = None
         self.bus.reply(envelope, dataclasses.replace(result, checkpoint=mode))
         self._arm_idle_timer()
+
+    def fail(self, envelope: Envelope, error: BaseException) -> None:
+        """Answer a message that failed; a wait goes to its asker alone.
+
+        A lock held by another process or a full disk is the asker's to wait
+        out (it retries with backoff), not a failure of the engine: even when
+        SQLite reported the full disk as an I/O error, which the supervisor
+        would otherwise take for a broken connection and stop the engine.
+        """
+        if envelope.is_ask and wait_reason(error, path=self.config.database.path) is not None:
+            self.bus.fail(envelope, error)
+        else:
+            super().fail(envelope, error)
 
     def _arm_idle_timer(self) -> None:
         if self._idle_armed or self.core is None or self.core.wal_frames == 0:

@@ -3,7 +3,9 @@
 Jobs report `ProgressEvent`s. A task's progress is saved to `_sw_tasks`
 through the Writer at most once per `persist_interval_s`, plus one forced
 save when the job ends, so bookkeeping never competes with the work it
-describes. A save that fails is counted, reported and shown in status.
+describes. A save that fails is counted, reported and shown in status;
+one that met a lock held elsewhere or a full disk is a wait, tried again
+with the next save due.
 
 `ProgressBook` is the Progress actor's state machine: fed events and the
 Writer's answers, it returns the saves to ask for (`sqlwarden.effects`).
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.effects import Effects, Report, Request
 from sqlwarden.protocol import WRITER, ProgressEvent, SaveProgress
 from sqlwarden.tasks.chunks import RateMeter
@@ -76,6 +79,12 @@ class ProgressBook:
         if error is None:
             job.persisted += 1
             job.last_error = None  # the latest save worked; the count keeps the history
+            return []
+        reason = wait_reason(error)
+        if reason is not None:
+            # A lock held elsewhere or a full disk: nothing is wrong with the job, and the
+            # task says what it waits for. The next save that is due tries again.
+            log.info("progress of %s not saved yet: %s", job.event.name, reason)
             return []
         job.failures += 1
         job.last_error = str(error)

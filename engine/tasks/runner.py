@@ -12,7 +12,15 @@ A task is `done` only when no row at or below its bound still matches its
 and rows that survive a third fail the task. Pause and cancel stop between
 chunks; a chunk answered after them was committed but is no longer the
 task's business. Every state change is saved through the Writer
-(`SaveTask`), and a control ask is answered once its state is saved.
+(`SaveTask`), and a control ask is answered once its state is saved (or
+its save met a wait, which the task's `waiting_for` then shows).
+
+A lock held by another process or a full disk is a wait, not a failure
+(`sqlwarden.db.faults`): the chunk that met it committed nothing, so the
+task stays running, says what it waits for, and sends the same chunk again
+after a doubling backoff; a save that met it is sent again (merged with any
+later one) before the next chunk. Only what retrying cannot fix (a
+constraint, bad SQL, a failed verification) fails a task.
 
 The runner holds no thread: each method takes the monotonic clock's
 reading and returns the effects to perform (`sqlwarden.effects`).
@@ -29,6 +37,7 @@ from typing import Any
 
 import apsw
 
+from sqlwarden.db.faults import backoff_s, wait_reason
 from sqlwarden.effects import After, Effects, Fail, Reply, Report, Request, Tell
 from sqlwarden.errors import EngineError, EngineStopped, TaskConflict, UnknownTask
 from sqlwarden.protocol import (
@@ -78,6 +87,10 @@ class TaskRun:
     attempts: int = 0
     error: str | None = None
     waiting: str | None = None
+    #: What the last chunk met and waits out (a lock held elsewhere, a full disk).
+    chunk_wait: str | None = None
+    #: What the last failed save met, while its fields wait in `unsaved`.
+    save_wait: str | None = None
     passes: int = 0
     active: bool = False  # running in this process, so its bound and counts are current
     ran_here: bool = False
@@ -86,6 +99,12 @@ class TaskRun:
     recorded: bool = False
     left_by: str | None = None
     saving: int = 0
+    #: Fields of saves that met a wait and were not set again by a later save: the
+    #: next save carries them.
+    unsaved: dict[str, SqlValue] = field(default_factory=dict)
+    #: The last save that set each field, so a failed save never undoes a later one.
+    field_seq: dict[str, int] = field(default_factory=dict)
+    save_seq: int = 0
     #: Bumped by pause, cancel and start: a chunk answer from an older
     #: generation was refused or overtaken, and is not the task's failure.
     generation: int = 0
@@ -104,7 +123,7 @@ class TaskRun:
                         status=self.status, processed=self.processed, total=self.total,
                         checkpoint=self.checkpoint, bound=self.bound, attempts=self.attempts,
                         error=self.error, waiting=self.waiting, provides=task.provides,
-                        ran_here=self.ran_here)
+                        ran_here=self.ran_here, waiting_for=self.chunk_wait or self.save_wait)
 
 
 class TaskRunner:
@@ -120,6 +139,10 @@ class TaskRunner:
         self._turns: deque[str] = deque(self._runs)
         self._in_flight: str | None = None
         self._yielding = False
+        #: Waits met in a row (by chunks and saves), for the backoff; 0 after a chunk commits.
+        self._faults = 0
+        #: Set when the chunk just answered met a wait: the pause before the next one.
+        self._backoff: float | None = None
         self._waiters: list[tuple[Any, tuple[str, ...]]] = []
         self._recovered = False
         self._booted = False
@@ -173,9 +196,14 @@ class TaskRunner:
             run.left_by = row["run_id"]
 
     def next_chunk(self) -> Effects:
-        """The yield after the last chunk has passed."""
+        """The yield (or the backoff after a wait) has passed: saves that met a wait go
+        again first, then the next chunk."""
         self._yielding = False
-        return self._kick()
+        effects: Effects = []
+        for run in self._runs.values():
+            if run.unsaved:
+                effects += self._save(run)
+        return effects + self._kick()
 
     def control(self, name: str, action: str, waiter: Any, now: float) -> Effects:
         """Pause, resume or cancel a task; `waiter` is answered once the state is saved.
@@ -198,7 +226,7 @@ class TaskRunner:
             if run.status != "running":
                 raise TaskConflict(f"task {ident} is {run.status}; only a running task can be "
                                    "paused", task=run.name)
-            run.status, run.waiting = "paused", "paused"
+            run.status, run.waiting, run.chunk_wait = "paused", "paused", None
             run.generation += 1
             effects += self._save(run, status="paused", waiting="paused")
             effects += self._event(run)
@@ -234,8 +262,8 @@ class TaskRunner:
         match context:
             case ("chunk", name, generation):
                 return self._on_chunk(self._runs[name], generation, result, error, now)
-            case ("saved", name):
-                return self._saved(self._runs[name], error)
+            case ("saved", name, seq, SaveTask() as message):
+                return self._saved(self._runs[name], seq, message, error)
             case _:
                 raise ValueError(f"no request was sent with context {context!r}")
 
@@ -282,6 +310,7 @@ class TaskRunner:
             return self._fail(run, str(exc) if isinstance(exc, EngineError)
                               else f"task {task.ident}: {exc}")
         run.status, run.processed, run.error, run.waiting = "running", 0, None, None
+        run.chunk_wait = None
         run.attempts += 1
         run.passes, run.active = 1, True
         run.sizer = ChunkSizer(task.target_ms, task.min_rows, task.max_rows)
@@ -315,22 +344,40 @@ class TaskRunner:
     def _on_chunk(self, run: TaskRun, generation: int, result: ChunkResult | None,
                   error: BaseException | None, now: float) -> Effects:
         self._in_flight = None
+        self._backoff = None
         try:
             effects = self._chunk_done(run, generation, result, error, now)
         except Exception as exc:  # a bug here must not leave the tasks without a next chunk
             effects = [Report(RunChunk.kind, exc)]
-        return effects + self._next(run.plan.task.yield_ms)
+        pause_s = run.plan.task.yield_ms / 1000
+        if self._backoff is not None:  # a wait never cuts the yield short
+            pause_s = max(pause_s, self._backoff)
+        return effects + self._next(pause_s)
 
     def _chunk_done(self, run: TaskRun, generation: int, result: ChunkResult | None,
                     error: BaseException | None, now: float) -> Effects:
         task = run.plan.task
         if error is not None:
+            reason = wait_reason(error)
+            if reason is None and run.unsaved and run.save_wait is not None:
+                # The task's row is behind (a save met the wait and goes again before the
+                # next chunk), which is why the Writer refused the chunk: not its failure.
+                reason = run.save_wait
+            if reason is not None:
+                # Nothing of the chunk committed, whoever's it was: the same chunk goes
+                # again after the backoff, as the cause is the database's, not the task's.
+                return self._wait(run, reason) if (run.status == "running"
+                                                   and generation == run.generation) else []
             if run.status == "running" and generation == run.generation:
                 return self._fail(run, str(error))
             # Refused because a pause or cancel was saved first: nothing committed.
             log.debug("task %s: chunk not run: %s", task.ident, error)
             return []
         assert result is not None and run.sizer is not None
+        self._faults = 0
+        if run.chunk_wait is not None:
+            log.info("task %s goes on: no longer waits (%s)", task.ident, run.chunk_wait)
+            run.chunk_wait = None
         run.sizer.observe(result.scanned, result.duration_ms)
         chunk_s, run.last_chunk_at = now - run.last_chunk_at, now
         if result.scanned:  # committed, whatever happened to the task meanwhile
@@ -345,13 +392,26 @@ class TaskRunner:
             effects += self._verify(run)
         return effects
 
-    def _next(self, yield_ms: float) -> Effects:
-        if not any(r.status == "running" and r.active for r in self._runs.values()):
+    def _wait(self, run: TaskRun, reason: str) -> Effects:
+        """The chunk met a transient fault: stay running and say why; `_on_chunk` sends
+        the same chunk again (its checkpoint did not move) after the backoff."""
+        self._faults += 1
+        self._backoff = backoff_s(self._faults)
+        if run.chunk_wait != reason:
+            log.warning("task %s waits: %s; the chunk after key %r goes again in %.1f s "
+                        "and then with a doubling backoff", run.plan.task.ident, reason,
+                        run.checkpoint, self._backoff)
+        run.chunk_wait = run.waiting = reason
+        return self._event(run)
+
+    def _next(self, pause_s: float) -> Effects:
+        if not any((r.status == "running" and r.active) or r.unsaved
+                   for r in self._runs.values()):
             return []
-        if yield_ms <= 0:
+        if pause_s <= 0:
             return [Tell(BACKFILL, NextChunk())]
         self._yielding = True
-        return [After(yield_ms / 1000, NextChunk(), YIELD)]
+        return [After(pause_s, NextChunk(), YIELD)]
 
     def _verify(self, run: TaskRun) -> Effects:
         """Done only when no row at or below the bound is left to change."""
@@ -363,6 +423,10 @@ class TaskRunner:
         except EngineError as exc:
             return self._fail(run, str(exc))
         except apsw.Error as exc:
+            reason = wait_reason(exc)
+            if reason is not None:
+                # The next chunk at the checkpoint finds nothing left and verifies again.
+                return self._wait(run, reason)
             return self._fail(run, f"task {task.ident}: the verification query failed: {exc}")
         if left == 0:
             return self._finish(run, "done")
@@ -385,6 +449,7 @@ class TaskRunner:
 
     def _finish(self, run: TaskRun, status: str, *, error: str | None = None) -> Effects:
         run.status, run.error, run.waiting, run.active = status, error, None, False
+        run.chunk_wait = None
         run.generation += 1
         if status == "done":
             log.info("task %s: done, %s rows changed", run.plan.task.ident, run.processed)
@@ -394,29 +459,59 @@ class TaskRunner:
 
     def _save(self, run: TaskRun, **fields: SqlValue) -> Effects:
         task = run.plan.task
+        # Fields whose save met a wait go with this one; what it sets itself is newer.
+        fields, run.unsaved = {**run.unsaved, **fields}, {}
         if "tbl" not in fields:
             # The first save of a task inserts its row, so it carries what a row needs.
             fields = {"tbl": task.table, "change": task.change, "status": run.status, **fields}
         run.saving += 1
+        run.save_seq += 1
+        for name in fields:
+            run.field_seq[name] = run.save_seq
         message = SaveTask(task=task.name, version=task.version, fields=tuple(fields.items()))
-        return [Request(WRITER, message, ("saved", run.name))]
+        return [Request(WRITER, message, ("saved", run.name, run.save_seq, message))]
 
-    def _saved(self, run: TaskRun, error: BaseException | None) -> Effects:
+    def _saved(self, run: TaskRun, seq: int, message: SaveTask,
+               error: BaseException | None) -> Effects:
         run.saving -= 1
         effects: Effects = []
-        if error is not None:
+        reason = wait_reason(error) if error is not None else None
+        if reason is not None:
+            # Nothing was saved; the fields no later save has set go again, first
+            # thing after the backoff (before the task's next chunk).
+            run.unsaved.update((name, value) for name, value in message.fields
+                               if run.field_seq.get(name) == seq)
+            if run.save_wait is None:
+                log.warning("task %s: saving its state waits: %s; it is saved again "
+                            "with a doubling backoff", run.plan.task.ident, reason)
+            run.save_wait = reason
+            effects += self._retry_saves()
+        elif error is not None:
             # The task's state in the database is now behind; say so everywhere.
             effects.append(Report("writer.task_state", error))
             run.error = f"saving the task state failed: {error}"
+        elif not run.unsaved:
+            run.save_wait = None
         if run.saving == 0:
+            # A save that met a wait is answered too, its `waiting_for` saying so: a
+            # person's pause must not hang while another program holds the lock.
             replies, run.replies = run.replies, []
             effects += [Reply(waiter, run.view()) for waiter in replies]
         return effects + self._settle()
 
+    def _retry_saves(self) -> Effects:
+        """Make sure `next_chunk` comes (it sends the unsaved fields again) after a backoff."""
+        self._faults += 1
+        if self._in_flight is not None or self._yielding:
+            return []  # the chunk's answer or the running timer leads there anyway
+        self._yielding = True
+        return [After(backoff_s(self._faults), NextChunk(), YIELD)]
+
     def _settle(self) -> Effects:
         """Answer the waiters whose tasks have all come to rest, with their state saved."""
         def at_rest(run: TaskRun) -> bool:
-            return run.saving == 0 and (run.status in TERMINAL or run.status == "paused")
+            return (run.saving == 0 and not run.unsaved
+                    and (run.status in TERMINAL or run.status == "paused"))
 
         effects: Effects = []
         still = []
