@@ -4,6 +4,11 @@ An actor's decisions live in a plain state machine that returns effects
 (`sqlwarden.effects`); `perform` carries them out: messages through the bus,
 answers to waiting asks, timers on the engine's one scheduler, failures to
 the supervisor. What is left in an actor is routing and the connection it owns.
+
+An actor that fails unexpectedly (a handler raises something that is not a
+protocol error, see `supervisor.is_unexpected`, or it is stopped by anyone
+but the engine) tears down, answers what is queued, and tells the
+supervisor it is down; the engine then builds a new one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlwarden.errors import EngineStopped, UnexpectedMessage
 from sqlwarden.futures import Future
 from sqlwarden.protocol import Message
 from sqlwarden.scheduler import Scheduler, Timer
-from sqlwarden.supervisor import Supervisor, is_fatal
+from sqlwarden.supervisor import ActorDied, Supervisor, is_fatal, is_unexpected
 
 
 class _Deferred:
@@ -59,6 +64,8 @@ class BaseActor(pykka.ThreadingActor):
         self._ready = ready
         self._awaiting: dict[int, Callable[[Answer], None]] = {}
         self._timers: dict[str, Timer] = {}
+        #: What took this actor down from inside (the error, and the message kind).
+        self._crashed: tuple[BaseException, str] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -86,17 +93,46 @@ class BaseActor(pykka.ThreadingActor):
             self._ready.set(None)
 
     def on_stop(self) -> None:
+        # Still on the bus: the engine did not ask for this stop (it takes an actor off
+        # the bus first), so the actor is down and the supervisor decides what follows.
+        down = self.bus.holds(self.name, self.actor_ref)
         self._cancel_timers()
         try:
             self.teardown()
         finally:
             self._refuse_queued()
+            if down:
+                error, kind = self._crashed or (ActorDied(
+                    f"the {self.name} actor was stopped without the engine asking"), "actor")
+                self.supervisor.actor_down(self.name, error, kind)
+            elif self._crashed is not None:  # the engine is stopping anyway: just record it
+                self.supervisor.report(self.name, self._crashed[1], self._crashed[0])
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        down = self.bus.holds(self.name, self.actor_ref)
         self._cancel_timers()
-        if isinstance(exc, BaseException):
-            self.supervisor.report(self.name, "actor", exc)
+        try:
+            self.teardown()  # its connections and threads go with it
+        except Exception as error:
+            self.supervisor.report(self.name, "teardown", error)
         self._refuse_queued()
+        if not isinstance(exc, BaseException):
+            exc = ActorDied(f"the {self.name} actor died")
+        if down:
+            self.supervisor.actor_down(self.name, exc)
+        else:
+            self.supervisor.report(self.name, "actor", exc)
+
+    def _crash(self, error: BaseException, kind: str) -> None:
+        """Stop now, skipping what is queued (it is answered): this actor's state cannot be
+        trusted after `error`, and a fresh one is built from the database."""
+        self._crashed = (error, kind)
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except Exception as exc:  # a teardown that fails too: recorded, not raised again
+            self.supervisor.report(self.name, "teardown", exc)
 
     def _cancel_timers(self) -> None:
         for timer in self._timers.values():
@@ -107,7 +143,7 @@ class BaseActor(pykka.ThreadingActor):
         """Leave the bus, then answer whatever is still queued, so no asker waits forever."""
         # After unregistering nothing new can be queued: the bus sends under
         # the same lock.
-        self.bus.unregister(self.name)
+        self.bus.unregister(self.name, self.actor_ref)
         while not self.actor_inbox.empty():
             item = self.actor_inbox.get().message
             if isinstance(item, Envelope):
@@ -185,7 +221,10 @@ class BaseActor(pykka.ThreadingActor):
             try:
                 then(message)
             except Exception as exc:
-                self.supervisor.report(self.name, message.request.kind, exc)
+                if self._restartable(exc):
+                    self._crash(exc, message.request.kind)
+                else:
+                    self.supervisor.report(self.name, message.request.kind, exc)
             return None
         if not isinstance(message, Envelope):
             self.supervisor.report(self.name, type(message).__name__,
@@ -195,11 +234,18 @@ class BaseActor(pykka.ThreadingActor):
         try:
             result = self.handle(message.message, message)
         except Exception as exc:
-            self.fail(message, exc)
+            if self._restartable(exc):
+                self.bus.fail(message, exc)  # the asker learns it; the supervisor hears below
+                self._crash(exc, message.message.kind)
+            else:
+                self.fail(message, exc)
         else:
             if result is not DEFERRED:
                 self.bus.reply(message, result)
         return None
+
+    def _restartable(self, error: BaseException) -> bool:
+        return is_unexpected(error) and self.supervisor.restartable(self.name)
 
     def fail(self, envelope: Envelope, error: BaseException) -> None:
         """Hand `error` to the asker; report it when nobody else will see it."""

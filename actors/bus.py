@@ -75,10 +75,26 @@ class Bus:
         with self._lock:
             self._refs[name] = ref
 
-    def unregister(self, name: str) -> None:
-        """Refuse further messages to `name`; those already queued stay queued."""
+    def unregister(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        """Refuse further messages to `name`; those already queued stay queued.
+
+        With `ref`, only if `name` is still that actor: an actor that went down
+        never takes its restarted successor off the bus.
+        """
         with self._lock:
-            self._refs.pop(name, None)
+            if ref is None or self._refs.get(name) is ref:
+                self._refs.pop(name, None)
+
+    def holds(self, name: str, ref: pykka.ActorRef[Any]) -> bool:
+        """Whether `ref` is the actor messages to `name` go to (the engine has not taken
+        it off the bus to stop it)."""
+        with self._lock:
+            return self._refs.get(name) is ref
+
+    def note(self, sender: str, receiver: str, message: Message) -> None:
+        """Log `message` as told, without delivering it: what the supervisor decided."""
+        with self._lock:
+            self._log.record("tell", sender, receiver, message.kind, message, next(self._corr))
 
     def depth(self, name: str) -> int:
         """Messages sent to `name` that it has not started handling yet."""

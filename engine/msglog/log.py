@@ -5,6 +5,14 @@ it; messages are immutable, so the log thread can summarise, redact and
 serialise them later without holding anyone up. Files rotate by size
 (`messages.jsonl`, `messages.jsonl.1`, ... oldest last); `engine.replay`
 reads them back in order.
+
+The queue is bounded (`capacity` records): when the log thread falls behind,
+a sender waits for room (at most `block_s`, counted as `blocked`); past that
+the record is dropped and counted (`dropped`), and its sequence number is
+left unused, so `replay --check` shows the gap. The log never takes the
+engine down: an append that fails (a full disk, say) is undone to the last
+whole line, its records are counted in `write_errors`, `waiting_for` says
+why ("disk full"), and appending resumes by itself once it succeeds again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlwarden.config import MessageLogConfig
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.redact import Redactor
 
 #: Record kinds: a message sent without or with a reply expected, and how its
@@ -39,6 +48,10 @@ STRING_SUMMARY_CHARS = 200
 _TAIL_BLOCK = 65536
 _PARTIAL = ".partial"
 _SEQUENCE_SUMMARY_ITEMS = 8
+#: Records the queue holds before senders wait (each keeps its message alive).
+QUEUE_CAPACITY = 10_000
+#: How long a sender waits for room in a full queue before its record is dropped.
+BLOCK_S = 2.0
 
 
 class _Entry(NamedTuple):
@@ -58,14 +71,20 @@ class MessageLog:
     """Appends message records to a rotating JSON-lines file from one thread."""
 
     def __init__(self, config: MessageLogConfig, path: Path, *, redactor: Redactor | None = None,
-                 clock: Any = time.time, run: str | None = None) -> None:
+                 clock: Any = time.time, run: str | None = None,
+                 capacity: int = QUEUE_CAPACITY, block_s: float = BLOCK_S) -> None:
         self._config = config
         self._path = path
         self._redactor = redactor or Redactor()
         self._clock = clock
         self._full = config.payload == "full"
         self._max_bytes = max(1024, int(config.max_mb * 1024 * 1024))
-        self._queue: queue.SimpleQueue[_Entry | threading.Event | None] = queue.SimpleQueue()
+        self.capacity = capacity
+        self._block_s = block_s
+        self._queue: queue.Queue[_Entry] = queue.Queue(maxsize=capacity)
+        # Flush and stop requests go beside the records, so they never wait for room.
+        self._controls: queue.SimpleQueue[threading.Event | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         #: The engine's run id, also stored with the task rows it writes.
@@ -73,9 +92,20 @@ class MessageLog:
         self._thread: threading.Thread | None = None
         self._compressor: threading.Thread | None = None
         self._file: Any = None
+        #: Bytes of whole lines in the current file; a failed append is cut back to it.
         self._size = 0
+        #: Lines serialised and not yet appended, and how many records they hold.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        #: Records that could not be appended (or serialised), and the last reason.
         self.write_errors = 0
         self.last_write_error: str | None = None
+        #: What appending waits for while it fails ("disk full"); None once it works.
+        self.waiting_for: str | None = None
+        #: Sends that found the queue full and waited, and records dropped after waiting.
+        self.blocked = 0
+        self.dropped = 0
+        self._accepting = False
 
     @property
     def path(self) -> Path:
@@ -86,26 +116,54 @@ class MessageLog:
         """Records waiting for the log thread (each keeps its message alive)."""
         return self._queue.qsize()
 
+    def stats(self) -> dict[str, Any]:
+        """The queue and the appends, as status shows them."""
+        return {"enabled": True, "queued": self.queued, "capacity": self.capacity,
+                "blocked": self.blocked,
+                "dropped": self.dropped, "write_errors": self.write_errors,
+                "last_write_error": self.last_write_error, "waiting_for": self.waiting_for}
+
     def start(self) -> None:
         """Open the file and start the log thread; sequence numbers continue the file's."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
         for partial in self._path.parent.glob(f"{glob.escape(self._path.name)}.*{_PARTIAL}"):
             partial.unlink()  # a compression cut short by a stop; its plain file is there
         self._seq = itertools.count(_last_seq(self._path) + 1)
-        self._open()
+        try:
+            self._open()
+        except OSError as exc:  # a full disk, say: the log thread tries again
+            self._failed(exc, 0)
         self._thread = threading.Thread(target=self._run_loop, name="sqlwarden-msglog",
                                         daemon=True)
+        self._accepting = True
         self._thread.start()
 
     def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
                corr: int, *, duration_ms: float | None = None,
                error: BaseException | None = None) -> int:
-        """Queue one record; returns its sequence number. Called from any thread."""
+        """Queue one record; returns its sequence number. Called from any thread.
+
+        Waits (at most `block_s`) while the queue is full; a record that still
+        finds no room is dropped and counted, never queued without bound.
+        """
         # Numbered and queued under one lock, so the file is in sequence order.
         with self._lock:
             seq = next(self._seq)
-            self._queue.put(_Entry(seq, self._clock(), kind, sender, receiver, message_kind,
-                                   payload, corr, duration_ms, error))
+            entry = _Entry(seq, self._clock(), kind, sender, receiver, message_kind,
+                           payload, corr, duration_ms, error)
+            if not self._accepting:  # closed (or never started): nobody would write it
+                self.dropped += 1
+                return seq
+            try:
+                self._queue.put_nowait(entry)
+            except queue.Full:
+                self.blocked += 1
+                try:
+                    self._queue.put(entry, timeout=self._block_s)
+                except queue.Full:
+                    self.dropped += 1
+                    return seq
+        self._wake.set()
         return seq
 
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -113,13 +171,17 @@ class MessageLog:
         if self._thread is None or not self._thread.is_alive():
             return True
         done = threading.Event()
-        self._queue.put(done)
+        self._controls.put(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
         """Write what is queued, stop the thread and close the file."""
+        with self._lock:
+            self._accepting = False
         if self._thread is not None:
-            self._queue.put(None)
+            self._controls.put(None)
+            self._wake.set()
             self._thread.join()
             self._thread = None
         if self._file is not None:
@@ -131,49 +193,93 @@ class MessageLog:
 
     def _run_loop(self) -> None:
         while True:
-            item = self._queue.get()
-            batch = [item]
-            # Drain what else is queued so one flush covers many records.
+            self._wake.wait()
+            # Cleared before draining: whatever is queued after this sets it again.
+            self._wake.clear()
+            stop = False
+            # Everything queued by now, so one append covers many records.
             while True:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    entry = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            stop = False
-            for entry in batch:
-                if entry is None:
-                    stop = True
-                elif isinstance(entry, threading.Event):
-                    self._flush_file()
-                    entry.set()
-                else:
+                try:
                     self._write(entry)
-            self._flush_file()
+                except Exception as exc:  # the log thread must outlive any one record
+                    self._failed(exc, 1)
+            try:
+                self._append()
+            except Exception as exc:
+                self._failed(exc, 0)
+            while True:
+                try:
+                    control = self._controls.get_nowait()
+                except queue.Empty:
+                    break
+                if control is None:
+                    stop = True
+                else:
+                    control.set()
             if stop:
                 return
 
     def _write(self, entry: _Entry) -> None:
+        """Serialise one record into the pending lines, rotating first if it would not fit."""
         try:
             line = json.dumps(self._to_record(entry), ensure_ascii=False,
                               separators=(",", ":"), default=str) + "\n"
-            data = line.encode("utf-8")
-            if self._file is None or self._file.closed:
-                self._open()  # an earlier rotation could not reopen it; try again
-            if self._size and self._size + len(data) > self._max_bytes:
-                self._rotate()
-            self._file.write(data)
-            self._size += len(data)
-        except Exception as exc:
+        except Exception as exc:  # a value that cannot be shown; the others go on
             self.write_errors += 1
             self.last_write_error = f"{type(exc).__name__}: {exc}"
+            return
+        data = line.encode("utf-8")
+        if self._size + self._pending_bytes and \
+                self._size + self._pending_bytes + len(data) > self._max_bytes:
+            self._append()
+            try:
+                if self._file is None or self._file.closed:
+                    self._open()
+                if self._size:
+                    self._rotate()
+            except OSError as exc:
+                self._failed(exc, 0)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
 
-    def _flush_file(self) -> None:
+    def _append(self) -> None:
+        """Append the pending lines in one go; on failure cut the file back to whole lines."""
+        if not self._pending:
+            return
+        lines, self._pending, self._pending_bytes = self._pending, [], 0
+        data = memoryview(b"".join(lines))
+        try:
+            if self._file is None or self._file.closed:
+                self._open()  # it could not be (re)opened before; try again
+            written = 0
+            while written < len(data):
+                written += self._file.write(data[written:]) or 0
+        except (OSError, ValueError) as exc:  # ValueError: a file closed under it
+            self._cut_back()
+            self._failed(exc, len(lines))
+            return
+        self._size += len(data)
+        self.waiting_for = None
+
+    def _cut_back(self) -> None:
+        """Undo a partial append, so the next record starts on a line of its own."""
         try:
             if self._file is not None and not self._file.closed:
-                self._file.flush()
-        except (OSError, ValueError) as exc:
-            self.write_errors += 1
-            self.last_write_error = f"{type(exc).__name__}: {exc}"
+                os.ftruncate(self._file.fileno(), self._size)
+        except OSError:
+            # It stays torn: a reader skips the cut line (and says so).
+            self._file.close()
+
+    def _failed(self, exc: BaseException, records: int) -> None:
+        self.write_errors += records
+        reason = wait_reason(exc, path=self._path)
+        self.waiting_for = reason
+        text = f"{type(exc).__name__}: {exc}"
+        self.last_write_error = f"{reason}: {text}" if reason else text
 
     def _to_record(self, entry: _Entry) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -242,8 +348,9 @@ class MessageLog:
         return self._redactor.text(repr(value))
 
     def _open(self) -> None:
-        self._file = open(self._path, "ab")  # noqa: SIM115 - kept open for the run
-        self._size = self._file.tell()
+        # Unbuffered: each append is one write the log controls, and can cut back.
+        self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115 - kept open for the run
+        self._size = self._file.seek(0, os.SEEK_END)
         if self._size and not _ends_with_newline(self._path):
             # A line torn by a crash: end it, so the first record of this run is whole.
             self._file.write(b"\n")
@@ -253,9 +360,10 @@ class MessageLog:
         self._file.close()
         try:
             self._shift()
-        finally:
-            # Whatever failed, the log goes on in a file (or tries again next record).
-            self._open()
+        except OSError as exc:
+            self._failed(exc, 0)
+        # Whatever failed, the log goes on in a file (or tries again at the next append).
+        self._open()
 
     def _shift(self) -> None:
         # The last rotated file is compressed before the files move up one.
@@ -307,6 +415,9 @@ class NullMessageLog(MessageLog):
 
     def start(self) -> None:
         pass
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "enabled": False}
 
     def record(self, kind: str, sender: str, receiver: str, message_kind: str, payload: Any,
                corr: int, *, duration_ms: float | None = None,
