@@ -186,6 +186,9 @@ class DeferFts(Message):
     kind: ClassVar[str] = "writer.fts_defer"
     sources: tuple[tuple[str, int], ...]
     started_at: float
+    #: Defer only the FTS tables indexing these tables (empty: every FTS table). With a
+    #: deferral already in place, the tables it lacks join it.
+    tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +198,9 @@ class RestoreFts(Message):
     kind: ClassVar[str] = "writer.fts_restore"
     rebuild_share: float
     buffer_bytes: int
+    #: Restore only these FTS tables (empty: all); the rest stay deferred, for `sources`.
+    tables: tuple[str, ...] = ()
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,12 +222,19 @@ class InspectFts(Message):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TableRows:
-    """Rows for one table in a `SyncBatch`, upserted on `key`."""
+    """Rows for one table in a `SyncBatch`, upserted on `key`.
+
+    Where each row came from, for a reject if the database refuses it: row `i`
+    is at `origin` followed by `offsets[i]` (`a.ndjson:` and a byte offset,
+    `page 3 item ` and an index); without offsets, its place in the batch.
+    """
 
     table: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
     rows: tuple[Row, ...]
+    origin: str = ""
+    offsets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,6 +338,22 @@ class SaveMirrorRanges(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantineMirrorRows(Message):
+    """Record rows the mirror could not send, and forget those it since sent.
+
+    `add` holds (table, key, reason, at), `clear` (table, key): keys as
+    `_sw_outbox.k` holds them. With `retry`, every quarantined key is put
+    back in the outbox (as of `at`), so the mirror tries it again.
+    """
+
+    kind: ClassVar[str] = "writer.mirror_quarantine"
+    add: tuple[tuple[str, Any, str, float], ...] = ()
+    clear: tuple[tuple[str, Any], ...] = ()
+    retry: bool = False
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TableChecksums(Message):
     """Checksum every declared table as committed now (a read; changes nothing).
 
@@ -342,7 +371,7 @@ FOREGROUND_WRITES: tuple[type[Message], ...] = (Execute, ExecuteBatch, InsertRow
 #: Small bookkeeping writes; they join group commits like foreground writes.
 BOOKKEEPING_WRITES: tuple[type[Message], ...] = (SaveTask, SaveProgress, SetMeta, StartSyncRun,
                                                  EndSyncRun, ReapSyncRuns, OutboxDrained,
-                                                 SaveMirrorRanges)
+                                                 SaveMirrorRanges, QuarantineMirrorRows)
 
 #: Every message that changes the database; only the Writer may receive these
 #: (protocol rule 1, checked on message logs by `sqlwarden replay --check`).
@@ -406,6 +435,9 @@ class BeginCatchUp(Message):
     kind: ClassVar[str] = "fts.begin"
     source: str
     backlog_rows: int
+    #: The tables the source writes; only FTS tables indexing them are deferred. Empty:
+    #: the controller takes them from the source's config (an unknown source defers all).
+    tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -499,6 +531,9 @@ class PumpProgress(Message):
     batch_rows: int
     batch_s: float
     total: int | None = None
+    #: Set while the run waits out a lock held elsewhere or a full disk; None once a
+    #: batch commits again.
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -587,6 +622,8 @@ class MirrorDown(Message):
     retry_in_s: float | None
     #: Reconciles begun so far; asks waiting for a later one fail.
     started: int
+    #: What the mirror waits for meanwhile (None: a failure no retry fixes).
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -655,3 +692,32 @@ class ProgressSnapshot(Message):
     """Ask the Progress actor for a `ProgressView` of every job it has heard of."""
 
     kind: ClassVar[str] = "progress.snapshot"
+
+
+# --- Supervisor (recorded in the message log; no actor receives them) -------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorFailed(Message):
+    """An actor failed unexpectedly (a handler raised something unexpected, or it died).
+
+    The Writer's failure stops the engine (`fatal`); any other actor is
+    restarted after `restart_in_s`, its `restarts`-th restart.
+    """
+
+    kind: ClassVar[str] = "supervisor.actor_failed"
+    actor: str
+    error_type: str
+    error: str
+    fatal: bool = False
+    restarts: int = 0
+    restart_in_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorRestarted(Message):
+    """The supervisor rebuilt `actor` from its state in the database and put it on the bus."""
+
+    kind: ClassVar[str] = "supervisor.actor_restarted"
+    actor: str
+    restarts: int

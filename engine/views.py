@@ -51,6 +51,8 @@ class CheckpointResult:
     checkpointed_frames: int
     wal_file_bytes: int
     busy: bool = False
+    #: Set when the checkpoint could not run for a lock held elsewhere or a full disk.
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +71,11 @@ class WriterState:
     busy_checkpoints: int
     page_size: int
     variable_limit: int
+    #: What the last transaction or checkpoint waited for (a lock held by another
+    #: process, a full disk); None once one has succeeded since.
+    waiting_for: str | None = None
+    #: Transactions and checkpoints that met such a wait so far.
+    waits: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +112,9 @@ class TaskView:
     provides: str | None
     #: False when this engine has not run the task (done or cancelled before it started).
     ran_here: bool = False
+    #: While a chunk or a save of the task waits out a transient fault, what it waits
+    #: for ("database locked by another process", "disk full"); the task stays running.
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,6 +181,8 @@ class FtsRestored:
 class FtsRestoreResult:
     tables: tuple[FtsRestored, ...]
     duration_ms: float
+    #: What stays deferred after a restore of some tables only (None: nothing).
+    remaining: FtsDeferralView | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +238,10 @@ class SyncBatchResult:
 
     rows: int
     rejects: int
+    #: Rows that went in, written or already equal (`rows` counts only those written).
+    accepted: int = 0
+    #: The batch's first reject as "position: reason", when it has one.
+    first_reject: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,6 +280,9 @@ class SourceView:
     #: Upstream asked not to be called before this Unix time (Retry-After).
     not_before: float | None
     total: int | None = None
+    #: What the run waits out before going on ("database locked by another process",
+    #: "disk full"), while it does.
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,3 +323,7 @@ class MirrorView:
     lag_p50_ms: float | None = None
     lag_p99_ms: float | None = None
     lag_max_ms: float | None = None
+    #: Reconciles that failed (`reconciles` counts those that completed).
+    reconciles_failed: int = 0
+    #: What the mirror waits for: the server, or the local database (locked, disk full).
+    waiting_for: str | None = None

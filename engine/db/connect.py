@@ -70,6 +70,16 @@ def disable_double_quoted_strings(conn: apsw.Connection, db: DatabaseConfig) -> 
     conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
 
 
+def enable_defensive(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """SQL sent to the engine cannot write FTS5's shadow tables or the raw schema and pages."""
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+
+
+def disable_extension_loading(conn: apsw.Connection, db: DatabaseConfig) -> None:
+    """No SQL sent to the engine may load native code into it."""
+    conn.enable_load_extension(False)
+
+
 def refuse_writes(conn: apsw.Connection, db: DatabaseConfig) -> None:
     """Belt and braces on top of the read-only open flag."""
     conn.pragma("query_only", True)
@@ -85,6 +95,8 @@ WRITER_SETUP: tuple[Setup, ...] = (
     enable_recursive_triggers,
     enable_foreign_keys,
     disable_double_quoted_strings,
+    enable_defensive,
+    disable_extension_loading,
 )
 
 READER_SETUP: tuple[Setup, ...] = (

@@ -22,6 +22,7 @@ from sqlwarden.config import ColumnConfig, Config, FtsConfig, TableConfig
 from sqlwarden.db.connect import transaction
 from sqlwarden.db.sql import column_list, literal, quote
 from sqlwarden.errors import SchemaError
+from sqlwarden.fts.adopt import plan_existing
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,14 @@ _OUTBOX_DDL = (f"""CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (
     at REAL NOT NULL
 ) STRICT""", f"CREATE UNIQUE INDEX IF NOT EXISTS {OUTBOX_TABLE}_key ON {OUTBOX_TABLE} (tbl, k)")
 OUTBOX_TRIGGER_PREFIX = "_sw_outbox_"
+#: Now in Unix seconds to the millisecond, in SQL every SQLite from 3.37 runs:
+#: other programs on the device (Python's `sqlite3`, the shell, sqlite-utils)
+#: fire the outbox triggers too. The same value `unixepoch('subsec')` gives,
+#: which is NULL before SQLite 3.42.
+OUTBOX_NOW_SQL = "round((julianday('now') - 2440587.5) * 86400.0, 3)"
+#: What earlier engines wrote in the triggers instead; such a trigger recorded
+#: every change it saw, so replacing it leaves the mirror's digests valid.
+_LEGACY_OUTBOX_NOW_SQL = "unixepoch('subsec')"
 
 MIRROR_RANGES_TABLE = "_sw_mirror_ranges"
 #: SQLite's side of the last reconcile, so the next one need not read every
@@ -142,6 +151,20 @@ _MIRROR_RANGES_DDL = f"""CREATE TABLE IF NOT EXISTS {MIRROR_RANGES_TABLE} (
     digest INTEGER,
     shape TEXT NOT NULL,
     PRIMARY KEY (tbl, ord)
+) STRICT"""
+
+MIRROR_QUARANTINE_TABLE = "_sw_mirror_quarantine"
+#: Rows the mirror could not send (the server refused them, or a value has no
+#: MySQL form): table, key (as `_sw_outbox.k` holds it), why and when (Unix
+#: seconds). A quarantined key is kept off the mirror and out of reconcile
+#: checksums on both sides; the next change of its row, or a retry asked for,
+#: sends it again and removes it from here once it is on the server.
+_MIRROR_QUARANTINE_DDL = f"""CREATE TABLE IF NOT EXISTS {MIRROR_QUARANTINE_TABLE} (
+    tbl TEXT NOT NULL,
+    k ANY NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (tbl, k)
 ) STRICT"""
 
 
@@ -229,7 +252,7 @@ def fts_trigger_sql(table: TableConfig, fts: FtsConfig) -> dict[str, str]:
 # --- introspection ----------------------------------------------------------------------
 
 
-def outbox_trigger_sql(table: TableConfig) -> dict[str, str]:
+def outbox_trigger_sql(table: TableConfig, *, now: str = OUTBOX_NOW_SQL) -> dict[str, str]:
     """Triggers recording every change of `table` in the outbox (never deferred)."""
     t = quote(table.name)
     name = literal(table.name)
@@ -246,7 +269,7 @@ def outbox_trigger_sql(table: TableConfig) -> dict[str, str]:
         # that read the old one does not delete the new change.
         return (f"DELETE FROM {OUTBOX_TABLE} WHERE tbl = {name} AND k = {key(row)};\n  "
                 f"INSERT INTO {OUTBOX_TABLE} (tbl, k, op, at) SELECT {name}, {key(row)}, "
-                f"'{op}', unixepoch('subsec'){when};")
+                f"'{op}', {now}{when};")
 
     prefix = f"{OUTBOX_TRIGGER_PREFIX}{table.name}"
     moved = f" WHERE {key('OLD')} IS NOT {key('NEW')}"
@@ -274,11 +297,13 @@ def _plan_outbox(objects: dict[str, tuple[str, str, str | None]],
             plan.append((f"DROP TRIGGER {quote(lowered)}", ""))
     for name in mirrored:
         triggers = outbox_trigger_sql(config.table(name))
-        missing = [t for t, sql in triggers.items()
-                   if not _same_sql(objects.get(t.lower(), (None, None, None))[2], sql)]
-        if missing:
+        legacy = outbox_trigger_sql(config.table(name), now=_LEGACY_OUTBOX_NOW_SQL)
+        current = {t: objects.get(t.lower(), (None, None, None))[2] for t in triggers}
+        missing = [t for t, sql in triggers.items() if not _same_sql(current[t], sql)]
+        if any(not _same_sql(current[t], legacy[t]) for t in missing):
             # Changes made while a trigger was missing (a table dropped and made
             # again, say) never reached the outbox: the stored digests may be stale.
+            # An earlier engine's trigger recorded every change: nothing is stale.
             plan.append((f"DELETE FROM {MIRROR_RANGES_TABLE} WHERE tbl = {literal(name)}", ""))
         plan.extend((triggers[t], f"created mirror outbox trigger {t}") for t in missing)
     keep = ", ".join(literal(n) for n in mirrored) or "NULL"
@@ -313,7 +338,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         conn.execute(_META_DDL)
         _check_engine_version(conn, actions)
         conn.execute(_TASKS_DDL)
-        for ddl in (*_SYNC_DDL, *_OUTBOX_DDL, _MIRROR_RANGES_DDL):
+        for ddl in (*_SYNC_DDL, *_OUTBOX_DDL, _MIRROR_RANGES_DDL, _MIRROR_QUARANTINE_DDL):
             conn.execute(ddl)
         objects = _objects(conn)
         deferred = _deferred_fts(conn)
@@ -378,7 +403,7 @@ def _plan_table(conn: apsw.Connection, objects: dict[str, tuple[str, str, str | 
         # its snapshot; recreating them here would index the catch-up twice.
         log.info("FTS table %s is deferred; it is checked again once restored", table.fts.name)
     elif table.fts is not None:
-        plan.extend(_plan_fts(objects, table, table.fts))
+        plan.extend(_plan_fts(conn, objects, table, table.fts))
     return plan
 
 
@@ -496,8 +521,13 @@ def _plan_index(objects: dict[str, tuple[str, str, str | None]], table: TableCon
             (sql, f"rebuilt index {index_name} (its definition changed)")]
 
 
-def _plan_fts(objects: dict[str, tuple[str, str, str | None]], table: TableConfig,
-              fts: FtsConfig) -> list[tuple[str, str]]:
+def _plan_fts(conn: apsw.Connection, objects: dict[str, tuple[str, str, str | None]],
+              table: TableConfig, fts: FtsConfig) -> list[tuple[str, str]]:
+    # An FTS index another tool made keeps its own triggers (or start is refused):
+    # ours beside them would index every row twice.
+    adopted = plan_existing(conn, table, fts)
+    if adopted is not None:
+        return adopted
     plan: list[tuple[str, str]] = []
     rebuild = False
     sql = create_fts_sql(table, fts)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import chain
+from typing import Any
 
 import apsw
 
@@ -23,7 +24,13 @@ from sqlwarden.config import Config, TableConfig
 from sqlwarden.db.checksum import table_checksum
 from sqlwarden.db.connect import file_size, savepoint, transaction, variable_limit
 from sqlwarden.db.faults import wait_reason
-from sqlwarden.db.schema import META_TABLE, MIRROR_RANGES_TABLE, OUTBOX_TABLE
+from sqlwarden.db.rules import EngineObjects, refusal, trigger_refusal
+from sqlwarden.db.schema import (
+    META_TABLE,
+    MIRROR_QUARANTINE_TABLE,
+    MIRROR_RANGES_TABLE,
+    OUTBOX_TABLE,
+)
 from sqlwarden.db.sql import insert_sql, rows_per_statement, upsert_sql
 from sqlwarden.errors import (
     BadRowError,
@@ -42,6 +49,7 @@ from sqlwarden.protocol import (
     InsertRows,
     Message,
     OutboxDrained,
+    QuarantineMirrorRows,
     ReapSyncRuns,
     RestoreFts,
     RunChunk,
@@ -90,6 +98,31 @@ class _TransactionEnded(Exception):
     """A message ended the group's transaction; the group runs again without it."""
 
 
+class _WriterCursor(apsw.Cursor):
+    """The Writer's cursors: a sender's SQL is always prepared under the rules.
+
+    SQLite asks the authorizer only while preparing, and apsw reuses a
+    prepared statement by its text: a sender's statement with the text of
+    one the engine ran unguarded (`DELETE FROM _sw_meta WHERE key = ?`) would
+    skip every rule. So guarded statements bypass the cache (measured: under
+    1 us more per statement). The engine's own statements inside a guarded
+    block (a chunk's checkpoint update) run unguarded.
+    """
+
+    def __init__(self, conn: apsw.Connection, core: WriterCore) -> None:
+        super().__init__(conn)
+        self._core = core
+
+    def execute(self, statements: str, bindings: Any = None, **kwargs: Any) -> apsw.Cursor:
+        with self._core._rules_for(statements, kwargs):
+            return super().execute(statements, bindings, **kwargs)
+
+    def executemany(self, statements: str, sequenceofbindings: Any,
+                    **kwargs: Any) -> apsw.Cursor:
+        with self._core._rules_for(statements, kwargs):
+            return super().executemany(statements, sequenceofbindings, **kwargs)
+
+
 Outcome = WriteResult | SyncBatchResult | EngineError
 
 
@@ -119,11 +152,18 @@ class WriterCore:
         self.checkpoints = 0
         self.forced_checkpoints = 0
         self.busy_checkpoints = 0
+        #: What the last transaction or checkpoint waited for; None after a success.
+        self.waiting_for: str | None = None
+        self.waits = 0
         self.last_write_at = clock()
         self._guarding = False
         self._refused: str | None = None
+        self._owned = EngineObjects.of(config, conn)
+        #: The engine's own statements inside a guarded block (a chunk's checkpoint).
+        self._trusted = frozenset(plan.checkpoint_sql for plan in tasks)
         conn.set_wal_hook(self._on_wal_commit)
         conn.authorizer = self._authorize
+        conn.cursor_factory = lambda c: _WriterCursor(c, self)
 
     def _on_wal_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         # Runs inside COMMIT: only note the size here, checkpoint afterwards.
@@ -151,6 +191,12 @@ class WriterCore:
             with transaction(self.conn):
                 outcomes: list[Outcome] = [self.apply(m) for m in messages]
         except Exception as exc:
+            if self._met(exc) is not None:
+                # A lock held elsewhere or a full disk is no message's own fault:
+                # running the group again message by message would only meet it
+                # again (a lock for another whole busy timeout). Nothing committed.
+                self.failed_messages += len(messages)
+                return [as_engine_error(m, exc, path=self._db_path) for m in messages]
             if len(messages) > 1:
                 return self._commit_isolated(messages)
             outcomes = [as_engine_error(messages[0], exc, path=self._db_path)]
@@ -183,6 +229,7 @@ class WriterCore:
             except _TransactionEnded:
                 continue
             except Exception as exc:  # BEGIN or COMMIT failed: nothing committed
+                self._met(exc)
                 failed: list[Outcome] = [
                     culprits.get(i, as_engine_error(m, exc, path=self._db_path))
                     for i, m in enumerate(messages)]
@@ -194,6 +241,7 @@ class WriterCore:
 
     def _committed(self, messages: Sequence[Message], outcomes: Sequence[Outcome]) -> None:
         self.transactions += 1
+        self.waiting_for = None
         self.messages += len(messages)
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, EngineError):
@@ -261,6 +309,23 @@ class WriterCore:
                     [(table, i, hi, rows, digest, shape)
                      for i, (hi, rows, digest) in enumerate(ranges)])
                 return WriteResult(changes=len(ranges))
+            case QuarantineMirrorRows(add=add, clear=clear, retry=retry, at=at):
+                self.conn.executemany(f"DELETE FROM {MIRROR_QUARANTINE_TABLE} "
+                                      "WHERE tbl = ? AND k = ?", clear)
+                self.conn.executemany(
+                    f"INSERT INTO {MIRROR_QUARANTINE_TABLE} (tbl, k, reason, at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (tbl, k) DO UPDATE SET "
+                    "reason = excluded.reason, at = excluded.at", add)
+                changes = len(add) + len(clear)
+                if retry:
+                    # A key already pending is tried with that change anyway.
+                    self.conn.execute(
+                        f"INSERT OR IGNORE INTO {OUTBOX_TABLE} (tbl, k, op, at) "
+                        f"SELECT tbl, k, 'upsert', ? FROM {MIRROR_QUARANTINE_TABLE}", (at,))
+                    row = self.conn.execute(
+                        f"SELECT count(*) FROM {MIRROR_QUARANTINE_TABLE}").fetchone()
+                    changes = int(row[0]) if row is not None else 0
+                return WriteResult(changes=changes)
             case SetMeta(key=key, value=None):
                 self.conn.execute(f"DELETE FROM {META_TABLE} WHERE key = ?", (key,))
                 return WriteResult(changes=self.conn.changes())
@@ -275,7 +340,12 @@ class WriterCore:
     # --- background chunks --------------------------------------------------------------
 
     def run_chunk(self, message: RunChunk, *, yielded_to: int = 0) -> ChunkResult:
-        """Run one chunk of a task in its own transaction; raises `TaskError` on failure."""
+        """Run one chunk of a task in its own transaction; raises `TaskError` on failure.
+
+        A chunk that met a lock held by another process or a full disk
+        committed nothing; its `TaskError` keeps the cause and says what it
+        waits for (`waiting_for`), so the task retries the same chunk later.
+        """
         plan = self.tasks.get(message.task)
         ident = f"{message.task}@{message.version}"
         if plan is None or plan.task.version != message.version:
@@ -289,12 +359,18 @@ class WriterCore:
                                     rows=message.rows, fn=fn)
         except Exception as exc:
             self.failed_messages += 1
+            reason = self._met(exc)
             if isinstance(exc, TaskError):
                 raise
-            raise TaskError(f"task {ident}: the chunk after key {message.after!r} failed: "
-                            f"{exc}", task=message.task) from exc
+            error = TaskError(f"task {ident}: the chunk after key {message.after!r} "
+                              f"{'waits, ' + reason if reason else 'failed'}: {exc}",
+                              task=message.task)
+            error.waiting_for = reason
+            error.retryable = reason is not None
+            raise error from exc
         duration_ms = (time.perf_counter() - started) * 1000
         self.transactions += 1
+        self.waiting_for = None
         self.messages += 1
         self.last_write_at = self._clock()
         return ChunkResult(after=message.after, last=outcome.last, scanned=outcome.scanned,
@@ -314,7 +390,9 @@ class WriterCore:
         self._guarding = True
         try:
             yield
-        except apsw.AuthError as exc:
+        except apsw.Error as exc:
+            # A refusal fails the statement's prepare at once (an AuthError, or an
+            # SQLError for a function), so a reason noted here is this error's.
             if self._refused is None:
                 raise
             raise WriteError(f"{message.kind}: {self._refused}",
@@ -322,11 +400,39 @@ class WriterCore:
         finally:
             self._guarding = False
 
+    @contextmanager
+    def _rules_for(self, statements: str, kwargs: dict[str, Any]) -> Iterator[None]:
+        """How the statements about to be prepared are checked (see `_WriterCursor`)."""
+        if not self._guarding:
+            yield
+        elif statements in self._trusted:
+            self._guarding = False
+            try:
+                yield
+            finally:
+                self._guarding = True
+        else:
+            kwargs["can_cache"] = False
+            yield
+
     def _authorize(self, code: int, first: str | None, second: str | None,
                    database: str | None, trigger: str | None) -> int:
         # Runs while SQLite prepares a statement; cheap when not guarding.
+        if trigger is not None:
+            why = trigger_refusal(self._owned, code, first, trigger)
+            if why is None:
+                return apsw.SQLITE_OK
+            if not self._guarding:
+                # The engine's own write fired someone's trigger: say why it failed.
+                raise WriteError(why, message_kind="writer.authorize")
+            self._refused = why
+            return apsw.SQLITE_DENY
         if not self._guarding:
             return apsw.SQLITE_OK
+        why = refusal(self._owned, code, first, second)
+        if why is not None:
+            self._refused = why
+            return apsw.SQLITE_DENY
         if code in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             self._refused = ("transaction statements are not accepted; each message is "
                              "already one transaction")
@@ -373,9 +479,11 @@ class WriterCore:
         """Drop FTS triggers and persist the record in one transaction (None: nothing to defer)."""
         try:
             with transaction(self.conn):
-                deferral = fts.defer(self.conn, message.sources, message.started_at)
+                deferral = fts.defer(self.conn, message.sources, message.started_at,
+                                     content=message.tables)
         except Exception as exc:
-            raise _fts_error("deferring FTS triggers", exc) from exc
+            self._met(exc)
+            raise _fts_error("deferring FTS triggers", exc, path=self._db_path) from exc
         if deferral is None:
             return None
         self._wrote_ddl()
@@ -387,16 +495,19 @@ class WriterCore:
         try:
             with transaction(self.conn):
                 deferral = fts.read_deferral(self.conn)
-                restored = () if deferral is None else fts.restore(
+                restored, left = ((), None) if deferral is None else fts.restore(
                     self.conn, deferral, rebuild_share=message.rebuild_share,
-                    buffer_bytes=message.buffer_bytes)
+                    buffer_bytes=message.buffer_bytes, only=message.tables,
+                    sources=message.sources if message.tables else None)
         except Exception as exc:
-            raise _fts_error("restoring FTS triggers", exc) from exc
+            self._met(exc)
+            raise _fts_error("restoring FTS triggers", exc, path=self._db_path) from exc
         if deferral is not None:
             self._wrote_ddl()
         return FtsRestoreResult(
             tables=restored,
-            duration_ms=(time.perf_counter() - started) * 1000)
+            duration_ms=(time.perf_counter() - started) * 1000,
+            remaining=deferral_view(left) if left is not None else None)
 
     def fts_update(self, message: UpdateFtsDeferral) -> FtsDeferralView | None:
         """Rewrite the record's sources and last error; None when there is no record."""
@@ -419,6 +530,7 @@ class WriterCore:
 
     def _wrote_ddl(self) -> None:
         self.transactions += 1
+        self.waiting_for = None
         self.messages += 1
         self.last_write_at = self._clock()
 
@@ -448,16 +560,23 @@ class WriterCore:
             return False
         if self._clock() - self.last_write_at < self.idle_after_s:
             return True
-        self.checkpoint("passive")
-        return False
+        # A checkpoint that met a full disk (the database file cannot grow) or a
+        # lock is tried again at the next pause, not given up.
+        return self.checkpoint("passive").waiting_for is not None
 
     def checkpoint(self, mode: str = "passive", *, forced: bool = False) -> CheckpointResult:
-        """Run a checkpoint; RESTART and TRUNCATE never wait for readers."""
+        """Run a checkpoint; RESTART and TRUNCATE never wait for readers.
+
+        A lock held by another process or a full disk is an answer
+        (`waiting_for`), never an exception: the WAL keeps every committed
+        frame, so the checkpoint can wait for the next try.
+        """
         if mode not in CHECKPOINT_MODES:
             raise WriteError(f"unknown checkpoint mode {mode!r}; expected one of "
                              f"{', '.join(CHECKPOINT_MODES)}", message_kind="writer.checkpoint")
         waits_for_readers = mode in ("full", "restart", "truncate")
         busy = False
+        waiting_for: str | None = None
         frames = done = 0
         if waits_for_readers:
             # Waiting for a reader to let go would stall every queued write.
@@ -466,17 +585,23 @@ class WriterCore:
             frames, done = self.conn.wal_checkpoint(mode=CHECKPOINT_MODES[mode])
         except apsw.BusyError:
             busy = True
+        except apsw.Error as exc:
+            waiting_for = self._met(exc)
+            if waiting_for is None:
+                raise
         finally:
             if waits_for_readers:
                 self.conn.set_busy_timeout(self.config.database.busy_timeout_ms)
         self.checkpoints += 1
         self.forced_checkpoints += forced
         self.busy_checkpoints += busy
-        if not busy:
+        if not busy and waiting_for is None:
             # A completed checkpoint lets the next commit start the WAL over.
             self.wal_frames = 0 if mode == "truncate" or frames == done else frames
+            self.waiting_for = None
         return CheckpointResult(mode=mode, wal_frames=frames, checkpointed_frames=done,
-                                wal_file_bytes=self.wal_file_bytes(), busy=busy)
+                                wal_file_bytes=self.wal_file_bytes(), busy=busy,
+                                waiting_for=waiting_for)
 
     def wal_file_bytes(self) -> int:
         return file_size(self._wal_path)
@@ -494,7 +619,16 @@ class WriterCore:
             wal_threshold_bytes=self.wal_threshold_bytes, checkpoints=self.checkpoints,
             forced_checkpoints=self.forced_checkpoints, busy_checkpoints=self.busy_checkpoints,
             page_size=self.page_size, variable_limit=self.variable_limit,
+            waiting_for=self.waiting_for, waits=self.waits,
         )
+
+    def _met(self, exc: BaseException) -> str | None:
+        """Note a lock held elsewhere or a full disk for status; what it waits for, or None."""
+        reason = wait_reason(exc, path=self._db_path)
+        if reason is not None:
+            self.waiting_for = reason
+            self.waits += 1
+        return reason
 
 
 def deferral_view(deferral: fts.Deferral) -> FtsDeferralView:
@@ -504,11 +638,15 @@ def deferral_view(deferral: fts.Deferral) -> FtsDeferralView:
                            last_error=deferral.last_error, attempts=deferral.attempts)
 
 
-def _fts_error(what: str, exc: Exception) -> FtsError:
+def _fts_error(what: str, exc: Exception, *, path: str | None = None) -> FtsError:
     """Name the failure; it rolled back, so triggers and record still agree."""
     if isinstance(exc, FtsError):
         return exc
-    return FtsError(f"{what} failed and was rolled back: {exc}")
+    error = FtsError(f"{what} failed and was rolled back: {exc}")
+    # A lock held elsewhere or a full disk: the controller may simply try again.
+    error.waiting_for = wait_reason(exc, path=path)
+    error.retryable = error.waiting_for is not None
+    return error
 
 
 def _ended_transaction(message: Message) -> WriteError:
@@ -533,8 +671,11 @@ def as_engine_error(message: Message, exc: BaseException, *,
         return exc
     target = getattr(message, "table", None)
     what = f"{message.kind} into {target}" if target else message.kind
-    error = WriteError(f"{what} failed: {exc}", message_kind=message.kind,
-                       sqlite_error=type(exc).__name__,
-                       waiting_for=wait_reason(exc, path=path))
+    reason = wait_reason(exc, path=path)
+    # Say what it waits for in status's words too; SQLite's own text for a
+    # full disk ("database or disk is full") does not.
+    error = WriteError(f"{what} failed{f' ({reason})' if reason else ''}: {exc}",
+                       message_kind=message.kind, sqlite_error=type(exc).__name__,
+                       waiting_for=reason)
     error.__cause__ = exc
     return error

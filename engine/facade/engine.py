@@ -30,6 +30,7 @@ from sqlwarden.actors.progress import ProgressActor
 from sqlwarden.actors.sync import SyncActor
 from sqlwarden.actors.writer import WriterActor
 from sqlwarden.config import Config, TableConfig, TaskConfig, load_config, validate_task
+from sqlwarden.db.lock import EngineLock
 from sqlwarden.db.readers import ReaderPool
 from sqlwarden.errors import (
     EngineError,
@@ -57,6 +58,7 @@ from sqlwarden.protocol import (
     Message,
     MirrorBoot,
     SetMeta,
+    StartTasks,
     Statement,
     SyncBoot,
     TableChecksums,
@@ -128,9 +130,17 @@ class Engine:
         self._bus: Bus | None = None
         self._readers: ReaderPool | None = None
         self._status_server: StatusServer | None = None
+        self._lock: EngineLock | None = None
+        self._at_rest: list[Callable[[apsw.Connection, WriterState | None], None]] = []
         #: The Mirror's latest view, read without asking it (see `ViewBoard`).
         self.mirror_board: ViewBoard | None = None
         self.supervisor = Supervisor(redactor=self._redactor, on_fatal=self._on_fatal)
+        self.supervisor.on_restart = self._restart_later
+        #: How each actor was built, to build it again when it goes down (see `_restart`).
+        self._specs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        #: Held while actors are started or stopped: a restart never races the stop.
+        self._lifecycle = threading.Lock()
+        self._stopping = False
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Engine:
@@ -164,13 +174,19 @@ class Engine:
         """Start the actors in dependency order; raises if any cannot start."""
         if self._state != "new":
             raise EngineError(f"the engine cannot start: it is {self._state}")
+        # One engine per database, before anything touches the disk: a refused
+        # start leaves no file behind and changes nothing.
+        self._lock = EngineLock.acquire(self.config.database.path)
         log_config = self.config.message_log
         log_class = MessageLog if log_config.enabled else NullMessageLog
-        self._log = log_class(log_config, self.config.message_log_path, redactor=self._redactor,
-                              run=self.run_id)
-        self._log.start()
-        self._bus = Bus(self._log)
         try:
+            self._log = log_class(log_config, self.config.message_log_path,
+                                  redactor=self._redactor, run=self.run_id)
+            self._log.start()
+            self._bus = Bus(self._log)
+            bus = self._bus
+            self.supervisor.on_event = lambda message: bus.note(
+                "supervisor", getattr(message, "actor", FACADE), message)
             if self.mirror.enabled:
                 # Before the status endpoint's modules load OpenSSL: the connector's C
                 # extension needs its own (see `mirror.driver`).
@@ -186,7 +202,8 @@ class Engine:
                     sync_run=lambda name, mode: status_mod.run_view_dict(
                         self.sync.run(name, mode=mode)),
                     mirror_reconcile=lambda: status_mod.reconcile_view_dict(
-                        self.mirror.reconcile()))
+                        self.mirror.reconcile()),
+                    mirror_retry=lambda: {"queued": self.mirror.retry_quarantined()})
             self._start_actor(WriterActor, config=self.config, tasks=self._plans)
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
             self._start_actor(FtsControllerActor, config=self.config)
@@ -200,6 +217,7 @@ class Engine:
             self._readers = ReaderPool(self.config.database)
             if self._status_server is not None:
                 self._status_server.start()
+                self._lock.describe(endpoint=self.status_url)
             self._state = "running"
             self._ask("writer", SetMeta(key="run_id", value=self.run_id))
             # Where `sqlwarden task pause` finds this engine.
@@ -221,6 +239,7 @@ class Engine:
 
     def _start_actor(self, actor_class: Any, **kwargs: Any) -> None:
         assert self._bus is not None
+        self._specs[actor_class.name] = (actor_class, kwargs)
         ready: Future[None] = Future()
         ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
                                 scheduler=self.scheduler, ready=ready, **kwargs)
@@ -253,26 +272,117 @@ class Engine:
             self._ask("writer", TableChecksums(), timeout=STOP_TIMEOUT_S)
 
     def _shutdown(self, *, checksums: bool = False) -> None:
+        with self._lifecycle:  # waits for a restart under way; none starts after this
+            self._stopping = True
         if self._status_server is not None:
             self._status_server.stop()
             self._status_server = None
-        if self._readers is not None:
-            self._readers.close()
         for name, ref, stop_timeout_s in reversed(self._actors):
             if name == "writer" and checksums and ref.is_alive():
                 self._record_checksums()
+                self._call_at_rest()
+            if name == "writer" and self._readers is not None:
+                # Before the Writer closes: the last connection to close removes the WAL.
+                self._readers.close()
             if self._bus is not None:
                 self._bus.unregister(name)
             if ref.is_alive():
                 with contextlib.suppress(pykka.Timeout):
                     ref.stop(block=True, timeout=stop_timeout_s)
         self._actors.clear()
+        if self._readers is not None:
+            self._readers.close()
         if self._own_scheduler:
             self.scheduler.stop()
         if self._log is not None:
             self._log.close()
+        if self._lock is not None:
+            # Last: the Writer has closed the database by now.
+            self._lock.release()
         self._state = "stopped" if self._fatal is None else "failed"
         self._stopped.set()
+
+    def at_rest(self, fn: Callable[[apsw.Connection, WriterState | None], None]) -> None:
+        """Have `fn(conn, writer)` called while the engine stops, once every actor but the
+        Writer has stopped and the Writer has committed what was queued.
+
+        `conn` is a read-only connection that sees the database as this run leaves
+        it, `writer` the Writer's last counters: what the CLI's summary reads, so it
+        counts what was committed. Called on the stopping thread, after a clean run
+        only (not after a fatal failure); an error it raises is reported to the
+        supervisor.
+        """
+        self._at_rest.append(fn)
+
+    def _call_at_rest(self) -> None:
+        if not self._at_rest or self._readers is None:
+            return
+        try:
+            # A barrier too: the Writer answers after what was queued before it.
+            writer: WriterState | None = self._ask("writer", WriterStatus(),
+                                                   timeout=STOP_TIMEOUT_S)
+        except EngineError:
+            writer = None
+        for fn in self._at_rest:
+            try:
+                with self._readers.lend(STOP_TIMEOUT_S) as conn:
+                    fn(conn, writer)
+            except Exception as exc:
+                self.supervisor.report(FACADE, "at_rest", exc)
+
+    # --- supervision --------------------------------------------------------------------
+
+    def _restart_later(self, name: str, delay_s: float) -> None:
+        """The supervisor's decision: restart `name` in `delay_s` (on the failing thread)."""
+        def start_thread() -> None:
+            # Its own thread: the new actor's setup must not hold up the scheduler.
+            threading.Thread(target=self._restart, args=(name,), daemon=True,
+                             name=f"sqlwarden-restart-{name}").start()
+
+        with contextlib.suppress(RuntimeError):  # the scheduler has stopped: so has the engine
+            self.scheduler.call_later(delay_s, start_thread)
+
+    def _restart(self, name: str) -> None:
+        """Build `name` again from its spec; its setup and boot message recover its state
+        from the database, as at a start. Put on the bus only once it is ready."""
+        with self._lifecycle:
+            if self._state == "new" and not self._stopping:
+                # Still starting (a long boot restore, say): try once it is running.
+                self._restart_later(name, 0.5)
+                return
+            if self._stopping or self._state != "running" or self._bus is None:
+                return
+            actor_class, kwargs = self._specs[name]
+            ready: Future[None] = Future()
+            ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
+                                    scheduler=self.scheduler, ready=ready, **kwargs)
+            try:
+                ready.get(timeout=STOP_TIMEOUT_S)
+            except Exception as exc:  # its setup failed (and was reported): try again later
+                if ref.is_alive():
+                    ref.stop(block=False)
+                self.supervisor.actor_down(name, exc, "start", record=False)
+                return
+            self._actors = [(n, ref if n == name else r, t) for n, r, t in self._actors]
+            self._bus.register(name, ref)
+        self.supervisor.restarted(name)
+        boot = self._boot_message(name)
+        if boot is not None:
+            with contextlib.suppress(EngineError):
+                self.tell(name, boot)
+
+    def _boot_message(self, name: str) -> Message | None:
+        """What a freshly built actor is told to recover (the same as at a start)."""
+        match name:
+            case "fts":
+                return FtsTick()
+            case "sync":
+                return SyncBoot()
+            case "mirror":
+                return MirrorBoot()
+            case "backfill":
+                return StartTasks() if self.tasks.started else None
+        return None
 
     def _on_fatal(self, failure: Failure) -> None:
         # Runs on the failing actor's thread: note it; whoever waits stops us.

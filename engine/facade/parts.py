@@ -6,6 +6,7 @@ asked for without waiting is a `RunHandle`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from sqlwarden.protocol import (
     EndCatchUp,
     FtsStatus,
     ProgressSnapshot,
+    QuarantineMirrorRows,
     Reconcile,
     RestoreFtsNow,
     RunSource,
@@ -41,10 +43,13 @@ class Tasks:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._waiting: dict[tuple[str, ...], Future[Any]] = {}
+        #: Told to start: a restarted Backfill actor is told again.
+        self.started = False
 
     def start(self) -> None:
         """Recover task rows left by earlier runs and start what should run."""
         self._engine.tell("backfill", StartTasks())
+        self.started = True
 
     def list(self) -> tuple[views.TaskView, ...]:
         """Every task, as the Backfill actor sees it now."""
@@ -157,6 +162,15 @@ class Mirror:
         view: views.ReconcileView = waited(self._engine.ask_later("mirror", Reconcile()),
                                            timeout, "the reconcile has not ended")
         return view
+
+    def retry_quarantined(self) -> int:
+        """Send every quarantined row again: each goes back in the outbox, leaves the
+        quarantine once it is on the server, or stays with the new reason. Returns how
+        many rows are tried again."""
+        self._require()
+        result: views.WriteResult = self._engine.ask(
+            "writer", QuarantineMirrorRows(retry=True, at=time.time()))
+        return result.changes
 
     def verify(self, timeout: float | None = None) -> views.ReconcileView:
         """Compare SQLite and the mirror range by range, changing nothing."""

@@ -18,6 +18,7 @@ from sqlwarden.db.connect import file_size
 from sqlwarden.errors import EngineError
 from sqlwarden.futures import Timeout
 from sqlwarden.mirror import local as mirror_sql
+from sqlwarden.mirror import quarantine as mirror_quarantine
 from sqlwarden.protocol import (
     FtsStatus,
     Message,
@@ -66,13 +67,15 @@ def engine_status(engine: Engine) -> dict[str, Any]:
     if engine._readers is not None:
         out["readers"] = {"size": engine._readers.size, "lent": engine._readers.lent}
     if engine._log is not None:
-        out["message_log"] = {"path": engine.message_log_path,
-                              "queued": engine._log.queued,
-                              "write_errors": engine._log.write_errors,
-                              "last_write_error": engine._log.last_write_error}
+        # The queue (bounded: `blocked` sends waited for room, `dropped` records found
+        # none) and the appends (`write_errors` records lost, `waiting_for` "disk full").
+        out["message_log"] = {"path": engine.message_log_path, **engine._log.stats()}
     out["failures"] = {"total": engine.supervisor.total,
                        "recent": [dataclasses.asdict(f)
-                                  for f in engine.supervisor.failures()]}
+                                  for f in engine.supervisor.failures()],
+                       # Actors the supervisor restarted, and those down waiting for it.
+                       "restarts": engine.supervisor.restarts(),
+                       "restarting": list(engine.supervisor.restarting())}
     if engine._fatal is not None:
         out["fatal"] = dataclasses.asdict(engine._fatal)
     return _redact(engine._redactor, out)
@@ -139,13 +142,18 @@ def mirror_status(engine: Engine) -> dict[str, Any]:
     try:
         with engine._readers.lend(STATUS_TIMEOUT_S) as conn:
             depth, oldest = mirror_sql.outbox_depth(conn)
+            held, recent = mirror_quarantine.entries(conn)
     except (EngineError, apsw.Error) as exc:
         outbox: dict[str, Any] = {"error": str(exc)}
+        quarantine: dict[str, Any] = {"error": str(exc)}
     else:
         outbox = {"depth": depth, "oldest_age_s": None if oldest is None
                   else round(max(0.0, time.time() - oldest), 3)}
+        # Rows the mirror could not send: kept off it until they change or are retried.
+        quarantine = {"count": held, "recent": recent}
     out = mirror_view_dict(engine.mirror.view())
     out["outbox"] = outbox
+    out["quarantine"] = quarantine
     return out
 
 
