@@ -6,6 +6,12 @@ puts it in the receiver's pykka inbox. Replies come back through `reply` and
 `fail`, which log exactly one `reply` or `error` record per handled message.
 Because the receiver resolves the future itself, it may answer later than
 the handler returns: that is how the Writer commits a group of writes at once.
+
+While an actor that went down waits for its restart, the bus holds what is
+sent to it (and what was queued for it from others) and hands it to the
+actor built in its place, in order; when no restart comes, each held ask is
+answered with the error that says why. Senders never lose a message to a
+restart, and nobody waits forever.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import contextlib
 import itertools
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +31,10 @@ from sqlwarden.errors import EngineStopped
 from sqlwarden.futures import Future
 from sqlwarden.msglog.log import MessageLog
 from sqlwarden.protocol import Message
+
+#: Messages held for an actor waiting for its restart; past this many, sends are refused
+#: (an actor that cannot be rebuilt must not take the engine's memory with it).
+MAX_HELD = 100_000
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +49,8 @@ class Envelope:
     started_ns: int = 0
     #: For a `Bus.request`: the actor whose inbox gets the `Answer`.
     answer_to: str | None = None
+    #: A `reply` or an `error` was given (each message is answered once).
+    answered: bool = False
 
     @property
     def is_ask(self) -> bool:
@@ -67,13 +80,72 @@ class Bus:
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._depth: Counter[str] = Counter()
         self._sent: Counter[str] = Counter()
+        #: What is sent to an actor that waits for its restart, by its name.
+        self._held: dict[str, deque[Envelope]] = {}
+        #: Requests (`request`) each actor sent that have not been answered yet.
+        self._asking: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._queued = threading.Condition(self._lock)
         self._corr = itertools.count(1)
 
-    def register(self, name: str, ref: pykka.ActorRef[Any]) -> None:
+    def register(self, name: str, ref: pykka.ActorRef[Any], *,
+                 first: tuple[str, Message] | None = None) -> None:
+        """Messages to `name` go to `ref` from now on, starting with those held for it;
+        `first` (sender, message) is told before them (what a successor recovers with)."""
+        dead: list[Envelope] = []
         with self._lock:
             self._refs[name] = ref
+            if first is not None:
+                self._put("tell", Envelope(first[1], first[0], name, next(self._corr), None))
+            for envelope in self._held.pop(name, ()):
+                try:
+                    ref.tell(envelope)
+                except pykka.ActorDeadError:  # gone already: its own stop answers the rest
+                    dead.append(envelope)
+        self._unsent(dead, EngineStopped(name))
+
+    def hold(self, name: str, ref: pykka.ActorRef[Any], queued: Iterable[Envelope] = ()) -> bool:
+        """`ref` went down and is restarted: keep what is sent to `name` for its successor,
+        after `queued` (what others had sent it that it never handled).
+
+        Returns False (and holds nothing) when `ref` is no longer the actor of `name`.
+        """
+        with self._lock:
+            if self._refs.get(name) is not ref:
+                return False
+            del self._refs[name]
+            held = self._held.setdefault(name, deque())
+            held.extendleft(reversed(list(queued)))
+            return True
+
+    def release(self, name: str | None, error: BaseException) -> None:
+        """No restart comes for `name` (None: for any actor): answer what is held with
+        `error`, and refuse what is sent to it from now on."""
+        with self._lock:
+            names = list(self._held) if name is None else [name]
+            held = [e for n in names for e in self._held.pop(n, ())]
+        self._unsent(held, error)
+
+    def _unsent(self, envelopes: Iterable[Envelope], error: BaseException) -> None:
+        """Answer messages that never reached a receiver with `error`."""
+        for envelope in envelopes:
+            with self._lock:
+                self._depth[envelope.receiver] -= 1
+            self.fail(envelope, error)
+
+    def held(self, name: str) -> int:
+        """Messages kept for `name` while it waits for its restart."""
+        with self._lock:
+            return len(self._held.get(name, ()))
+
+    def wait_answered(self, name: str, timeout: float | None = None) -> bool:
+        """Block until every request `name` sent has been answered; False on timeout.
+
+        A restarted actor is built only then: an answer its predecessor waited
+        for (a chunk, a deferral) is in the database before the successor reads it.
+        """
+        with self._queued:
+            return self._queued.wait_for(lambda: self._asking[name] <= 0, timeout)
 
     def unregister(self, name: str, ref: pykka.ActorRef[Any] | None = None) -> None:
         """Refuse further messages to `name`; those already queued stay queued.
@@ -131,22 +203,35 @@ class Bus:
 
     def _send(self, kind: str, envelope: Envelope) -> None:
         with self._lock:
-            ref = self._refs.get(envelope.receiver)
-            if ref is None:
-                raise EngineStopped(envelope.receiver)
-            self._log.record(kind, envelope.sender, envelope.receiver, envelope.message.kind,
-                             envelope.message, envelope.corr)
-            self._depth[envelope.receiver] += 1
-            self._sent[envelope.receiver] += 1
-            self._queued.notify_all()
-            try:
-                ref.tell(envelope)
-            except pykka.ActorDeadError:
-                self._depth[envelope.receiver] -= 1
-                error = EngineStopped(envelope.receiver)
-                self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
-                                 None, envelope.corr, duration_ms=0.0, error=error)
-                raise error from None
+            self._put(kind, envelope)
+
+    def _put(self, kind: str, envelope: Envelope) -> None:
+        """Log `envelope` and queue it for its receiver (or hold it); under the lock."""
+        ref = self._refs.get(envelope.receiver)
+        held = self._held.get(envelope.receiver) if ref is None else None
+        if ref is None and (held is None or len(held) >= MAX_HELD):
+            raise EngineStopped(envelope.receiver)
+        self._log.record(kind, envelope.sender, envelope.receiver, envelope.message.kind,
+                         envelope.message, envelope.corr)
+        self._depth[envelope.receiver] += 1
+        self._sent[envelope.receiver] += 1
+        if envelope.answer_to is not None:
+            self._asking[envelope.answer_to] += 1
+        self._queued.notify_all()
+        if held is not None:  # its successor gets it
+            held.append(envelope)
+            return
+        assert ref is not None
+        try:
+            ref.tell(envelope)
+        except pykka.ActorDeadError:
+            self._depth[envelope.receiver] -= 1
+            if envelope.answer_to is not None:
+                self._asking[envelope.answer_to] -= 1
+            error = EngineStopped(envelope.receiver)
+            self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
+                             None, envelope.corr, duration_ms=0.0, error=error)
+            raise error from None
 
     def received(self, envelope: Envelope) -> None:
         """The receiver starts handling `envelope` (called on its thread)."""
@@ -156,6 +241,7 @@ class Bus:
 
     def reply(self, envelope: Envelope, result: Any) -> None:
         """Handling ended well; answer an ask and log the outcome."""
+        envelope.answered = True
         self._log.record("reply", envelope.receiver, envelope.sender, envelope.message.kind,
                          result, envelope.corr, duration_ms=self._elapsed_ms(envelope))
         if envelope.reply_to is not None:
@@ -165,6 +251,7 @@ class Bus:
 
     def fail(self, envelope: Envelope, error: BaseException) -> None:
         """Handling raised; hand the error to an asker and log it."""
+        envelope.answered = True
         self._log.record("error", envelope.receiver, envelope.sender, envelope.message.kind,
                          None, envelope.corr, duration_ms=self._elapsed_ms(envelope),
                          error=error)
@@ -174,8 +261,11 @@ class Bus:
             self._deliver(envelope, Answer(envelope.corr, envelope.message, error=error))
 
     def _deliver(self, envelope: Envelope, answer: Answer) -> None:
-        # A requester that has stopped no longer needs its answer.
+        # A requester that has stopped no longer needs its answer (a successor built in
+        # its place does not know the request, and leaves it).
         with self._lock:
+            self._asking[envelope.answer_to or ""] -= 1
+            self._queued.notify_all()
             ref = self._refs.get(envelope.answer_to or "")
         if ref is not None:
             with contextlib.suppress(pykka.ActorDeadError):

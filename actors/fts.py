@@ -3,6 +3,11 @@
 It routes messages to the deferral policy (`sqlwarden.fts.controller`) and
 performs what the policy decides: requests to the Writer, answers, the
 maximum-age and retry timer.
+
+When it stops (or goes down) in the middle of a begin or end, the source
+asking is answered as if nothing was deferred, and carries on: a deferral
+that did commit is in the database, and the next controller (the successor
+after a restart, or the next start) restores it as soon as it boots.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from sqlwarden.actors.bus import Envelope
 from sqlwarden.config import Config
 from sqlwarden.effects import Effects
 from sqlwarden.fts.controller import FtsController, tables_written
-from sqlwarden.protocol import FTS, FtsStatus, Message
+from sqlwarden.protocol import FTS, BeginCatchUp, EndCatchUp, FtsStatus, Message
+from sqlwarden.views import FtsLease
 
 
 class FtsControllerActor(BaseActor):
@@ -31,7 +37,17 @@ class FtsControllerActor(BaseActor):
                                         writes=tables_written(config))
 
     def teardown(self) -> None:
-        self.perform(self.controller.stop())
+        pass  # every ask it holds is answered after this, through `unanswered`
+
+    def unanswered(self, message: Message) -> Any:
+        match message:
+            case BeginCatchUp(source=source):
+                return FtsLease(source=source, deferred=False,
+                                reason="the FTS controller stopped before deferring; FTS "
+                                       "upkeep stays live")
+            case EndCatchUp():
+                return self.controller.view(self.scheduler.now())
+        return super().unanswered(message)
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
         if isinstance(message, FtsStatus):

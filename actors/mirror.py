@@ -98,10 +98,18 @@ class MirrorActor(BaseActor):
                                      on_progress=self._progress)
 
     def teardown(self) -> None:
-        self._end_run()
+        # Still on the bus: it goes down and is built again, rather than stopped.
+        down = self.bus.holds(self.name, self.actor_ref)
+        run = self._end_run()
+        if run is not None and down:
+            # The successor runs the next reconcile in this same log: the log says this
+            # one ended, without a message this stopping actor would never handle.
+            self.bus.note(self.name, self.name, run.ended(error="the mirror actor went down"))
         if self.session is not None:
             self.session.close()
-        self.perform(self.state.stop())
+        self.perform(self.state.stop("the mirror actor went down; it is restarted and "
+                                     "reconciles once connected" if down
+                                     else "the engine is stopping"))
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
         try:

@@ -26,7 +26,10 @@ class ProgressActor(BaseActor):
         """`clock` rate-limits saves (the scheduler's clock unless a test gives its own)."""
         super().__init__(**kwargs)
         self._clock = clock or self.scheduler.now
-        self.book = ProgressBook(config.progress.persist_interval_s, wall=wall)
+        # Built again after going down: progress resumes from the next event of each
+        # job, saved no sooner than a second after its predecessor's last save.
+        self.book = ProgressBook(config.progress.persist_interval_s, wall=wall,
+                                 saved_at=self._clock() if self.incarnation else float("-inf"))
 
     def handle(self, message: Message, envelope: Envelope) -> Any:
         match message:

@@ -45,9 +45,15 @@ class Job:
 class ProgressBook:
     """Keeps the progress of every job and decides when a task's is saved."""
 
-    def __init__(self, interval_s: float, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, interval_s: float, *, wall: Callable[[], float] = time.time,
+                 saved_at: float = float("-inf")) -> None:
+        """`saved_at`: the clock reading every task is taken to have been saved at. A book
+        built again after its actor went down passes the time it was built: its
+        predecessor may have saved any task just before, and one save a second holds
+        across the restart."""
         self.interval_s = interval_s
         self._wall = wall
+        self._saved_at = saved_at
         self._jobs: dict[tuple[str, str], Job] = {}
 
     def event(self, event: ProgressEvent, now: float) -> Effects:
@@ -58,10 +64,14 @@ class ProgressBook:
         if job is None or job.ended or event.processed < job.meter.rows:
             # A new run: its rate starts from nothing.
             previous = job
-            job = Job(event=event, meter=RateMeter(now))
+            job = Job(event=event, meter=RateMeter(now), last_persist=self._saved_at)
             if previous is not None:
                 job.persisted, job.failures = previous.persisted, previous.failures
                 job.last_error = previous.last_error
+                if not previous.ended:
+                    # Begun again without ending (its runner was rebuilt, say): the one
+                    # save a second counts from the last save of the run before.
+                    job.last_persist = previous.last_persist
             self._jobs[(event.scope, event.name)] = job
         job.meter.add(event.chunk_rows, event.chunk_s)
         job.meter.rows = event.processed

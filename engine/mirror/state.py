@@ -11,8 +11,10 @@ comes next and keeps what status shows:
 - Every successful connect runs one reconcile.
 - Reconciles are single flight: an ask while one runs joins it (the same
   number, the same result); an ask while one is pending gets the next.
-- A verify first sends what the outbox holds (a bounded number of batches),
-  so pending changes are not reported as drift.
+- A verify, and a reconcile asked for while the mirror is up, first send
+  what the outbox holds (a bounded number of batches), so changes still on
+  their way are not reported as drift (the reconcile a connect runs repairs
+  them with the rest, as after an outage).
 - Otherwise drain the outbox, and poll it every `poll_ms` while it is empty.
 - A Writer request the mirror needs (deleting drained outbox rows, storing
   ranges, recording quarantined rows) that meets a wait (the database locked
@@ -54,7 +56,8 @@ from sqlwarden.views import MirrorView, ReconcileView
 
 log = logging.getLogger(__name__)
 
-#: Outbox batches a verify sends first, so pending changes do not count as drift.
+#: Outbox batches a verify (or an asked reconcile) sends first, so pending changes do not
+#: count as drift.
 VERIFY_DRAIN_BATCHES = 100
 #: Drained changes the lag percentiles are taken over.
 LAG_WINDOW = 5000
@@ -106,6 +109,10 @@ class MirrorState:
         self._verifies: deque[tuple[int, Any]] = deque()
         self._verify_ids = 0
         self._verify_drains = 0
+        #: The pending reconcile was asked for while up: the outbox is sent first (counted
+        #: in `_reconcile_drains`), so a change still on its way is not taken for drift.
+        self._drain_first = False
+        self._reconcile_drains = 0
         self._lags: deque[float] = deque(maxlen=LAG_WINDOW)
         #: Steps carry the token they were sent with; an older one is stale.
         self._token = 0
@@ -126,6 +133,9 @@ class MirrorState:
         if running is not None and not running[1] and not self._pending:
             number = running[0]
         else:
+            if not self._pending:
+                # Joining a connect's reconcile changes nothing; any other drains first.
+                self._drain_first = self._connected
             self._pending = True
             number = self._started + 1
         self._reconcile_waiters.setdefault(number, []).append(waiter)
@@ -136,13 +146,13 @@ class MirrorState:
         self._verifies.append((self._verify_ids, waiter))
         return self._wake()
 
-    def stop(self) -> Effects:
-        """Refuse every ask still waiting: the engine is stopping."""
+    def stop(self, why: str = "the engine is stopping") -> Effects:
+        """Refuse every ask still waiting: the mirror stops (`why`)."""
         waiting = [w for ws in self._reconcile_waiters.values() for w in ws]
         waiting += [w for _, w in self._verifies]
         self._reconcile_waiters.clear()
         self._verifies.clear()
-        return [Fail(w, MirrorUnavailable("the engine is stopping")) for w in waiting]
+        return [Fail(w, MirrorUnavailable(why)) for w in waiting]
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -159,7 +169,11 @@ class MirrorState:
             number, verify = self._running
             return Job("verify" if verify else "reconcile", number)
         if self._pending:
-            self._pending = False
+            if self._drain_first and self._reconcile_drains < VERIFY_DRAIN_BATCHES:
+                self._reconcile_drains += 1
+                return Job("drain")
+            self._pending = self._drain_first = False
+            self._reconcile_drains = 0
             self._started += 1
             self._running = (self._started, False)
             # A verify waiting behind this reconcile drains afresh after it.
@@ -179,7 +193,11 @@ class MirrorState:
         return self._next_now()
 
     def outbox_empty(self) -> Effects:
-        """A drain found nothing: a verify waiting goes next, else poll again later."""
+        """A drain found nothing: a reconcile or verify waiting goes next, else poll again
+        later."""
+        if self._pending and self._drain_first:
+            self._reconcile_drains = VERIFY_DRAIN_BATCHES
+            return self._next_now()
         if self._verifies:
             self._verify_drains = VERIFY_DRAIN_BATCHES
             return self._next_now()
@@ -192,6 +210,7 @@ class MirrorState:
         self._running = None
         self._writer_waits = 0
         self._verify_drains = 0  # the next verify drains afresh, once connected again
+        self._reconcile_drains = 0
         self._attempt += 1
         wait = self._backoff if error.retryable else None
         if error.retryable:
@@ -240,6 +259,7 @@ class MirrorState:
         self._connected = True
         self._backoff, self._attempt = self.mirror.backoff_initial_s, 0
         self._pending = True  # one reconcile per successful connect
+        self._drain_first = False  # it repairs what the outbox holds with the rest
         self._set(state="up", driver=message.driver, server_version=message.server, error=None,
                   attempt=0, retry_at=None, waiting_for=None)
         log.info("mirror: connected to %s (%s)", self.mirror.dsn.where, message.driver)
