@@ -4,6 +4,7 @@ and why, its neighbours commit, and the next run does not meet it again."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -255,3 +256,105 @@ def test_a_record_on_an_api_page_nested_too_deeply_is_rejected_alone(tmp_path: P
             assert (again.status, again.rows, again.rejects) == ("ok", 0, 0)
     finally:
         api.close()
+
+
+# (how the newest record upstream is spoiled, the words its reason holds)
+NEWEST_POISON = {
+    "text the database cannot take": ({"name": "bad \ud800 name"}, "surrogate"),
+    "a required field missing": ({"name": None}, "'name'"),
+    "a key past 64 bits": ({"id": 18446744073709551616}, "64 bits"),
+}
+
+
+def reject_rows(engine: Engine) -> list[tuple[str, str]]:
+    with engine.read() as conn:
+        return [(p, r) for p, r in conn.execute("SELECT position, reason FROM _sw_rejects "
+                                                "ORDER BY id")]
+
+
+@pytest.mark.parametrize("case", list(NEWEST_POISON))
+def test_a_rejected_newest_change_upstream_is_not_met_again_by_later_runs(
+        tmp_path: Path, upstream: Upstream, case: str) -> None:
+    spoiled, word = NEWEST_POISON[case]
+    for i in range(1, 6):
+        upstream.put(i, stamp(i))
+    upstream.records[5].update(spoiled)
+    with Engine(http_config(tmp_path, upstream.url, fts_enabled=False)) as engine:
+        first = engine.sync.run("api", timeout=60)
+        assert (first.status, first.rows, first.rejects) == ("ok", 4, 1), first.error
+        [(position, reason)] = reject_rows(engine)
+        assert position == "page 1 item 4" and word in reason
+        before = table_rows(engine)
+        for _ in range(2):
+            again = engine.sync.run("api", timeout=60)
+            assert (again.status, again.mode, again.rows, again.rejects) == (
+                "ok", "incremental", 0, 0), again.error
+            # The cursor moved past the reject: only it comes back (the cursor is inclusive).
+            assert upstream.requests[-1]["since"] == stamp(5)
+        assert reject_rows(engine) == [(position, reason)]
+        assert table_rows(engine) == before
+        full = engine.sync.run("api", mode="full", timeout=60)
+        assert (full.status, full.rows, full.rejects) == ("ok", 0, 0), full.error
+        assert "since" not in upstream.requests[-1]
+        assert reject_rows(engine) == [(position, reason)]
+        assert table_rows(engine) == before
+
+
+def test_after_a_rejected_newest_change_new_and_fixed_records_still_come_in(
+        tmp_path: Path, upstream: Upstream) -> None:
+    for i in range(1, 4):
+        upstream.put(i, stamp(i))
+    upstream.records[3]["name"] = None
+    with Engine(http_config(tmp_path, upstream.url, fts_enabled=False)) as engine:
+        assert engine.sync.run("api", timeout=60).rejects == 1
+        upstream.put(4, stamp(4))
+        upstream.put(3, stamp(5))  # fixed upstream, so changed anew
+        run = engine.sync.run("api", timeout=60)
+        assert (run.status, run.rows, run.rejects) == ("ok", 2, 0), run.error
+        assert [row[0] for row in table_rows(engine)] == [1, 2, 3, 4]
+        # Spoiled again in another way: a new reject, the stored row stays as it was.
+        upstream.put(3, stamp(6), text="x")
+        upstream.records[3]["id"] = 3.5
+        upstream.put(5, stamp(7))
+        run = engine.sync.run("api", timeout=60)
+        assert (run.status, run.rows, run.rejects) == ("ok", 1, 1), run.error
+        assert len(reject_rows(engine)) == 2
+        assert [row[:2] for row in table_rows(engine)] == [
+            (1, "item 1"), (2, "item 2"), (3, "item 3"), (4, "item 4"), (5, "item 5")]
+
+
+def test_a_record_spoiled_past_its_key_is_known_by_its_raw_text(
+        tmp_path: Path, upstream: Upstream) -> None:
+    for i in range(1, 4):
+        upstream.put(i, stamp(i))
+    upstream.records[2]["id"] = "two"
+    upstream.records[2]["updated"] = "yesterday"
+    with Engine(http_config(tmp_path, upstream.url, fts_enabled=False)) as engine:
+        for mode in ("auto", "full", "full"):
+            run = engine.sync.run("api", mode=mode, timeout=60)
+            assert run.status == "ok", run.error
+        assert len(reject_rows(engine)) == 1
+        assert [row[0] for row in table_rows(engine)] == [1, 3]
+
+
+def test_a_database_an_older_engine_wrote_keeps_its_rejects_and_stores_each_once_after(
+        tmp_path: Path, upstream: Upstream) -> None:
+    config = http_config(tmp_path, upstream.url, fts_enabled=False)
+    config.database.path.parent.mkdir(parents=True)
+    older = sqlite3.connect(config.database.path)
+    # `_sw_rejects` as an older engine made it, holding the same reject twice.
+    older.execute("CREATE TABLE _sw_rejects (id INTEGER PRIMARY KEY, source TEXT NOT NULL, "
+                  "run INTEGER, position TEXT NOT NULL, reason TEXT NOT NULL, "
+                  "raw TEXT NOT NULL, at REAL NOT NULL) STRICT")
+    older.executemany("INSERT INTO _sw_rejects (source, run, position, reason, raw, at) "
+                      "VALUES ('api', 1, 'page 1 item 1', 'old', '{}', 0)", [(), ()])
+    older.commit()
+    older.close()
+    for i in range(1, 4):
+        upstream.put(i, stamp(i))
+    upstream.records[3]["name"] = None
+    with Engine(config) as engine:
+        for _ in range(3):
+            assert engine.sync.run("api", timeout=60).status == "ok"
+        assert [p for p, _ in reject_rows(engine)] == ["page 1 item 1", "page 1 item 1",
+                                                       "page 1 item 2"]

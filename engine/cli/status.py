@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from sqlwarden.cli.output import PROG, local_time, print_tasks, size
 from sqlwarden.config import load_config
@@ -58,8 +59,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status["tasks"]:
         print("tasks")
         print_tasks(status["tasks"])
+    if status["sources"]:
+        print("sources")
+        _print_sources(status["sources"])
     deferral = status["fts_deferral"]
     if deferral is not None:
         print(f"FTS upkeep of {', '.join(deferral['tables'])} deferred since "
               f"{local_time(deferral['since'])}; the index is stale (see `{PROG} fts status`)")
+    if status["mirror"] is not None:
+        _print_quarantine(status["mirror"]["quarantine"], args.config)
     return 0
+
+
+def _print_sources(sources: dict[str, Any]) -> None:
+    width = max(len(n) for n in sources)
+    for name, info in sources.items():
+        run = info["last_run"]
+        last = "no run yet" if run is None else (
+            f"last run {run['status']} ({run['mode']}) {local_time(run['started_at'])}, "
+            f"{run['rows']:,} rows")
+        print(f"  {name:<{width}}  {last}   {info['rejects_stored']:,} rejects stored")
+        if run is not None and run["error"]:
+            print(f"  {'':<{width}}  {run['error']}")
+
+
+def _print_quarantine(quarantine: dict[str, Any], config: str) -> None:
+    held, recent = quarantine["count"], quarantine["recent"]
+    if not held:
+        print("mirror quarantine  none")
+        return
+    print(f"mirror quarantine  {held:,} rows the mirror could not take (sent again when they "
+          f"change, or now with `{PROG} mirror retry {config}`)")
+    for entry in recent:
+        print(f"  {entry['table']} key {entry['key']!r} since {local_time(entry['at'])}: "
+              f"{entry['reason']}")
+    if held > len(recent):
+        print(f"  ... and {held - len(recent):,} more")

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import apsw
+
 from sqlwarden.config import Config
 from sqlwarden.db.connect import file_size, open_reader
 from sqlwarden.db.schema import META_TABLE, REJECTS_TABLE, SYNC_RUNS_TABLE
 from sqlwarden.db.sql import quote
 from sqlwarden.fts.deferral import Deferral, read_deferral, table_states
-from sqlwarden.sync.runs import history
+from sqlwarden.mirror.quarantine import entries as quarantine_entries
+from sqlwarden.sync.runs import history, last_run, reject_counts
 from sqlwarden.tasks.chunks import read_task_rows
 from sqlwarden.views import FtsTableView, SyncRunView
 
+#: Quarantined rows `status` lists (the newest first); the count says how many in all.
+QUARANTINE_SHOWN = 5
+
 
 def read_status(config: Config) -> dict[str, Any]:
-    """Tables with row counts, engine metadata and file sizes."""
+    """Tables with row counts, engine metadata, file sizes, each source's last run and
+    rejects, and the mirror's quarantine."""
     path = str(config.database.path)
     conn = open_reader(config.database)
     try:
@@ -38,6 +45,9 @@ def read_status(config: Config) -> dict[str, Any]:
                 tables[table.name] = {"rows": None, "missing": True}
         rows = read_task_rows(conn)
         deferral = read_deferral(conn)
+        sources = _sources(conn, config, existing)
+        # Rows the mirror could not send wait there until they change or are retried.
+        held, recent = quarantine_entries(conn, shown=QUARANTINE_SHOWN)
     finally:
         conn.close()
     tasks = []
@@ -64,7 +74,28 @@ def read_status(config: Config) -> dict[str, Any]:
         "fts_deferral": None if deferral is None else {
             "tables": [t.fts for t in deferral.tables], "since": deferral.started_at,
             "sources": [s for s, _ in deferral.sources], "last_error": deferral.last_error},
+        "sources": sources,
+        "mirror": None if config.mirror is None and not held else {
+            "quarantine": {"count": held, "recent": recent}},
     }
+
+
+def _sources(conn: apsw.Connection, config: Config,
+             existing: set[str]) -> dict[str, dict[str, Any]]:
+    """Each declared source's stored rejects and last run (None before its first)."""
+    if SYNC_RUNS_TABLE not in existing:
+        return {s.name: {"rejects_stored": 0, "last_run": None} for s in config.sources}
+    rejects = reject_counts(conn)
+    out: dict[str, dict[str, Any]] = {}
+    for source in config.sources:
+        run = last_run(conn, source.name)
+        out[source.name] = {
+            "rejects_stored": rejects.get(source.name, 0),
+            "last_run": None if run is None else {
+                "status": run.status, "mode": run.mode, "started_at": run.started_at,
+                "ended_at": run.ended_at, "rows": run.rows, "rejects": run.rejects,
+                "error": run.error}}
+    return out
 
 
 def running_engine(config: Config) -> tuple[str, str] | None:

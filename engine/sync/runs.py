@@ -46,6 +46,7 @@ from sqlwarden.sync.sources.base import Reader
 from sqlwarden.sync.sources.demo import cursor_of
 from sqlwarden.sync.sources.generator import GeneratorReader
 from sqlwarden.sync.sources.mapping import (
+    key_text,
     raw_text,
     storable,
     unstorable,
@@ -118,16 +119,12 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
         refused = len(rejects)
         rows += _upsert(conn, part, rows_per(part.table, len(part.columns)), rejects, message)
         accepted += len(part.rows) - (len(rejects) - refused)
-    if rejects:
-        if message.on_reject == "fail":
-            first = rejects[0]
-            raise SyncError(f"source {message.source}: record at {first.position} rejected: "
-                            f"{first.reason} (on_reject: fail)", source=message.source)
-        conn.executemany(
-            f"INSERT INTO {REJECTS_TABLE} (source, run, position, reason, raw, at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(message.source, message.run, storable(r.position), storable(r.reason),
-              storable(r.raw), message.at) for r in rejects])
+    if rejects and message.on_reject == "fail":
+        first = rejects[0]
+        raise SyncError(f"source {message.source}: record at {first.position} rejected: "
+                        f"{first.reason} (on_reject: fail)", source=message.source)
+    # A record already rejected (a refetch meets it again) is not stored or counted again.
+    rejects = [r for r in rejects if _store_reject(conn, message, r)]
     for pos in message.files:
         conn.execute(
             f"INSERT INTO {SYNC_FILES_TABLE} (source, file, position, size, done, updated_at) "
@@ -141,6 +138,18 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
     shown = f"{rejects[0].position}: {rejects[0].reason}" if rejects else None
     return SyncBatchResult(rows=rows, rejects=len(rejects), accepted=accepted,
                            first_reject=shown)
+
+
+def _store_reject(conn: apsw.Connection, message: SyncBatch, reject: Reject) -> bool:
+    """Store `reject` unless the same record was rejected with the same raw text; True if new."""
+    record = reject.position if reject.record is None else reject.record
+    cursor = reject.cursor if unstorable(reject.cursor) is None else None
+    conn.execute(
+        f"INSERT INTO {REJECTS_TABLE} (source, run, position, reason, raw, at, record, cursor) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, record, raw) DO NOTHING",
+        (message.source, message.run, storable(reject.position), storable(reject.reason),
+         storable(reject.raw), message.at, storable(record), cursor))
+    return bool(conn.changes())
 
 
 #: What one row can cause, and only that row: a constraint, a value a STRICT column
@@ -202,8 +211,16 @@ def _refused(part: TableRows, index: int, exc: BaseException, message: SyncBatch
             if why is not None:
                 reason = f"column {column!r}: {why}"
                 break
+    record = cursor = None
+    if part.updated is not None:
+        # An API record's place on a page shifts from run to run: its key says which it is.
+        record = key_text([values[part.columns.index(c)] for c in part.key])
+        value = values[part.columns.index(part.updated)] if part.updated in part.columns \
+            else None
+        cursor = value if isinstance(value, (str, int, float)) else None
     return Reject(position=position, reason=reason,
-                  raw=raw_text(repr(dict(zip(part.columns, values, strict=True)))))
+                  raw=raw_text(repr(dict(zip(part.columns, values, strict=True)))),
+                  record=record, cursor=cursor)
 
 
 @contextlib.contextmanager
@@ -270,10 +287,26 @@ def file_states(conn: apsw.Connection, source: str) -> dict[str, FileState]:
 
 
 def http_cursor(conn: apsw.Connection, source: HttpSourceConfig) -> str | None:
-    """`MAX(updated)` of the target table: the newest change the database holds."""
-    value = conn.execute(f"SELECT max({quote(source.updated)}) FROM "
-                         f"{quote(source.table)}").get
+    """The newest change the database holds: `MAX(updated)` of the target table, or of
+    the source's rejects when a rejected record is newer than every stored row.
+
+    Without the rejects, a rejected newest change would be fetched again by every
+    run, and all the changes since the newest stored row with it.
+    """
+    stored = conn.execute(f"SELECT max({quote(source.updated)}) FROM "
+                          f"{quote(source.table)}").get
+    rejected = conn.execute(f"SELECT max(cursor) FROM {REJECTS_TABLE} WHERE source = ?",
+                            (source.name,)).get
+    value = stored if rejected is None else rejected if stored is None else (
+        max(stored, rejected) if _comparable(stored, rejected) else stored)
     return None if value is None else str(value)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """Both text or both numbers: a reject's cursor of another type says nothing here."""
+    numbers = (int, float)
+    return (isinstance(a, str) and isinstance(b, str)) or (
+        isinstance(a, numbers) and isinstance(b, numbers))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,13 @@ from typing import Any
 from sqlwarden.config import HttpSourceConfig
 from sqlwarden.protocol import Reject, TableRows
 from sqlwarden.sync.sources.base import Backlog, Prepared, SourceError
-from sqlwarden.sync.sources.mapping import RAW_KEEP, Mapper, RecordRejected, raw_text
+from sqlwarden.sync.sources.mapping import (
+    RAW_KEEP,
+    Mapper,
+    RecordRejected,
+    key_text,
+    raw_text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +248,19 @@ class HttpReader:
                               f"at {at}", failure="fatal")
         return records
 
+    def _rejected(self, record: Any, position: str, reason: str) -> Reject:
+        """The reject of a record the mapping refused, known by its key and cursor if they read.
+
+        A record's place on a page shifts from run to run; its key does not, so a
+        refetch meets the same reject and stores nothing new.
+        """
+        key = [self.mapper.value(record, column) for column in self.source.key]
+        cursor = self.mapper.value(record, self.source.updated)
+        return Reject(position=position, reason=reason,
+                      raw=raw_text(json.dumps(record, ensure_ascii=False)),
+                      record=key_text(key) if None not in key else "",
+                      cursor=cursor if isinstance(cursor, (str, int, float)) else None)
+
     def batches(self) -> Iterator[Prepared]:
         s = self.source
         page = 1
@@ -257,19 +276,19 @@ class HttpReader:
                     batch.rejects.append(Reject(
                         position=f"page {page} item {i}",
                         reason="not readable JSON: it is nested too deeply to parse",
-                        raw=raw_text(record.head, record.length)))
+                        raw=raw_text(record.head, record.length), record=""))
                     continue
                 try:
                     rows.append(self.mapper.row(record))
                     items.append(i)
                 except RecordRejected as exc:
-                    batch.rejects.append(Reject(
-                        position=f"page {page} item {i}", reason=str(exc),
-                        raw=raw_text(json.dumps(record, ensure_ascii=False))))
+                    batch.rejects.append(self._rejected(record, f"page {page} item {i}",
+                                                        str(exc)))
             if rows:
                 batch.tables.append(TableRows(table=s.table, columns=self.mapper.columns,
                                               key=s.key, rows=tuple(rows),
-                                              origin=f"page {page} item ", offsets=tuple(items)))
+                                              origin=f"page {page} item ", offsets=tuple(items),
+                                              updated=s.updated))
             yield batch
             if s.next_at is not None:
                 link = body.get(s.next_at) if isinstance(body, dict) else None

@@ -13,7 +13,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -238,6 +238,26 @@ class Mapper:
                     return values
         return self._slow(record)
 
+    def value(self, record: Any, column: str) -> Any:
+        """What `record` gives `column`, converted; None when it gives nothing usable.
+
+        For a rejected record: its key and cursor may still be readable when
+        another field is what spoiled it.
+        """
+        for spec, convert in zip(self.fields, self._converters, strict=True):
+            if spec.column != column:
+                continue
+            value: Any = record
+            for key in spec.path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                return None
+            try:
+                return convert(value)
+            except (ValueError, OverflowError, RecursionError):
+                return None
+        return None
+
     def _slow(self, record: dict[str, Any]) -> Row:
         row = []
         for spec, convert in zip(self.fields, self._converters, strict=True):
@@ -268,6 +288,13 @@ def storable(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def key_text(values: Sequence[Any]) -> str:
+    """A record's key as JSON text, whatever its values (a lone surrogate, a blob, inf)."""
+    # ASCII escapes keep a lone surrogate storable; a blob is shown as hex.
+    return json.dumps(list(values), default=lambda v: v.hex() if isinstance(v, bytes)
+                      else repr(v))
 
 
 def raw_text(raw: bytes | str, length: int | None = None) -> str:
