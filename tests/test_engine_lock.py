@@ -134,3 +134,51 @@ def test_a_start_that_fails_for_another_reason_leaves_no_lock_behind(tmp_path: P
         Engine(config).start()
     assert not lock_path(config.database.path).exists()
     assert not config.database.path.exists()
+
+
+def test_a_database_reached_through_a_symlink_shares_the_lock_of_its_file(
+        tmp_path: Path) -> None:
+    real = tmp_path / "data" / "test.db"
+    alias = tmp_path / "alias.db"
+    real.parent.mkdir()
+    alias.symlink_to(real)  # the file itself does not exist yet
+    direct = parse_config(sites_yaml(tmp_path), file="b.yaml", base_dir=tmp_path)
+    linked = parse_config(sites_yaml(tmp_path, db=alias), file="a.yaml", base_dir=tmp_path)
+    for site, (first, second) in enumerate(((linked, direct), (direct, linked))):
+        with Engine(first) as running:
+            running.write_many("sites", [(site, "acme", "north", None, "2025-01-01T00:00:00Z")])
+            with pytest.raises(DatabaseError) as refused:
+                Engine(second).start()
+            message = str(refused.value)
+            assert message.startswith("another engine is running on database "
+                                      f"{second.database.path}")
+            assert f"lock: {real}.lock" in message
+            if second is linked:
+                assert f"(that is {real})" in message
+            assert not Path(f"{alias}.lock").exists()
+        # The user's symlink is left as it was, and no lock outlives its engine.
+        assert alias.is_symlink() and os.readlink(alias) == str(real)
+        assert not Path(f"{real}.lock").exists()
+    assert count_rows(real, "sites") == 2
+
+
+def test_a_linked_folder_and_its_target_share_one_lock_across_processes(
+        tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "data", target_is_directory=True)
+    database = tmp_path / "data" / "test.db"
+    config_file = tmp_path / "sqlwarden.yaml"
+    config_file.write_text(sites_yaml(tmp_path))
+    linked_file = tmp_path / "linked.yaml"
+    linked_file.write_text(sites_yaml(tmp_path, db=tmp_path / "elsewhere" / "test.db",
+                                      log=tmp_path / "linked.jsonl"))
+    with serving(config_file, database) as first:
+        second = run_sqlwarden("run", str(linked_file), "--once", "--no-progress")
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert "another engine is running" in lines[0] and f"pid {first.pid}" in lines[0]
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+    assert (tmp_path / "elsewhere").is_symlink()
+    assert not lock_path(database).exists()

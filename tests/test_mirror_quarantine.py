@@ -166,7 +166,7 @@ def test_status_metrics_and_verify_show_the_quarantined_row(
     with Engine(config) as engine:
         boot_reconciled(engine)
         engine.write_many("items", [(i, f"item {i}", 1.0, None) for i in range(1, 10)])
-        engine.write("UPDATE items SET score = ? WHERE id = 7", (float("-inf"),))
+        engine.write("UPDATE items SET score = -1e999 WHERE id = 7")
         settled(engine, 1)
         assert engine.status_url is not None
         with urllib.request.urlopen(f"{engine.status_url}/status", timeout=10) as response:

@@ -1,6 +1,7 @@
 """SQL sent to the engine (`engine.write`, a task's SQL) cannot touch what the engine owns:
-its `_sw_*` tables, its triggers, the FTS indexes it keeps; nor ATTACH, DETACH, VACUUM or
-load extensions. The engine's own triggers keep firing for the writes it accepts."""
+its `_sw_*` tables, its triggers, the FTS indexes it keeps; nor ATTACH, DETACH, VACUUM,
+load extensions, checkpoint or set the PRAGMAs the engine relies on. The engine's own
+triggers keep firing for the writes it accepts."""
 
 from __future__ import annotations
 
@@ -106,9 +107,38 @@ FORBIDDEN = [
     ("UPDATE sqlite_sequence SET seq = 0", "sqlite_sequence"),
     ("ATTACH DATABASE '{tmp}/other.db' AS other", "ATTACH"),
     ("DETACH DATABASE other", "DETACH"),
-    ("VACUUM", "VACUUM"),
-    ("VACUUM INTO '{tmp}/copy.db'", "VACUUM"),
+    # SQLite would refuse these inside a transaction anyway; the engine says why first.
+    ("VACUUM", "VACUUM is not accepted"),
+    ("VACUUM INTO '{tmp}/copy.db'", "VACUUM is not accepted"),
+    ("/* tidy up */ -- first\n vacuum main", "VACUUM is not accepted"),
+    ("INSERT INTO readings (id, site_id, value) VALUES (9, 1, 1.0); VACUUM",
+     "VACUUM is not accepted"),
+    ("PRAGMA writable_schema = ON", "writable_schema"),
+    ("PRAGMA schema_version = 99", "schema_version"),
+    ("PRAGMA wal_checkpoint", "wal_checkpoint"),
+    ("PRAGMA main.wal_checkpoint(TRUNCATE)", "wal_checkpoint"),
+    ("PRAGMA journal_mode = DELETE", "journal_mode"),
+    ("PRAGMA ignore_check_constraints = ON", "ignore_check_constraints"),
+    ("PRAGMA defer_foreign_keys = ON", "defer_foreign_keys"),
+    ("PRAGMA legacy_alter_table = ON", "legacy_alter_table"),
+    ("PRAGMA max_page_count = 1", "max_page_count"),
+    ("PRAGMA foreign_keys = OFF", "foreign_keys"),
     ("SELECT load_extension('{tmp}/evil.so')", "load_extension"),
+    ("ATTACH DATABASE '{tmp}/oth' || 'er.db' AS other",
+     "ATTACH of another database file is not accepted"),
+    # A declared table keeps its declared name and columns.
+    ("ALTER TABLE sites RENAME TO sites2",
+     "ALTER TABLE sites RENAME TO is not accepted: sites is declared in the config"),
+    ("ALTER TABLE readings RENAME TO readings2", "ALTER TABLE readings RENAME TO"),
+    ("ALTER TABLE readings RENAME COLUMN value TO v", "ALTER TABLE readings RENAME COLUMN"),
+    ("ALTER TABLE readings DROP COLUMN value", "ALTER TABLE readings DROP COLUMN value"),
+    # TEMP objects would stay on the Writer's connection after the message.
+    ("CREATE TEMP TRIGGER t AFTER INSERT ON main.sites BEGIN SELECT 1; END",
+     "creating TEMP trigger t is not accepted"),
+    ("CREATE TEMP VIEW v AS SELECT 1", "creating TEMP view v is not accepted"),
+    ("CREATE TEMPORARY TABLE scratch (a)", "creating TEMP table scratch is not accepted"),
+    ("CREATE TABLE temp.scratch (a)", "creating TEMP table scratch is not accepted"),
+    ("CREATE VIRTUAL TABLE temp.f USING fts5(a)", "creating TEMP table f is not accepted"),
 ]
 
 
@@ -148,6 +178,39 @@ def test_a_statement_with_the_very_text_the_engine_runs_is_still_checked(
     with filled.read() as conn:
         run = conn.execute("SELECT value FROM _sw_meta WHERE key = 'run_id'").fetchone()[0]
     assert run == filled.run_id
+
+
+def test_the_engines_settings_hold_after_refused_pragmas(filled: Engine) -> None:
+    for sql in ("PRAGMA journal_mode = DELETE", "PRAGMA foreign_keys = OFF",
+                "PRAGMA ignore_check_constraints = ON", "PRAGMA wal_checkpoint(TRUNCATE)"):
+        with pytest.raises(WriteError, match="is not accepted"):
+            filled.write(sql)
+    with filled.read() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Foreign keys are still enforced on the engine's connection.
+    filled.write("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    filled.write("CREATE TABLE child (id INTEGER PRIMARY KEY, p INTEGER REFERENCES parent (id))")
+    with pytest.raises(WriteError, match="FOREIGN KEY"):
+        filled.write("INSERT INTO child (id, p) VALUES (1, 42)")
+
+
+# Reading a setting, a comment that names VACUUM, EXPLAIN: none of these change anything.
+ALLOWED = [
+    "PRAGMA journal_mode",
+    "PRAGMA schema_version",
+    "PRAGMA wal_autocheckpoint",
+    "PRAGMA user_version = 3",
+    "PRAGMA integrity_check",
+    "EXPLAIN VACUUM",
+    "/* VACUUM */ INSERT INTO readings (id, site_id, value) VALUES (20, 1, 0.5) -- VACUUM",
+    "INSERT INTO readings (id, site_id, value) VALUES (21, 1, 0.5); /* then */ SELECT 'VACUUM'",
+]
+
+
+@pytest.mark.parametrize("sql", ALLOWED)
+def test_sql_that_only_reads_settings_or_names_vacuum_in_a_comment_is_accepted(
+        filled: Engine, sql: str) -> None:
+    filled.write(sql)
 
 
 def test_reading_the_engines_tables_stays_allowed(filled: Engine) -> None:
@@ -196,6 +259,8 @@ TASK_FORBIDDEN = [
     ("ATTACH DATABASE '{tmp}/other' || substr(:lo, 1, 0) || substr(:hi, 1, 0) || '.db' AS o",
      "ATTACH"),
     ("SELECT load_extension('{tmp}/evil.so') WHERE :lo < :hi", "load_extension"),
+    ("VACUUM INTO '{tmp}/other' || substr(:lo, 1, 0) || substr(:hi, 1, 0) || '.db'",
+     "VACUUM is not accepted"),
 ]
 
 
@@ -211,6 +276,7 @@ def test_a_tasks_sql_cannot_touch_what_the_engine_owns_and_only_the_task_fails(
         [view] = engine.tasks.wait(timeout=60)
         assert view.status == "failed"
         assert named in (view.error or ""), view.error
+        assert "the first chunk failed" in (view.error or "") and "None" not in (view.error or "")
         assert (outbox(engine), triggers(engine)) == before
         assert engine.state == "running"
         engine.write("INSERT INTO readings (id, site_id, value) VALUES (6, 1, 6.0)")
@@ -264,3 +330,78 @@ message_log: {{enabled: false}}
             found = [r[0] for r in conn.execute(
                 "SELECT rowid FROM docs_fts WHERE docs_fts MATCH 'pressure' ORDER BY rowid")]
     assert found == [1, 2]
+
+
+def test_refusals_name_what_was_refused_in_plain_words(filled: Engine, tmp_path: Path) -> None:
+    with pytest.raises(WriteError) as attach:
+        filled.write(f"ATTACH DATABASE '{tmp_path}/oth' || 'er.db' AS other")
+    with pytest.raises(WriteError) as rename:
+        filled.write("ALTER TABLE sites RENAME TO sites2")
+    for refused in (attach, rename):
+        assert "None" not in str(refused.value) and "sqlite_sequence" not in str(refused.value)
+    assert str(rename.value).startswith("writer.execute: ALTER TABLE sites RENAME TO is not "
+                                        "accepted: sites is declared in the config")
+
+
+def test_a_refused_temp_trigger_leaves_later_writes_to_its_table_working(
+        filled: Engine) -> None:
+    with pytest.raises(WriteError, match="creating TEMP trigger audit is not accepted"):
+        filled.write("CREATE TEMP TRIGGER audit AFTER INSERT ON main.sites "
+                     "BEGIN DELETE FROM _sw_outbox; END")
+    filled.write("INSERT INTO sites (id, name, body) VALUES (3, 'east pump', 'valve stuck')")
+    filled.write_many("sites", [(4, "west pump", "fine")])
+    assert search(filled, "pump") == [1, 2, 3, 4]
+
+
+def test_a_declared_table_may_gain_a_column(filled: Engine) -> None:
+    filled.write("ALTER TABLE sites ADD COLUMN colour TEXT")
+    filled.write("UPDATE sites SET colour = 'red' WHERE id = 1")
+    filled.write("INSERT INTO sites (id, name, body) VALUES (3, 'east pump', 'valve stuck')")
+    assert search(filled, "pump") == [1, 2, 3]
+
+
+def test_a_senders_own_autoincrement_table_can_be_renamed_and_dropped(filled: Engine) -> None:
+    # SQLite keeps such a table's counter in sqlite_sequence and moves it along itself.
+    filled.write("CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, text TEXT)")
+    filled.write("INSERT INTO notes (text) VALUES ('first')")
+    filled.write("ALTER TABLE notes RENAME TO memos")
+    assert filled.write("INSERT INTO memos (text) VALUES ('second')").last_rowid == 2
+    with filled.read() as conn:
+        sequences = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    assert sequences["memos"] == 2 and "notes" not in sequences
+    outbox_seq = sequences["_sw_outbox"]
+    filled.write("DROP TABLE memos")
+    # The rename opened nothing for the statements after it.
+    for sql in (["ALTER TABLE readings_copy RENAME TO copy2",
+                 "UPDATE sqlite_sequence SET seq = 0"],
+                ["CREATE TABLE gone (id INTEGER PRIMARY KEY AUTOINCREMENT)",
+                 "DROP TABLE gone; DELETE FROM sqlite_sequence"]):
+        filled.write("CREATE TABLE readings_copy (id INTEGER PRIMARY KEY AUTOINCREMENT)")
+        with pytest.raises(WriteError, match="sqlite_sequence is not accepted"):
+            filled.write_batch(sql)
+        filled.write("DROP TABLE readings_copy")
+    with filled.read() as conn:
+        sequences = dict(conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+    assert sequences == {"_sw_outbox": outbox_seq}
+
+
+def test_a_trigger_someone_added_may_not_write_sqlite_sequence(filled: Engine) -> None:
+    filled.write("CREATE TRIGGER renumber AFTER INSERT ON readings "
+                 "BEGIN UPDATE sqlite_sequence SET seq = 0; END")
+    with pytest.raises(WriteError, match="trigger renumber may not update sqlite_sequence"):
+        filled.write("INSERT INTO readings (id, site_id, value) VALUES (7, 1, 1.0)")
+    filled.write("DROP TRIGGER renumber")
+    filled.write("INSERT INTO readings (id, site_id, value) VALUES (7, 1, 1.0)")
+
+
+def test_a_tasks_sql_that_does_not_compile_is_named_as_the_tasks_sql(rules: Config) -> None:
+    task = TaskConfig(name="typo", table="readings",
+                      sql="UPDATE readings SET nope = 1 WHERE id > :lo AND id <= :hi",
+                      where="value IS NOT NULL", min_rows=10, max_rows=10)
+    with Engine(rules, tasks=[task], start_tasks=False) as engine:
+        engine.write_many("readings", [(1, 1, 1.0)])
+        engine.tasks.start()
+        [view] = engine.tasks.wait(timeout=60)
+    assert view.status == "failed"
+    assert "task typo@1: the task's sql does not compile: no such column: nope" in (
+        view.error or ""), view.error

@@ -8,6 +8,10 @@ description, not to the process: a second `Engine` in the same process opens
 the file again and is refused like another process would be (POSIX record
 locks would let it through).
 
+The lock file sits beside the database file itself: a database path that is
+(or goes through) a symlink is resolved first, so two names for one file
+share one lock.
+
 The file holds who has the lock (pid, since when, status endpoint), one JSON
 line, for the refusal to name. It is removed by its holder on release. Whoever
 takes the lock checks, while holding it, that the path still names the file it
@@ -32,8 +36,15 @@ LOCK_SUFFIX = ".lock"
 
 
 def lock_path(database: Path | str) -> Path:
-    """The lock file of the database at `database`."""
-    return Path(f"{database}{LOCK_SUFFIX}")
+    """The lock file of the database at `database`, beside the file a symlink names.
+
+    One database reached by two names (`alias.db -> task.db`, a linked
+    folder) has one lock: the path is resolved first, the way SQLite resolves
+    it when it opens the file. A database not created yet resolves through
+    its folder (and through a symlink that names the file to come). The
+    user's symlinks are only read, never changed.
+    """
+    return Path(f"{os.path.realpath(database)}{LOCK_SUFFIX}")
 
 
 class EngineLock:
@@ -123,6 +134,9 @@ def read_holder(path: Path | str) -> dict[str, Any] | None:
 
 def _refusal(database: Path, path: Path) -> str:
     holder = read_holder(path) or {}
+    resolved = Path(str(path).removesuffix(LOCK_SUFFIX))
+    if str(resolved) != os.path.abspath(database):
+        database = Path(f"{database} (that is {resolved})")
     parts = []
     if isinstance(holder.get("pid"), int):
         mine = " (this process)" if holder["pid"] == os.getpid() else ""

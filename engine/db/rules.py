@@ -13,6 +13,22 @@ SQLite names the trigger in the call, and the engine's triggers may do what
 they do. A trigger that is not the engine's may never write `_sw_*` tables,
 guarded or not, since the engine's own writes fire it too.
 
+A declared table keeps the name and columns the config gives it: the
+engine's statements, its triggers and the mirror know it by them, so ALTER
+TABLE may add a column to it but not rename it, rename a column or drop a
+declared one. SQLite tells the authorizer only "ALTER TABLE" and then which
+of its own functions the statement calls (`sqlite_rename_table`, ...); a
+`Preparing` carries that, and whether SQLite's own bookkeeping of an ALTER
+or DROP TABLE is what writes `sqlite_sequence`, from one step to the next.
+TEMP tables, views and triggers are refused: they would stay on the
+Writer's connection after the message, acting on every later write (a TEMP
+trigger on a table fires for the engine's own writes too) until a restart.
+
+SQLite asks the authorizer nothing about VACUUM, so `statement_refusal`
+looks at each statement itself once SQLite has cut it from the text (the
+Writer's cursors call it before a statement runs); `pragma_refusal` says
+which PRAGMAs a sender may not run.
+
 FTS5's shadow tables (`<fts>_data`, ...) are not checked here: FTS5 prepares
 its own statements on them while a sender's INSERT runs, with no trigger
 named. The Writer's connection is DEFENSIVE instead (see
@@ -22,6 +38,7 @@ direct writes to shadow tables and allows FTS5's own.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import apsw
@@ -54,6 +71,48 @@ _TABLE_DDL = {
     apsw.SQLITE_DROP_INDEX: (1, "dropping an index of"),
     apsw.SQLITE_DROP_TEMP_INDEX: (1, "dropping an index of")}
 _ONLY_THROUGH_ENGINE = "it is the engine's and changes only through the engine"
+#: CREATE TEMP ...: code -> what is made.
+_CREATE_TEMP = {
+    apsw.SQLITE_CREATE_TEMP_TABLE: "table", apsw.SQLITE_CREATE_TEMP_VIEW: "view",
+    apsw.SQLITE_CREATE_TEMP_TRIGGER: "trigger", apsw.SQLITE_CREATE_TEMP_INDEX: "index"}
+_TEMP_STAYS = ("a TEMP object would stay on the engine's connection after this message and "
+               "act on every later write until the engine restarts; create it in the main "
+               "database, or use a WITH clause or a subquery")
+#: The functions SQLite's ALTER TABLE calls for what it does to a table.
+_ALTER_FUNCTIONS = {"sqlite_rename_table": "RENAME TO", "sqlite_rename_column": "RENAME COLUMN",
+                    "sqlite_drop_column": "DROP COLUMN"}
+
+#: PRAGMAs a sender may read but not set: the connection settings the engine relies
+#: on, and those that would loosen its guarantees for every write after.
+_SET_BY_ENGINE = {
+    name: "is set by the engine and cannot be changed" for name in (
+        "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint",
+        "journal_size_limit", "foreign_keys", "recursive_triggers", "query_only",
+        "busy_timeout")} | {
+    "writable_schema": "would let SQL write the schema itself, past every rule here",
+    "schema_version": "would make SQLite misread the schema (and can corrupt the database)",
+    "ignore_check_constraints": "would let rows past the CHECK constraints the engine's "
+                                "tables rely on",
+    "defer_foreign_keys": "would change how every write in the same transaction is checked",
+    "legacy_alter_table": "would let ALTER TABLE leave the engine's triggers pointing at "
+                          "old names",
+    "trusted_schema": "is a safety setting of the engine's connection",
+    "case_sensitive_like": "would change what LIKE matches in the engine's own SQL",
+    "count_changes": "would make the engine's own writes return rows",
+    "max_page_count": "would cap the database file and fail later writes",
+    "hard_heap_limit": "limits the memory of the whole engine",
+    "soft_heap_limit": "limits the memory of the whole engine",
+    "temp_store_directory": "is a setting of the whole process",
+    "data_store_directory": "is a setting of the whole process",
+}
+#: PRAGMAs that act even when only read.
+_ALWAYS_REFUSED = {
+    "wal_checkpoint": "the engine runs WAL checkpoints itself, between writes (see "
+                      "`database.wal_threshold_mb`)",
+}
+#: What SQLite's tokenizer skips before a statement's first word: white space
+#: (`sqlite3Isspace`) and the semicolons of empty statements; comments apart.
+_BLANK = frozenset(" \t\n\v\f\r;")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +125,8 @@ class EngineObjects:
     fts_shadows: dict[str, str]
     #: FTS maintenance trigger -> its FTS table.
     fts_triggers: dict[str, str]
+    #: Declared table -> its declared columns.
+    declared: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, config: Config, conn: apsw.Connection | None = None) -> EngineObjects:
@@ -92,7 +153,9 @@ class EngineObjects:
                         if (f := t.fts) is not None},
             fts_shadows={f"{f.name}_{part}".lower(): f.name for f in fts
                          for part in (*FTS_SHADOW_TABLES, "content")},
-            fts_triggers=triggers)
+            fts_triggers=triggers,
+            declared={t.name.lower(): frozenset(c.lower() for c in t.column_names)
+                      for t in config.tables})
 
     def owned_trigger(self, name: str) -> str | None:
         """What the trigger `name` does for the engine, or None if it is not the engine's."""
@@ -117,6 +180,32 @@ class EngineObjects:
         return None
 
 
+class Preparing:
+    """What the earlier steps of the statement SQLite is preparing did, for the later ones.
+
+    The Writer starts one afresh before each statement is prepared and notes
+    every step it allows.
+    """
+
+    __slots__ = ("altering", "schema_change")
+
+    def __init__(self) -> None:
+        #: The declared table an ALTER TABLE works on.
+        self.altering: str | None = None
+        #: An ALTER or DROP TABLE, whose own bookkeeping writes `sqlite_sequence`.
+        self.schema_change = False
+
+    def note(self, objects: EngineObjects, code: int, first: str | None,
+             second: str | None) -> None:
+        """Remember an allowed step that matters to the steps after it."""
+        if code == apsw.SQLITE_ALTER_TABLE:
+            self.schema_change = True
+            if second is not None and second.lower() in objects.declared:
+                self.altering = second
+        elif code in (apsw.SQLITE_DROP_TABLE, apsw.SQLITE_DROP_TEMP_TABLE):
+            self.schema_change = True
+
+
 def trigger_refusal(objects: EngineObjects, code: int, first: str | None,
                     trigger: str) -> str | None:
     """Why a statement in the body of `trigger` is refused (None: allowed).
@@ -125,7 +214,10 @@ def trigger_refusal(objects: EngineObjects, code: int, first: str | None,
     engine's would otherwise change the engine's tables whenever the engine
     itself writes the table it is on.
     """
-    if code not in _WRITES or first is None or not first.lower().startswith(ENGINE_PREFIX):
+    if code not in _WRITES or first is None:
+        return None
+    lowered = first.lower()
+    if not lowered.startswith(ENGINE_PREFIX) and lowered != "sqlite_sequence":
         return None
     if objects.owned_trigger(trigger) is not None:
         return None
@@ -133,15 +225,23 @@ def trigger_refusal(objects: EngineObjects, code: int, first: str | None,
             "triggers write its bookkeeping tables")
 
 
-def refusal(objects: EngineObjects, code: int, first: str | None,
-            second: str | None) -> str | None:
+def refusal(objects: EngineObjects, code: int, first: str | None, second: str | None,
+            third: str | None = None, *, preparing: Preparing | None = None) -> str | None:
     """Why one step of a sender's own SQL is refused (None: allowed).
 
-    `code`, `first` and `second` are the authorizer's arguments, outside any
-    trigger body (see `trigger_refusal` for those).
+    `code`, `first`, `second` and `third` are the authorizer's arguments,
+    outside any trigger body (see `trigger_refusal` for those); `preparing`
+    says what the statement's earlier steps did.
     """
+    # `CREATE TABLE temp.t` is asked as a CREATE_TABLE in database "temp".
+    if code in _CREATE_TEMP or (third == "temp" and (code in _CREATE_NAMED
+                                                     or code in _CREATE_TRIGGER)):
+        made = _CREATE_TEMP.get(code) or _CREATE_NAMED.get(code, "trigger")
+        return f"creating TEMP {made} {first} is not accepted: {_TEMP_STAYS}"
     if code in _WRITES and first is not None:
         if first.lower() == "sqlite_sequence":
+            if preparing is not None and preparing.schema_change:
+                return None  # SQLite renaming or dropping a table's own sequence row
             return (f"{_WRITES[code]} sqlite_sequence is not accepted: it numbers the "
                     "engine's pending mirror changes, which must never be reused")
         why = objects.owned_table(first)
@@ -175,13 +275,76 @@ def refusal(objects: EngineObjects, code: int, first: str | None,
         why = objects.owned_table(table) if table is not None else None
         if why is not None:
             return f"{verb} {table} is not accepted: {why}"
+        if code == apsw.SQLITE_ALTER_TABLE and table is not None and third is not None \
+                and third.lower() in objects.declared.get(table.lower(), ()):
+            # DROP COLUMN names the column it drops.
+            return _declared_alter(table, f"DROP COLUMN {third}")
         return None
     if code == apsw.SQLITE_ATTACH:
-        return (f"ATTACH {first!r} is not accepted: SQL sent to the engine works on its "
-                "own database only")
+        return ("ATTACH of another database file is not accepted: SQL sent to the engine "
+                "works on its own database only")
     if code == apsw.SQLITE_DETACH:
-        return f"DETACH {first} is not accepted: SQL sent to the engine works on its own database"
-    if code == apsw.SQLITE_FUNCTION and second is not None \
-            and second.lower() == "load_extension":
-        return "load_extension() is not accepted: the engine loads no extensions"
+        return ("DETACH is not accepted: SQL sent to the engine works on its own database, "
+                "which has nothing attached")
+    if code == apsw.SQLITE_FUNCTION and second is not None:
+        name = second.lower()
+        if name == "load_extension":
+            return "load_extension() is not accepted: the engine loads no extensions"
+        if name in _ALTER_FUNCTIONS and preparing is not None and preparing.altering:
+            return _declared_alter(preparing.altering, _ALTER_FUNCTIONS[name])
+    return None
+
+
+def _declared_alter(table: str, what: str) -> str:
+    return (f"ALTER TABLE {table} {what} is not accepted: {table} is declared in the config, "
+            "and the engine's statements, its triggers and the mirror know the table and its "
+            "columns by the names declared there; change the config instead (ADD COLUMN is "
+            "allowed)")
+
+
+def pragma_refusal(name: str, argument: str | None) -> str | None:
+    """Why `PRAGMA name` (`= argument`, when given) is refused (None: allowed)."""
+    lowered = name.lower()
+    if lowered in _ALWAYS_REFUSED:
+        return f"PRAGMA {lowered} is not accepted: {_ALWAYS_REFUSED[lowered]}"
+    if argument is not None and lowered in _SET_BY_ENGINE:
+        return f"PRAGMA {lowered} = {argument} is not accepted: it {_SET_BY_ENGINE[lowered]}"
+    return None
+
+
+def first_word(sql: str) -> str:
+    """The first word of one statement, read as SQLite's tokenizer reads it (lower case).
+
+    White space, `--` and `/* */` comments and empty statements before it are
+    skipped; a word runs over the characters SQLite takes in an identifier.
+    """
+    at, end = 0, len(sql)
+    while at < end:
+        if sql[at] in _BLANK:
+            at += 1
+        elif sql.startswith("--", at):
+            newline = sql.find("\n", at)
+            at = end if newline < 0 else newline + 1
+        elif sql.startswith("/*", at):
+            close = sql.find("*/", at + 2)
+            at = end if close < 0 else close + 2  # an open comment runs to the end
+        else:
+            break
+    start = at
+    while at < end and (not sql[at].isascii() or sql[at].isalnum() or sql[at] in "_$"):
+        at += 1
+    return sql[start:at].lower()
+
+
+def statement_refusal(sql: str) -> str | None:
+    """Why one statement of a sender's SQL is refused before it runs (None: allowed).
+
+    `sql` is one statement as SQLite cut it from the text sent, already
+    prepared: its grammar puts VACUUM (and VACUUM INTO) first, so the first
+    word decides. SQLite's authorizer is never asked about it.
+    """
+    if first_word(sql) == "vacuum":
+        return ("VACUUM is not accepted: it rewrites the whole database while holding the "
+                "engine's only writer, and VACUUM INTO writes another file; SQL sent to the "
+                "engine works on its own database, a chunk at a time")
     return None

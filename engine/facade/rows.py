@@ -8,6 +8,12 @@ primary key (the next rowid); an insert writes every declared column, so its
 statements keep one shape. An upsert writes only the columns its rows name,
 so a column left out keeps its value on update and nothing is ever filled
 in: every row of an upsert of dicts names the same columns.
+
+Numbers follow one rule (`sqlwarden.db.values`): a non-finite float in a row
+or a parameter is refused here, on the caller's thread, before a message is
+sent; an integer outside signed 64 bits is refused by the Writer when it
+cannot be bound. Either way the error names the row and column (or the
+parameter) and nothing of that write is stored.
 """
 
 from __future__ import annotations
@@ -16,18 +22,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlwarden.config import TableConfig
+from sqlwarden.db.values import bad_param, bad_row, may_hold_bad_numbers
 from sqlwarden.errors import BadRowError, WriteError
 from sqlwarden.views import Row
 
 Rows = Iterable[Sequence[Any] | Mapping[str, Any]]
 
 
-def params(values: Sequence[Any]) -> Row:
-    """Positional parameters for one statement, as a tuple."""
+def params(values: Sequence[Any], *, kind: str = "writer.execute",
+           statement: int | None = None) -> Row:
+    """Positional parameters for one statement, as a tuple (`statement`: its place in a batch)."""
     if isinstance(values, (Mapping, str, bytes)):
         raise WriteError(f"parameters must be a sequence for positional '?' placeholders, not "
-                         f"{type(values).__name__}", message_kind="writer.execute")
-    return tuple(values)
+                         f"{type(values).__name__}", message_kind=kind)
+    out = tuple(values)
+    error = bad_param(kind, out, statement=statement)
+    if error is not None:
+        raise error
+    return out
 
 
 def insert_rows(spec: TableConfig, rows: Rows,
@@ -37,9 +49,9 @@ def insert_rows(spec: TableConfig, rows: Rows,
     cols = _columns(spec, columns, kind)
     data = tuple(rows)
     if all(type(row) is tuple for row in data):
-        return cols, cast(tuple[Row, ...], data)
-    return cols, tuple(_values(spec, row, cols, i, kind, fill=True)
-                       for i, row in enumerate(data))
+        return cols, _checked(kind, cols, cast(tuple[Row, ...], data))
+    return cols, _checked(kind, cols, tuple(_values(spec, row, cols, i, kind, fill=True)
+                                            for i, row in enumerate(data)))
 
 
 def upsert_rows(spec: TableConfig, rows: Rows,
@@ -73,9 +85,18 @@ def upsert_rows(spec: TableConfig, rows: Rows,
     else:
         cols = _columns(spec, columns, kind)
     if all(type(row) is tuple for row in data):
-        return cols, cast(tuple[Row, ...], data)
-    return cols, tuple(_values(spec, row, cols, i, kind, fill=False)
-                       for i, row in enumerate(data))
+        return cols, _checked(kind, cols, cast(tuple[Row, ...], data))
+    return cols, _checked(kind, cols, tuple(_values(spec, row, cols, i, kind, fill=False)
+                                            for i, row in enumerate(data)))
+
+
+def _checked(kind: str, cols: tuple[str, ...], data: tuple[Row, ...]) -> tuple[Row, ...]:
+    """`data`, once no value breaks the number rule (see the module's docstring)."""
+    if may_hold_bad_numbers(data):
+        error = bad_row(kind, cols, data)
+        if error is not None:
+            raise error
+    return data
 
 
 def _columns(spec: TableConfig, columns: Sequence[str] | None, kind: str) -> tuple[str, ...]:

@@ -111,8 +111,14 @@ def compile_check(conn: apsw.Connection, plan: TaskPlan) -> None:
             # EXPLAIN prepares the statement and lists its program; nothing runs.
             conn.execute("EXPLAIN " + sql, _dummy_params(sql)).fetchall()
         except apsw.Error as exc:
-            raise TaskError(f"task {plan.task.ident}: the {what} SQL does not compile: {exc}",
+            label = "the task's sql" if what == "sql" else f"the {what} SQL"
+            raise TaskError(f"task {plan.task.ident}: {label} does not compile: {exc}",
                             task=plan.task.name) from None
+
+
+def chunk_name(after: object) -> str:
+    """A chunk as messages name it: by the key it starts after."""
+    return "the first chunk" if after is None else f"the chunk after key {after!r}"
 
 
 def _dummy_params(sql: str) -> dict[str, SqlValue]:

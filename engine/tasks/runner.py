@@ -53,6 +53,7 @@ from sqlwarden.tasks.chunks import (
     TERMINAL,
     ChunkSizer,
     TaskPlan,
+    chunk_name,
     compile_check,
     count_eligible,
     first_unfinished,
@@ -398,9 +399,9 @@ class TaskRunner:
         self._faults += 1
         self._backoff = backoff_s(self._faults)
         if run.chunk_wait != reason:
-            log.warning("task %s waits: %s; the chunk after key %r goes again in %.1f s "
-                        "and then with a doubling backoff", run.plan.task.ident, reason,
-                        run.checkpoint, self._backoff)
+            log.warning("task %s waits: %s; %s goes again in %.1f s and then with a "
+                        "doubling backoff", run.plan.task.ident, reason,
+                        chunk_name(run.checkpoint), self._backoff)
         run.chunk_wait = run.waiting = reason
         return self._event(run)
 
