@@ -7,19 +7,24 @@ the supervisor. What is left in an actor is routing and the connection it owns.
 
 An actor that fails unexpectedly (a handler raises something that is not a
 protocol error, see `supervisor.is_unexpected`, or it is stopped by anyone
-but the engine) tears down, answers what is queued, and tells the
-supervisor it is down; the engine then builds a new one.
+but the engine) tears down and tells the supervisor it is down; the engine
+then builds a new one. What others had sent it and it never handled waits
+on the bus for that successor (`Bus.hold`); what it sent itself (timers,
+outcomes) belonged to the state that went down and is refused. Every ask it
+took and did not answer is answered as it stops (`unanswered`), so no asker
+waits for an actor that is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import pykka
 
 from sqlwarden.actors.bus import Answer, Bus, Envelope
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.effects import After, Cancel, Effect, Effects, Fail, Reply, Report, Request, Tell
 from sqlwarden.errors import EngineStopped, UnexpectedMessage
 from sqlwarden.futures import Future
@@ -56,13 +61,19 @@ class BaseActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, *, bus: Bus, supervisor: Supervisor, scheduler: Scheduler,
-                 ready: Future[None] | None = None) -> None:
+                 ready: Future[None] | None = None, incarnation: int = 0) -> None:
+        """`incarnation` counts the actors of this name built before this one (0 at the
+        engine's start; a restart builds the next)."""
         super().__init__()
         self.bus = bus
         self.supervisor = supervisor
         self.scheduler = scheduler
+        self.incarnation = incarnation
         self._ready = ready
         self._awaiting: dict[int, Callable[[Answer], None]] = {}
+        #: Asks handled that were to be answered later (`DEFERRED`); pruned as answered.
+        self._taken: list[Envelope] = []
+        self._taken_limit = 64
         self._timers: dict[str, Timer] = {}
         #: What took this actor down from inside (the error, and the message kind).
         self._crashed: tuple[BaseException, str] | None = None
@@ -78,11 +89,20 @@ class BaseActor(pykka.ThreadingActor):
     def handle(self, message: Message, envelope: Envelope) -> Any:
         raise UnexpectedMessage(self.name, message)
 
+    def unanswered(self, message: Message) -> Any:
+        """The answer to an ask this actor took and had not answered when it stopped
+        (runs on its thread, after `teardown`); raises the error to answer with instead.
+        An actor whose askers can carry on without it answers them here."""
+        raise EngineStopped(self.name)
+
     def on_start(self) -> None:
         try:
             self.setup()
         except Exception as exc:
-            self.supervisor.report(self.name, "start", exc)
+            if wait_reason(exc) is None:
+                # A wait (a lock another program holds, a full disk) is not a failure:
+                # whoever starts the actor waits it out and says so.
+                self.supervisor.report(self.name, "start", exc)
             if self._ready is not None:
                 self._ready.set_exception(exc)
             # Stopping, not raising: pykka would log a traceback for what is
@@ -96,14 +116,15 @@ class BaseActor(pykka.ThreadingActor):
         # Still on the bus: the engine did not ask for this stop (it takes an actor off
         # the bus first), so the actor is down and the supervisor decides what follows.
         down = self.bus.holds(self.name, self.actor_ref)
+        error, kind = self._crashed or (ActorDied(
+            f"the {self.name} actor was stopped without the engine asking"), "actor")
         self._cancel_timers()
         try:
             self.teardown()
         finally:
-            self._refuse_queued()
+            self._refuse_queued(hold=down and self._restarted_after(error))
+            self._answer_taken()
             if down:
-                error, kind = self._crashed or (ActorDied(
-                    f"the {self.name} actor was stopped without the engine asking"), "actor")
                 self.supervisor.actor_down(self.name, error, kind)
             elif self._crashed is not None:  # the engine is stopping anyway: just record it
                 self.supervisor.report(self.name, self._crashed[1], self._crashed[0])
@@ -115,9 +136,10 @@ class BaseActor(pykka.ThreadingActor):
             self.teardown()  # its connections and threads go with it
         except Exception as error:
             self.supervisor.report(self.name, "teardown", error)
-        self._refuse_queued()
         if not isinstance(exc, BaseException):
             exc = ActorDied(f"the {self.name} actor died")
+        self._refuse_queued(hold=down and self._restarted_after(exc))
+        self._answer_taken()
         if down:
             self.supervisor.actor_down(self.name, exc)
         else:
@@ -139,16 +161,55 @@ class BaseActor(pykka.ThreadingActor):
             timer.cancel()
         self._timers.clear()
 
-    def _refuse_queued(self) -> None:
-        """Leave the bus, then answer whatever is still queued, so no asker waits forever."""
-        # After unregistering nothing new can be queued: the bus sends under
-        # the same lock.
-        self.bus.unregister(self.name, self.actor_ref)
-        while not self.actor_inbox.empty():
-            item = self.actor_inbox.get().message
-            if isinstance(item, Envelope):
-                self.bus.received(item)
-                self.bus.fail(item, EngineStopped(self.name))
+    def _restarted_after(self, error: BaseException) -> bool:
+        """Whether the supervisor builds a successor after `error` takes this actor down."""
+        return self.supervisor.restartable(self.name) and not is_fatal(error)
+
+    def _refuse_queued(self, *, hold: bool = False) -> None:
+        """Leave the bus, then answer whatever is still queued, so no asker waits forever;
+        with `hold`, what others sent waits on the bus for the successor instead."""
+        refused: list[Envelope] = []
+
+        def queued() -> Iterator[Envelope]:
+            # Run by the bus under its lock, once nothing new can be queued here.
+            while not self.actor_inbox.empty():
+                item = self.actor_inbox.get().message
+                if not isinstance(item, Envelope):
+                    continue  # an answer to a request: this actor no longer needs it
+                if hold and item.sender != self.name:
+                    yield item
+                else:  # its own timers and outcomes went down with its state
+                    refused.append(item)
+
+        if not (hold and self.bus.hold(self.name, self.actor_ref, queued())):
+            # After unregistering nothing new can be queued: the bus sends under
+            # the same lock.
+            self.bus.unregister(self.name, self.actor_ref)
+            hold = False
+            refused.extend(queued())
+        for item in refused:
+            self.bus.received(item)
+            self.bus.fail(item, EngineStopped(self.name))
+
+    def _take(self, envelope: Envelope) -> None:
+        """Keep an ask answered later, to answer it when this actor stops first."""
+        if len(self._taken) >= self._taken_limit:
+            self._taken = [e for e in self._taken if not e.answered]
+            self._taken_limit = max(64, 2 * len(self._taken))
+        self._taken.append(envelope)
+
+    def _answer_taken(self) -> None:
+        """Answer every ask taken and not answered yet (see `unanswered`)."""
+        taken, self._taken = self._taken, []
+        for envelope in taken:
+            if envelope.answered:
+                continue
+            try:
+                result = self.unanswered(envelope.message)
+            except Exception as exc:
+                self.bus.fail(envelope, exc)
+            else:
+                self.bus.reply(envelope, result)
 
     # --- effects and timers -------------------------------------------------------------
 
@@ -242,6 +303,8 @@ class BaseActor(pykka.ThreadingActor):
         else:
             if result is not DEFERRED:
                 self.bus.reply(message, result)
+            elif message.is_ask and not message.answered:
+                self._take(message)
         return None
 
     def _restartable(self, error: BaseException) -> bool:
@@ -250,5 +313,7 @@ class BaseActor(pykka.ThreadingActor):
     def fail(self, envelope: Envelope, error: BaseException) -> None:
         """Hand `error` to the asker; report it when nobody else will see it."""
         self.bus.fail(envelope, error)
-        if not envelope.is_ask or is_fatal(error):
+        # A wait passed on to an asker (a full disk SQLite reported as an I/O error,
+        # say) is the asker's to wait out, not a broken database.
+        if not envelope.is_ask or (is_fatal(error) and wait_reason(error) is None):
             self.supervisor.report(self.name, envelope.message.kind, error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlwarden.actors.base import DEFERRED, BaseActor
@@ -13,7 +14,7 @@ from sqlwarden.db.connect import new_database_undone_on_error, open_writer
 from sqlwarden.db.faults import wait_reason
 from sqlwarden.db.schema import apply_schema
 from sqlwarden.db.writer import WriterCore
-from sqlwarden.errors import EngineStopped, UnexpectedMessage
+from sqlwarden.errors import DatabaseError, EngineStopped, UnexpectedMessage
 from sqlwarden.protocol import (
     BOOKKEEPING_WRITES,
     FOREGROUND_WRITES,
@@ -54,9 +55,12 @@ class WriterActor(BaseActor):
     name = "writer"
 
     def __init__(self, *, config: Config, tasks: tuple[TaskPlan, ...] = (),
-                 **kwargs: Any) -> None:
+                 give_up: Callable[[], bool] | None = None, **kwargs: Any) -> None:
+        """`give_up()` true (the engine stops) ends a wait for another program's lock at
+        once: the write fails as a wait, instead of after the busy timeout."""
         super().__init__(**kwargs)
         self.config = config
+        self._give_up = give_up
         self._tasks = tasks
         self._chunk: Envelope | None = None
         self._chunk_yielded_to = 0
@@ -67,13 +71,25 @@ class WriterActor(BaseActor):
         self.core: WriterCore | None = None
 
     def setup(self) -> None:
-        with new_database_undone_on_error(self.config.database.path):
-            conn = open_writer(self.config.database)
-            try:
-                report = apply_schema(conn, self.config)
-            except BaseException:
-                conn.close()
+        path = self.config.database.path
+        try:
+            with new_database_undone_on_error(path):
+                conn = open_writer(self.config.database, give_up=self._give_up)
+                try:
+                    report = apply_schema(conn, self.config)
+                except BaseException:
+                    conn.close()
+                    raise
+        except Exception as exc:
+            # Another program holds the write lock, or the disk is full: nothing was
+            # applied (one transaction), and the engine's start tries again later.
+            reason = wait_reason(exc, path=path)
+            if reason is None:
                 raise
+            error = DatabaseError(f"cannot start on database {path}: {reason} ({exc})",
+                                  path=path)
+            error.waiting_for, error.retryable = reason, True
+            raise error from exc
         for action in report.actions:
             log.info("schema: %s", action)
         self.core = WriterCore(conn, self.config, clock=self.scheduler.now, tasks=self._tasks)

@@ -235,6 +235,10 @@ class TableRows:
     rows: tuple[Row, ...]
     origin: str = ""
     offsets: tuple[int, ...] = ()
+    #: The column of each row's change time when the source's cursor comes from it
+    #: (HTTP): a row the database refuses is then known by its key and that value
+    #: (see `Reject.record`), not by its place on a page.
+    updated: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,6 +260,15 @@ class Reject:
     position: str
     reason: str
     raw: str
+    #: What the record is from run to run when its position is not (an API's pages
+    #: shift): its key upstream as JSON, or "" when not even that could be read (the
+    #: raw text tells it then). None: the position says it (a file and an offset). A
+    #: reject of the same record with the same raw text is stored once.
+    record: str | None = None
+    #: The record's own cursor value (its `updated` column), when that could be read:
+    #: the next incremental run of an HTTP source starts from the newest of its rows
+    #: and its rejects, so a rejected newest change is not fetched again and again.
+    cursor: str | int | float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

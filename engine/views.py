@@ -211,6 +211,8 @@ class FtsView:
     last_restore: FtsRestoreResult | None
     #: FTS tables whose triggers cannot be deferred, with the reason.
     not_deferrable: tuple[tuple[str, str], ...] = ()
+    #: While a restore is retried because of a wait: what for (see `db.faults`).
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

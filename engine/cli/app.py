@@ -2,7 +2,9 @@
 
 Exit codes: 0 on success, 2 when the user's input is at fault (one line on
 stderr, nothing changed), 1 on an internal failure. Set SQLWARDEN_DEBUG=1 to
-see tracebacks. Each command group registers its own sub-commands from its
+see tracebacks. A command that starts an engine holds SIGINT and SIGTERM as a
+stop (`facade.stop_on_signals`): it stops at the next boundary and exits 0;
+elsewhere SIGINT interrupts, exiting 130. Each command group registers its own sub-commands from its
 module (`run`, `status`, `tasks`, `fts`, `sync`, `mirror`, `replay`).
 """
 

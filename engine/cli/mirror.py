@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +38,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "both sides), delete rows SQLite no longer has and copy only what differs. "
                     "Asks the running engine when there is one (a reconcile under way is "
                     "joined, never started twice); otherwise starts the engine on CONFIG for "
-                    "this. Exits 1 when it fails, 3 when the server cannot be reached.")
+                    "this. Exits 1 when it fails, 3 when the server cannot be reached; "
+                    "SIGINT or SIGTERM stops it at the next range and it exits 0.")
     reconcile.add_argument("config", metavar="CONFIG", help="the YAML config file")
     reconcile.add_argument("--json", action="store_true", help="print JSON instead of a table")
     reconcile.add_argument("--timeout", type=float, default=3600.0, metavar="S",
@@ -82,17 +84,17 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
                              tables=tuple(TableCheck(**{**t, "ranges_shown": tuple(
                                  tuple(r) for r in t["ranges_shown"])}) for t in out["tables"]))
     else:
-        from sqlwarden.facade import Engine
-
-        with Engine(config, start_tasks=False) as running:
-            try:
-                view = running.mirror.reconcile(timeout=args.timeout)
-            except MirrorUnavailable as exc:
-                print_error(one_line(exc))
-                return 3
-            except (MirrorError, TimeoutError) as exc:
-                print_error(one_line(exc))
-                return 1
+        try:
+            local = _reconcile_here(config, args.timeout)
+        except MirrorUnavailable as exc:
+            print_error(one_line(exc))
+            return 3
+        except (MirrorError, TimeoutError) as exc:
+            print_error(one_line(exc))
+            return 1
+        if local is None:
+            return 0  # a signal stopped it, and it said so
+        view = local
     if args.json:
         from sqlwarden.facade import reconcile_view_dict
 
@@ -102,6 +104,35 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
           f"took {view.seconds:.2f}s")
     _print_checks(view.tables, verb="reconcile")
     return 0
+
+
+def _reconcile_here(config: Config, timeout_s: float) -> Any:
+    """A reconcile in an engine started for it; None when SIGINT or SIGTERM stopped it
+    first (at its next range, what was copied kept: the next reconcile goes on)."""
+    from sqlwarden.cli.run import POLL_S, start_engine
+    from sqlwarden.facade import Engine, stop_on_signals
+    from sqlwarden.futures import Timeout
+    from sqlwarden.protocol import Reconcile
+
+    stop = threading.Event()
+    local = Engine(config, start_tasks=False)
+    # Held until the engine has stopped: a signal at any moment is a stop, never a kill.
+    with stop_on_signals(stop):
+        if not start_engine(local, stop):
+            return None
+        try:
+            pending = local.ask_later("mirror", Reconcile())
+            deadline = time.monotonic() + timeout_s
+            while not pending.done() and not stop.wait(POLL_S):
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"the reconcile has not ended within {timeout_s:g}s")
+            if not pending.done():
+                print("mirror: stopped before the reconcile ended; the ranges it copied stay, "
+                      "and the next reconcile compares again")
+                return None
+            return pending.get()
+        finally:
+            local.stop()
 
 
 def cmd_mirror_verify(args: argparse.Namespace) -> int:
@@ -171,10 +202,18 @@ def cmd_mirror_retry(args: argparse.Namespace) -> int:
         queued = int(out["queued"])
         print(f"asked the running engine at {engine.url}")
     else:
-        from sqlwarden.facade import Engine
+        from sqlwarden.cli.run import start_engine
+        from sqlwarden.facade import Engine, stop_on_signals
 
-        with Engine(config, start_tasks=False) as running:
-            queued = running.mirror.retry_quarantined()
+        stop = threading.Event()
+        local = Engine(config, start_tasks=False)
+        with stop_on_signals(stop):  # one short write: a signal waits for it, then stops
+            if not start_engine(local, stop):
+                return 0
+            try:
+                queued = local.mirror.retry_quarantined()
+            finally:
+                local.stop()
     print(f"{queued:,} quarantined rows are queued to be sent again" if queued
           else "no row is quarantined")
     return 0

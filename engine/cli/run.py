@@ -10,6 +10,7 @@ committed, never what was only read.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from typing import Any
@@ -53,13 +54,16 @@ def _run(config: Config, args: argparse.Namespace, stop: threading.Event) -> int
 
     started = time.monotonic()
     sync_failed = tasks_failed = False
+    #: What the stop cut short, said at rest: "source:NAME", "tasks", "outbox".
     interrupted: list[str] = []
     # Tasks start once the sources are caught up, so they see the data.
     engine = Engine(config, start_tasks=False)
     final: dict[str, Any] = {}
     engine.at_rest(lambda conn, writer: final.update(_committed(conn, config, engine.run_id,
                                                                 writer, interrupted)))
-    with engine:
+    if not start_engine(engine, stop):
+        return 0
+    try:
         print(f"{PROG} {__version__}: database {config.database.path}")
         if engine.status_url:
             print(f"status at {engine.status_url}/status")
@@ -68,26 +72,53 @@ def _run(config: Config, args: argparse.Namespace, stop: threading.Event) -> int
                 break
             run = sync_with_bar(engine, source.name, "auto", stop, no_progress=args.no_progress)
             if run is None:
-                interrupted.append(source.name)
+                interrupted.append(f"source:{source.name}")
                 break
             sync_failed = sync_failed or run.status == "failed"
             print_run(run)
         if config.tasks and not stop.is_set():
             tasks_failed = _run_tasks(engine, stop, no_progress=args.no_progress)
-        if engine.mirror.enabled and not stop.is_set():
-            _catch_up_mirror(engine, stop)
+            if stop.is_set():
+                interrupted.append("tasks")
+        if engine.mirror.enabled and not stop.is_set() and _catch_up_mirror(engine, stop):
+            interrupted.append("outbox")
         if not args.once and not stop.is_set():
             print("caught up; serving until SIGINT or SIGTERM")
             print(f"stopping: {engine.wait(stop)}")
         elif stop.is_set():
             print("stopping: stop requested")
+    finally:
+        engine.stop()
     # Read while the engine stopped, once every batch in flight was committed or refused.
     seconds = time.monotonic() - started
     for line in final.get("interrupted", ()):
         print(line)
+    if "interrupted" not in final and interrupted:
+        print("stopped: what was cut short could not be read back (see the message log)")
     _print_summary(config, engine, final, seconds)
     failed = engine.state == "failed"
     return 1 if failed or (args.once and (tasks_failed or sync_failed)) else 0
+
+
+def start_engine(engine: Any, stop: threading.Event) -> bool:
+    """Start the engine, saying once on stderr when it waits (another program holds the
+    database's write lock, the disk is full); False when a signal ended the wait.
+
+    Shared by every command that starts an engine of its own."""
+    from sqlwarden.errors import EngineStopped
+
+    def waiting(reason: str) -> None:
+        print(f"{PROG}: waiting: {reason}", file=sys.stderr, flush=True)
+
+    try:
+        engine.start(stop=stop, on_wait=waiting)
+    except EngineStopped:
+        if not stop.is_set():
+            raise
+        # Start undid what it had begun: the database is as it was.
+        print("stopping: stop requested before the engine had started; nothing changed")
+        return False
+    return True
 
 
 def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool:
@@ -115,9 +146,14 @@ def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool
                 bar.set_postfix_str(progress.waiting, refresh=False)
     for bar in bars.values():
         bar.close()
+    seconds = time.monotonic() - started
+    if stop.is_set():
+        # A chunk may still be committing: what each task did is read once the engine has
+        # stopped (`_task_lines`), so the numbers are the database's.
+        print(f"tasks stopped after {seconds:.1f}s")
+        return False
     if not views:
         views = engine.tasks.list()
-    seconds = time.monotonic() - started
     for view in views:
         line = f"task {view.name}@{view.version}: {view.status}"
         if not view.ran_here:
@@ -127,24 +163,25 @@ def _run_tasks(engine: Any, stop: threading.Event, *, no_progress: bool) -> bool
         if view.error:
             line += f": {view.error}"
         print(line)
-    print(f"tasks {'stopped' if stop.is_set() else 'settled'} after {seconds:.1f}s")
+    print(f"tasks settled after {seconds:.1f}s")
     return any(v.status == "failed" for v in views)
 
 
-def _catch_up_mirror(engine: Any, stop: threading.Event) -> None:
+def _catch_up_mirror(engine: Any, stop: threading.Event) -> bool:
     """Wait for the boot reconcile and an empty outbox; say so in one line either way.
 
     It never asks for a reconcile: every connect runs one (the boot one), and
     asking after it ended would copy everything a second time. Both waits
     poll, so a stop request ends them at once; the reconcile itself stops
-    at its next range when the engine stops.
+    at its next range when the engine stops. True when a stop cut the drain
+    short: what is left in the outbox is said at rest (`_committed`).
     """
     from sqlwarden.errors import EngineStopped
 
     try:
         view = engine.mirror.view()
     except EngineStopped:  # the engine failed; the summary says why
-        return
+        return False
     while not stop.is_set() and engine.state == "running":
         view = engine.mirror.view()
         if view.state in ("down", "failed"):
@@ -154,13 +191,13 @@ def _catch_up_mirror(engine: Any, stop: threading.Event) -> None:
         stop.wait(POLL_S)
     if stop.is_set():
         print("mirror: stopped before the reconcile ended; the next start runs it")
-        return
+        return False
     reconciled = view.last_reconcile
     if view.state in ("down", "failed") or reconciled is None or reconciled.error is not None:
         error = reconciled.error if reconciled is not None and reconciled.error else view.error
         print(f"mirror: {view.state}: {error or 'no reconcile ran'}; changes wait "
               "in the outbox")
-        return
+        return False
     copied = sum(t.copied for t in reconciled.tables)
     deleted = sum(t.deleted for t in reconciled.tables)
     print(f"mirror: reconciled in {reconciled.seconds:.2f}s (copied {copied:,}, "
@@ -175,11 +212,11 @@ def _catch_up_mirror(engine: Any, stop: threading.Event) -> None:
     if depth == 0:
         print("mirror: caught up (outbox empty)")
     elif stop.is_set():
-        print(f"mirror: stopped with {depth if depth is not None else 'some'} changes in the "
-              "outbox; they are sent after the next start")
+        return True  # a batch may still be on its way: the outbox is counted at rest
     else:
-        print(f"mirror: {view.state}: {view.error or 'no answer'}; {depth} changes wait "
-              "in the outbox")
+        print(f"mirror: {view.state}: {view.error or 'no answer'}; "
+              f"{'some' if depth is None else f'{depth:,}'} changes wait in the outbox")
+    return False
 
 
 def _outbox_depth(engine: Any) -> int | None:
@@ -198,7 +235,7 @@ def _committed(conn: Any, config: Config, run_id: str, writer: Any,
     """What this run committed, read from the database as the engine leaves it."""
     from sqlwarden.db.schema import SYNC_RUNS_TABLE
     from sqlwarden.db.sql import quote
-    from sqlwarden.sync.runs import last_run
+    from sqlwarden.mirror.local import outbox_depth
 
     row = conn.execute(f"SELECT coalesce(sum(rows_written), 0) FROM {SYNC_RUNS_TABLE} "
                        "WHERE engine_run = ?", (run_id,)).fetchone()
@@ -206,14 +243,75 @@ def _committed(conn: Any, config: Config, run_id: str, writer: Any,
         "SELECT name FROM sqlite_master WHERE type = 'table'")}
     tables = {t.name: conn.execute(f"SELECT count(*) FROM {quote(t.name)}").fetchone()[0]
               if t.name in existing else None for t in config.tables}
+    outbox = outbox_depth(conn)[0] if config.mirror is not None and config.mirror.enabled \
+        else None
     lines = []
-    for name in interrupted:
-        run = last_run(conn, name)
-        if run is not None:
-            lines.append(f"{name}: {run.status} after {run.rows:,} rows committed; the next "
-                         "run goes on from there")
+    for what in interrupted:
+        if what.startswith("source:"):
+            lines.extend(stopped_run_lines(conn, what.removeprefix("source:"), run_id))
+        elif what == "tasks":
+            lines.extend(_task_lines(conn, config, run_id))
+        elif what == "outbox" and outbox is not None:
+            lines.append(f"mirror: stopped with {outbox:,} changes in the outbox; they are "
+                         "sent after the next start")
     return {"rows": int(row[0]) if row else 0, "tables": tables, "writer": writer,
-            "interrupted": lines}
+            "outbox": outbox, "interrupted": lines}
+
+
+def stopped_run_lines(conn: Any, source: str, run_id: str) -> list[str]:
+    """What a source run that a stop cut short left, read from `_sw_sync_runs` at rest."""
+    from sqlwarden.cli.sync import run_lines
+    from sqlwarden.db.schema import SYNC_RUNS_TABLE
+    from sqlwarden.fts.deferral import read_deferral
+    from sqlwarden.sync.runs import history
+
+    mine = conn.execute(f"SELECT max(id) FROM {SYNC_RUNS_TABLE} WHERE source = ? AND "
+                        "engine_run = ?", (source, run_id)).fetchone()[0]
+    run = next((r for r in history(conn, source, limit=1) if r.id == mine), None)
+    if run is None:
+        return [f"{source}: stopped before its run began; nothing was written"]
+    committed = f"{source}: stopped after {run.rows:,} rows committed"
+    if run.status == "stopped":
+        lines = [f"{committed}; the next run goes on from there"]
+    elif run.status == "running":
+        # Its end row met another program's lock while the engine stopped, and a stop
+        # does not wait for it: the next start ends the run as it ends a crashed one.
+        lines = [f"{committed}; the run's end could not be recorded while the database was "
+                 f"locked (the next start marks run {run.id} failed: process ended); the "
+                 "next run goes on from there"]
+    else:  # it had ended (read everything, or failed) before the stop reached it
+        lines = run_lines(run)
+    deferral = read_deferral(conn)
+    if deferral is not None:
+        # The catch-up's restore did not happen (or met the lock): boot recovery does it.
+        lines.append(f"FTS: upkeep of {', '.join(t.fts for t in deferral.tables)} is still "
+                     "deferred; the next start restores it")
+    return lines
+
+
+def _task_lines(conn: Any, config: Config, run_id: str) -> list[str]:
+    """Each task as a stop left it, read from `_sw_tasks` at rest."""
+    from sqlwarden.tasks.chunks import read_task_rows
+
+    rows = read_task_rows(conn)
+    lines = []
+    for task in config.tasks:
+        row = rows.get((task.name, task.version))
+        line = f"task {task.name}@{task.version}: "
+        if row is None:
+            lines.append(line + "not started")
+            continue
+        line += row["status"]
+        if row["run_id"] != run_id:
+            line += " in an earlier run"
+        elif row["status"] in ("done", "running", "paused", "cancelled"):
+            line += f", {row['rows_processed']:,} rows changed"
+            if row["status"] == "running":
+                line += "; the next start goes on from its checkpoint"
+        if row["error"]:
+            line += f": {row['error']}"
+        lines.append(line)
+    return lines
 
 
 def _print_summary(config: Config, engine: Any, final: dict[str, Any],
@@ -229,11 +327,13 @@ def _print_summary(config: Config, engine: Any, final: dict[str, Any],
     writer = final.get("writer")
     if writer is not None:
         print(f"  writer         {writer.messages:,} messages in "
-              f"{writer.transactions:,} transactions, {writer.checkpoints} checkpoints")
+              f"{writer.transactions:,} transactions, {writer.checkpoints:,} checkpoints")
     print(f"  database       {size(file_size(path))}, WAL {size(file_size(path + '-wal'))}")
     for name, rows_in in final.get("tables", {}).items():
         rows_text = "missing" if rows_in is None else f"{rows_in:,} rows"
         print(f"  {name:<14} {rows_text}")
+    if final.get("outbox") is not None:
+        print(f"  mirror outbox  {final['outbox']:,} changes to send")
     if engine.state == "failed":
         print("  the engine failed: the rows above were not counted (see the message log)")
     failures = engine.supervisor.total

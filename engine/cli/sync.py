@@ -32,7 +32,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Run SOURCE now and print what it did. Asks the running engine when "
                     "there is one (through its status endpoint; a run already under way is "
                     "joined, never started twice); otherwise starts the engine on CONFIG for "
-                    "this run only. Exits 1 when the run fails.")
+                    "this run only. Exits 1 when the run fails; SIGINT or SIGTERM stops it at "
+                    "the next batch and it exits 0, saying what was committed.")
     now.add_argument("config", metavar="CONFIG", help="the YAML config file")
     now.add_argument("source", metavar="SOURCE", help="the source's name")
     now.add_argument("--full", action="store_true",
@@ -72,14 +73,29 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
         print_run(SyncRunView(**{f.name: run[f.name] for f in dataclasses.fields(SyncRunView)
                                  if f.name in run}))
         return 1 if run["status"] == "failed" else 0
+    from sqlwarden.cli.run import start_engine, stopped_run_lines
     from sqlwarden.facade import Engine, stop_on_signals
 
     stop = threading.Event()
-    with stop_on_signals(stop), Engine(config, start_tasks=False) as running:
-        view = sync_with_bar(running, args.source, mode, stop, no_progress=args.no_progress)
+    local = Engine(config, start_tasks=False)
+    # What a stop left of the run is read once the engine has stopped, from the database.
+    left: list[str] = []
+    local.at_rest(lambda conn, _writer: left.extend(
+        stopped_run_lines(conn, args.source, local.run_id)))
+    # Held until the engine has stopped: a signal at any moment is a stop, never a kill.
+    with stop_on_signals(stop):
+        if not start_engine(local, stop):
+            return 0
+        try:
+            view = sync_with_bar(local, args.source, mode, stop, no_progress=args.no_progress)
+        finally:
+            local.stop()
     if view is None:
-        print(f"{args.source}: stopped before the run ended; the next run resumes")
-        return 130
+        # Stopped as asked, at a batch boundary: a clean stop, not a failure.
+        for line in left or [f"{args.source}: stopped before the run ended; the next run "
+                             "goes on from there"]:
+            print(line)
+        return 0
     print_run(view)
     return 1 if view.status == "failed" else 0
 
@@ -151,13 +167,20 @@ def print_run(run: Any) -> None:
               f"catch-up ({lease.reason})")
     if run.fts_after is not None:
         print_fts_after(run.fts_after)
+    for line in run_lines(run):
+        print(line)
+
+
+def run_lines(run: Any) -> list[str]:
+    """What a run did (rows, outcome, note, error): `print_run` without its FTS lines."""
     seconds = (run.ended_at or run.started_at) - run.started_at
     line = (f"{run.source}: {run.rows:,} rows in {seconds:.1f}s, "
             f"{'caught up' if run.status == 'ok' else run.status} ({run.mode} run {run.id})")
     if run.rejects:
         line += f", {run.rejects:,} records rejected (see `{PROG} sync history`)"
-    print(line)
+    lines = [line]
     if run.note:
-        print(f"{run.source}: {run.note}")
+        lines.append(f"{run.source}: {run.note}")
     if run.error:
-        print(f"{run.source}: error: {run.error}")
+        lines.append(f"{run.source}: error: {run.error}")
+    return lines

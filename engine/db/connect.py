@@ -4,11 +4,18 @@ Only `open_writer` opens the database read-write, and only the Writer actor
 calls it; everything else reads through `open_reader`. `open_scratch` makes a
 new private database (`sqlwarden replay --reexecute` rebuilds a device's
 state in one), never an existing file.
+
+The engine's connections wait for another program's lock through `BusyWait`
+(as long as `busy_timeout_ms`, like SQLite's own busy timeout) rather than
+SQLite's timeout, so that a stopping engine stops waiting at once: a stop
+must not sit out the busy timeout once for every write it still makes.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -19,6 +26,67 @@ from sqlwarden.config import DatabaseConfig
 from sqlwarden.errors import DatabaseError
 
 Setup = Callable[[apsw.Connection, DatabaseConfig], None]
+
+#: The delays of SQLite's own busy handler, capped lower: a stop is seen within 50 ms.
+_BUSY_DELAYS_S = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05)
+
+
+class BusyWait:
+    """A busy handler: retries a lock held elsewhere for up to `timeout_ms`, as SQLite's
+    busy timeout does, and gives up at once when `give_up()` becomes true.
+
+    It sleeps with `time.sleep`, which lets go of the GIL: SQLite's own timeout
+    sleeps with the GIL held when apsw's caller keeps it, freezing every other
+    thread of the process for the whole timeout (see `transaction`).
+    """
+
+    __slots__ = ("_give_up", "_since", "_timeout_s")
+
+    def __init__(self, timeout_ms: int, give_up: Callable[[], bool]) -> None:
+        self._timeout_s = timeout_ms / 1000
+        self._give_up = give_up
+        self._since = 0.0
+
+    def __call__(self, prior: int) -> bool:
+        """True: try the lock again; False: SQLite answers SQLITE_BUSY."""
+        now = time.monotonic()
+        if prior == 0:  # a new wait (SQLite counts the calls for one lock)
+            self._since = now
+        left = self._timeout_s - (now - self._since)
+        if left <= 0 or self._give_up():
+            return False
+        time.sleep(min(_BUSY_DELAYS_S[min(prior, len(_BUSY_DELAYS_S) - 1)], left))
+        return not self._give_up()
+
+
+#: The `BusyWait` each connection opened with one has, to put back after `no_busy_wait`.
+_busy_waits: weakref.WeakKeyDictionary[apsw.Connection, BusyWait] = (
+    weakref.WeakKeyDictionary())
+
+
+def wait_while_busy(give_up: Callable[[], bool]) -> Setup:
+    """A setup step installing a `BusyWait` that gives up once `give_up()` is true."""
+    def set_busy_wait(conn: apsw.Connection, db: DatabaseConfig) -> None:
+        handler = _busy_waits[conn] = BusyWait(db.busy_timeout_ms, give_up)
+        conn.set_busy_handler(handler)
+
+    return set_busy_wait
+
+
+@contextmanager
+def no_busy_wait(conn: apsw.Connection) -> Iterator[None]:
+    """Inside the block a lock held elsewhere is SQLITE_BUSY at once; after it the
+    connection waits as it did before."""
+    handler = _busy_waits.get(conn)
+    timeout_ms = None if handler is not None else int(conn.pragma("busy_timeout"))
+    conn.set_busy_timeout(0)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            conn.set_busy_handler(handler)
+        else:
+            conn.set_busy_timeout(timeout_ms or 0)
 
 
 def set_journal_mode(conn: apsw.Connection, db: DatabaseConfig) -> None:
@@ -106,11 +174,25 @@ READER_SETUP: tuple[Setup, ...] = (
 )
 
 
-def open_writer(db: DatabaseConfig) -> apsw.Connection:
-    """Open the one read-write connection (the Writer actor's), creating the file."""
+def _with_busy_wait(setup: tuple[Setup, ...],
+                    give_up: Callable[[], bool] | None) -> tuple[Setup, ...]:
+    """`setup` with its busy timeout replaced by a `BusyWait` giving up on `give_up()`."""
+    if give_up is None:
+        return setup
+    return tuple(wait_while_busy(give_up) if step is set_busy_timeout else step
+                 for step in setup)
+
+
+def open_writer(db: DatabaseConfig, *,
+                give_up: Callable[[], bool] | None = None) -> apsw.Connection:
+    """Open the one read-write connection (the Writer actor's), creating the file.
+
+    `give_up()` true (the engine stops) ends any wait for a lock held elsewhere at
+    once: the write fails with SQLITE_BUSY, as it would after the busy timeout.
+    """
     db.path.parent.mkdir(parents=True, exist_ok=True)
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    return _open(db, flags, WRITER_SETUP)
+    return _open(db, flags, _with_busy_wait(WRITER_SETUP, give_up))
 
 
 def open_scratch(db: DatabaseConfig) -> apsw.Connection:
@@ -123,12 +205,13 @@ def open_scratch(db: DatabaseConfig) -> apsw.Connection:
     return _open(db, flags, WRITER_SETUP)
 
 
-def open_reader(db: DatabaseConfig) -> apsw.Connection:
-    """Open a read-only connection; the database must exist."""
+def open_reader(db: DatabaseConfig, *,
+                give_up: Callable[[], bool] | None = None) -> apsw.Connection:
+    """Open a read-only connection; the database must exist. `give_up` as for the writer."""
     if not Path(db.path).exists():
         raise DatabaseError(f"database {db.path} does not exist (has the engine run yet?)",
                             path=db.path)
-    return _open(db, apsw.SQLITE_OPEN_READONLY, READER_SETUP)
+    return _open(db, apsw.SQLITE_OPEN_READONLY, _with_busy_wait(READER_SETUP, give_up))
 
 
 def _open(db: DatabaseConfig, flags: int, setup: tuple[Setup, ...]) -> apsw.Connection:
@@ -206,7 +289,8 @@ def transaction(conn: apsw.Connection) -> Iterator[None]:
     Not apsw's `with conn:`: in apsw 3.54 its BEGIN keeps the GIL while
     SQLite's busy handler sleeps, which froze every thread of the process
     for the whole busy timeout when another process held the write lock
-    (seen in tests). Statements run through `execute` release the GIL.
+    (seen in tests). Statements run through `execute` release the GIL, and
+    a `BusyWait` lets go of it while it sleeps either way.
     """
     conn.execute(_BEGIN)
     try:

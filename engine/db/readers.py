@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import apsw
@@ -28,8 +28,11 @@ class ReaderPool:
     notifies it.
     """
 
-    def __init__(self, db: DatabaseConfig, *, size: int | None = None) -> None:
+    def __init__(self, db: DatabaseConfig, *, size: int | None = None,
+                 give_up: Callable[[], bool] | None = None) -> None:
+        """`give_up()` true (the engine stops) ends a read's wait for a lock at once."""
         self._db = db
+        self._give_up = give_up
         self._size = size or db.readers
         self._idle: list[apsw.Connection] = []
         self._opened = 0
@@ -80,7 +83,7 @@ class ReaderPool:
                 finally:
                     self._waiting -= 1
         try:
-            return open_reader(self._db)
+            return open_reader(self._db, give_up=self._give_up)
         except BaseException:
             self._forget(None)
             raise

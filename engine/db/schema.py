@@ -20,6 +20,7 @@ import apsw
 
 from sqlwarden.config import ColumnConfig, Config, FtsConfig, TableConfig
 from sqlwarden.db.connect import transaction
+from sqlwarden.db.faults import wait_reason
 from sqlwarden.db.sql import column_list, literal, quote
 from sqlwarden.errors import SchemaError
 from sqlwarden.fts.adopt import plan_existing
@@ -100,6 +101,10 @@ _SYNC_DDL = (f"""CREATE TABLE IF NOT EXISTS {SYNC_RUNS_TABLE} (
     updated_at REAL NOT NULL,
     PRIMARY KEY (source, file)
 ) STRICT""",
+             # `record` says which record a reject is from run to run (its position, or
+             # for an API its key; see `protocol.Reject.record`), `cursor` its `updated`
+             # value. Both came after the table: `_upgrade_rejects` adds them to an
+             # older database, where earlier rejects keep NULL in both.
              f"""CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -107,9 +112,17 @@ _SYNC_DDL = (f"""CREATE TABLE IF NOT EXISTS {SYNC_RUNS_TABLE} (
     position TEXT NOT NULL,
     reason TEXT NOT NULL,
     raw TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    record TEXT,
+    cursor ANY
 ) STRICT""",
              f"CREATE INDEX IF NOT EXISTS {REJECTS_TABLE}_source ON {REJECTS_TABLE} (source, id)")
+#: Columns of `_sw_rejects` an older database lacks, with their DDL.
+_REJECTS_ADDED = (("record", "record TEXT"), ("cursor", "cursor ANY"))
+#: A record met again with the same raw text is the same reject: stored once. Rows
+#: from before `record` existed hold NULL there, which never conflicts.
+_REJECTS_ONCE_DDL = (f"CREATE UNIQUE INDEX IF NOT EXISTS {REJECTS_TABLE}_record ON "
+                     f"{REJECTS_TABLE} (source, record, raw)")
 
 
 OUTBOX_TABLE = "_sw_outbox"
@@ -340,6 +353,7 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
         conn.execute(_TASKS_DDL)
         for ddl in (*_SYNC_DDL, *_OUTBOX_DDL, _MIRROR_RANGES_DDL, _MIRROR_QUARANTINE_DDL):
             conn.execute(ddl)
+        _upgrade_rejects(conn, actions)
         objects = _objects(conn)
         deferred = _deferred_fts(conn)
         statements: list[tuple[str, str]] = []
@@ -351,6 +365,8 @@ def apply_schema(conn: apsw.Connection, config: Config) -> SchemaReport:
             try:
                 conn.execute(sql)
             except apsw.Error as exc:
+                if wait_reason(exc, path=conn.filename or None) is not None:
+                    raise  # a full disk, not the schema's fault: the start waits it out
                 statement = " ".join(sql.split())
                 statement = statement if len(statement) <= 120 else statement[:117] + "..."
                 raise SchemaError(f"SQLite refused the declared schema: {exc} (in: {statement})"
@@ -370,6 +386,17 @@ def _check_engine_version(conn: apsw.Connection, actions: list[str]) -> None:
                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                      (str(ENGINE_SCHEMA_VERSION),))
         actions.append(f"engine schema version {ENGINE_SCHEMA_VERSION}")
+
+
+def _upgrade_rejects(conn: apsw.Connection, actions: list[str]) -> None:
+    """Add the columns `_sw_rejects` gained since it was made, then its once-only index."""
+    have = {name for (name,) in conn.execute("SELECT name FROM pragma_table_info(?)",
+                                             (REJECTS_TABLE,))}
+    for column, ddl in _REJECTS_ADDED:
+        if column not in have:
+            conn.execute(f"ALTER TABLE {REJECTS_TABLE} ADD COLUMN {ddl}")
+            actions.append(f"added column {REJECTS_TABLE}.{column}")
+    conn.execute(_REJECTS_ONCE_DDL)
 
 
 def _deferred_fts(conn: apsw.Connection) -> set[str]:

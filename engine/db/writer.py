@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import chain
 from typing import Any
 
@@ -22,9 +22,22 @@ import apsw
 
 from sqlwarden.config import Config, TableConfig
 from sqlwarden.db.checksum import table_checksum
-from sqlwarden.db.connect import file_size, savepoint, transaction, variable_limit
+from sqlwarden.db.connect import (
+    file_size,
+    no_busy_wait,
+    savepoint,
+    transaction,
+    variable_limit,
+)
 from sqlwarden.db.faults import wait_reason
-from sqlwarden.db.rules import EngineObjects, refusal, trigger_refusal
+from sqlwarden.db.rules import (
+    EngineObjects,
+    Preparing,
+    pragma_refusal,
+    refusal,
+    statement_refusal,
+    trigger_refusal,
+)
 from sqlwarden.db.schema import (
     META_TABLE,
     MIRROR_QUARANTINE_TABLE,
@@ -32,6 +45,7 @@ from sqlwarden.db.schema import (
     OUTBOX_TABLE,
 )
 from sqlwarden.db.sql import insert_sql, rows_per_statement, upsert_sql
+from sqlwarden.db.values import bad_row, bad_rowid
 from sqlwarden.errors import (
     BadRowError,
     EngineError,
@@ -66,6 +80,7 @@ from sqlwarden.sync import runs as sync
 from sqlwarden.tasks.chunks import (
     SAVE_PROGRESS_SQL,
     TaskPlan,
+    chunk_name,
     load_callable,
     run_chunk,
     save_task_sql,
@@ -88,10 +103,6 @@ CHECKPOINT_MODES = {
     "restart": apsw.SQLITE_CHECKPOINT_RESTART,
     "truncate": apsw.SQLITE_CHECKPOINT_TRUNCATE,
 }
-#: Connection settings the engine relies on; a sender's SQL may read, not set them.
-_ENGINE_PRAGMAS = frozenset({
-    "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "journal_size_limit",
-    "foreign_keys", "recursive_triggers", "query_only", "busy_timeout", "writable_schema"})
 
 
 class _TransactionEnded(Exception):
@@ -106,7 +117,9 @@ class _WriterCursor(apsw.Cursor):
     one the engine ran unguarded (`DELETE FROM _sw_meta WHERE key = ?`) would
     skip every rule. So guarded statements bypass the cache (measured: under
     1 us more per statement). The engine's own statements inside a guarded
-    block (a chunk's checkpoint update) run unguarded.
+    block (a chunk's checkpoint update) run unguarded. SQLite does not ask the
+    authorizer about VACUUM: each guarded statement is looked at once SQLite
+    has cut it from the text, before it runs (`rules.statement_refusal`).
     """
 
     def __init__(self, conn: apsw.Connection, core: WriterCore) -> None:
@@ -114,12 +127,12 @@ class _WriterCursor(apsw.Cursor):
         self._core = core
 
     def execute(self, statements: str, bindings: Any = None, **kwargs: Any) -> apsw.Cursor:
-        with self._core._rules_for(statements, kwargs):
+        with self._core._rules_for(self, statements, kwargs):
             return super().execute(statements, bindings, **kwargs)
 
     def executemany(self, statements: str, sequenceofbindings: Any,
                     **kwargs: Any) -> apsw.Cursor:
-        with self._core._rules_for(statements, kwargs):
+        with self._core._rules_for(self, statements, kwargs):
             return super().executemany(statements, sequenceofbindings, **kwargs)
 
 
@@ -159,6 +172,8 @@ class WriterCore:
         self._guarding = False
         self._refused: str | None = None
         self._owned = EngineObjects.of(config, conn)
+        #: What the guarded statement being prepared did so far (see `rules.Preparing`).
+        self._preparing = Preparing()
         #: The engine's own statements inside a guarded block (a chunk's checkpoint).
         self._trusted = frozenset(plan.checkpoint_sql for plan in tasks)
         conn.set_wal_hook(self._on_wal_commit)
@@ -362,7 +377,7 @@ class WriterCore:
             reason = self._met(exc)
             if isinstance(exc, TaskError):
                 raise
-            error = TaskError(f"task {ident}: the chunk after key {message.after!r} "
+            error = TaskError(f"task {ident}: {chunk_name(message.after)} "
                               f"{'waits, ' + reason if reason else 'failed'}: {exc}",
                               task=message.task)
             error.waiting_for = reason
@@ -401,7 +416,8 @@ class WriterCore:
             self._guarding = False
 
     @contextmanager
-    def _rules_for(self, statements: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    def _rules_for(self, cursor: apsw.Cursor, statements: str,
+                   kwargs: dict[str, Any]) -> Iterator[None]:
         """How the statements about to be prepared are checked (see `_WriterCursor`)."""
         if not self._guarding:
             yield
@@ -413,7 +429,20 @@ class WriterCore:
                 self._guarding = True
         else:
             kwargs["can_cache"] = False
+            self._preparing = Preparing()
+            # Also called for statements the caller steps to after `execute` returns.
+            cursor.exec_trace = self._check_statement
             yield
+
+    def _check_statement(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        # Runs before each guarded statement runs (apsw's exec trace); False stops it
+        # with `ExecTraceAbort`, which `_guard` turns into the reason.
+        self._preparing = Preparing()  # the next statement's prepare starts afresh
+        why = statement_refusal(sql)
+        if why is None:
+            return True
+        self._refused = why
+        return False
 
     def _authorize(self, code: int, first: str | None, second: str | None,
                    database: str | None, trigger: str | None) -> int:
@@ -429,18 +458,20 @@ class WriterCore:
             return apsw.SQLITE_DENY
         if not self._guarding:
             return apsw.SQLITE_OK
-        why = refusal(self._owned, code, first, second)
+        why = refusal(self._owned, code, first, second, database, preparing=self._preparing)
         if why is not None:
             self._refused = why
             return apsw.SQLITE_DENY
+        self._preparing.note(self._owned, code, first, second)
         if code in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             self._refused = ("transaction statements are not accepted; each message is "
                              "already one transaction")
             return apsw.SQLITE_DENY
-        if (code == apsw.SQLITE_PRAGMA and second is not None and first is not None
-                and first.lower() in _ENGINE_PRAGMAS):
-            self._refused = f"PRAGMA {first.lower()} is set by the engine and cannot be changed"
-            return apsw.SQLITE_DENY
+        if code == apsw.SQLITE_PRAGMA and first is not None:
+            why = pragma_refusal(first, second)
+            if why is not None:
+                self._refused = why
+                return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
 
     def _rows_per(self, table: str, width: int) -> int:
@@ -462,16 +493,33 @@ class WriterCore:
         skips_rows = isinstance(message, UpsertRows) and set(message.columns) <= set(message.key)
         per = rows_per_statement(self.variable_limit, width,
                                  indexed=self._indexed.get(message.table, True) and not skips_rows)
-        if per == 1:
-            self.conn.executemany(sql_for(1), rows)
-            changes = len(rows)
-        else:
-            changes = 0
-            for start in range(0, len(rows), per):
-                chunk = rows[start:start + per]
-                self.conn.execute(sql_for(len(chunk)), tuple(chain.from_iterable(chunk)))
-                changes += self.conn.changes()
+        try:
+            if per == 1:
+                self.conn.executemany(sql_for(1), rows)
+                changes = len(rows)
+            else:
+                changes = 0
+                for start in range(0, len(rows), per):
+                    chunk = rows[start:start + per]
+                    self.conn.execute(sql_for(len(chunk)), tuple(chain.from_iterable(chunk)))
+                    changes += self.conn.changes()
+        except (OverflowError, UnicodeEncodeError, apsw.MismatchError) as exc:
+            # apsw cannot bind an integer past 64 bits (or a lone surrogate), and
+            # SQLite says only "datatype mismatch" for a rowid it cannot take: name
+            # the row and column. The caller's transaction or savepoint undoes the rest.
+            error = self._bad_row(message, exc)
+            if error is None:
+                raise
+            raise error from exc
         return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
+
+    def _bad_row(self, message: InsertRows | UpsertRows, exc: Exception) -> BadRowError | None:
+        if not isinstance(exc, apsw.MismatchError):
+            return bad_row(message.kind, message.columns, message.rows, text=True)
+        spec = next((t for t in self.config.tables if t.name == message.table), None)
+        if spec is None or spec.rowid_alias is None:
+            return None
+        return bad_rowid(message.kind, message.columns, message.rows, spec.rowid_alias)
 
     # --- FTS deferral -------------------------------------------------------------------
 
@@ -578,20 +626,16 @@ class WriterCore:
         busy = False
         waiting_for: str | None = None
         frames = done = 0
-        if waits_for_readers:
-            # Waiting for a reader to let go would stall every queued write.
-            self.conn.set_busy_timeout(0)
         try:
-            frames, done = self.conn.wal_checkpoint(mode=CHECKPOINT_MODES[mode])
+            # Waiting for a reader to let go would stall every queued write.
+            with no_busy_wait(self.conn) if waits_for_readers else nullcontext():
+                frames, done = self.conn.wal_checkpoint(mode=CHECKPOINT_MODES[mode])
         except apsw.BusyError:
             busy = True
         except apsw.Error as exc:
             waiting_for = self._met(exc)
             if waiting_for is None:
                 raise
-        finally:
-            if waits_for_readers:
-                self.conn.set_busy_timeout(self.config.database.busy_timeout_ms)
         self.checkpoints += 1
         self.forced_checkpoints += forced
         self.busy_checkpoints += busy

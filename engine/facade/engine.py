@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import threading
@@ -43,6 +44,7 @@ from sqlwarden.errors import (
 from sqlwarden.facade import rows as rows_mod
 from sqlwarden.facade import status as status_mod
 from sqlwarden.facade.parts import Fts, Mirror, Sync, Tasks
+from sqlwarden.facade.waits import StartWaits
 from sqlwarden.fts.deferral import read_deferral
 from sqlwarden.fts.indexes import find_indexes
 from sqlwarden.futures import Future
@@ -77,6 +79,8 @@ from sqlwarden.views import (
 
 if TYPE_CHECKING:
     from sqlwarden.statusd import StatusServer
+
+log = logging.getLogger(__name__)
 
 FACADE = "facade"
 #: How long stopping waits for an actor to commit what is queued and close.
@@ -141,6 +145,15 @@ class Engine:
         #: Held while actors are started or stopped: a restart never races the stop.
         self._lifecycle = threading.Lock()
         self._stopping = False
+        #: While `start` runs: its thread, its waits, and the stop asked for meanwhile.
+        self._start_thread: threading.Thread | None = None
+        self._start_waits: StartWaits | None = None
+        self._start_abort = threading.Event()
+        self._start_ended = threading.Event()
+        self._start_stop: threading.Event | None = None
+        #: Set as a stop begins: a write or read meeting another program's lock gives up
+        #: at once (a wait the next start recovers from) instead of after the busy timeout.
+        self._halting = threading.Event()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Engine:
@@ -170,13 +183,37 @@ class Engine:
         return str(self._log.path) if self._log is not None and self.config.message_log.enabled \
             else None
 
-    def start(self) -> Engine:
-        """Start the actors in dependency order; raises if any cannot start."""
+    @property
+    def waiting_for(self) -> str | None:
+        """While `start` waits (a lock another program holds, a full disk): what for."""
+        waits = self._start_waits
+        return waits.reason if waits is not None and self._start_thread is not None else None
+
+    def start(self, *, stop: threading.Event | None = None, timeout: float | None = None,
+              on_wait: Callable[[str], None] | None = None) -> Engine:
+        """Start the actors in dependency order and run the boot recovery.
+
+        A step that writes and meets a wait (another program holds the
+        database's write lock past the busy timeout, the disk is full) is
+        tried again with backoff until the cause goes, then start goes on by
+        itself; `on_wait(reason)` is called when such a wait begins, and
+        `waiting_for` says what it waits for meanwhile. `stop` being set, or
+        `stop()` called from another thread, ends the wait: what start did is
+        undone (the engine lock too) and `EngineStopped` is raised. After
+        `timeout` seconds (None: no limit) it gives up with `Timeout`. Any
+        other error fails the start at once, undone the same way.
+        """
         if self._state != "new":
             raise EngineError(f"the engine cannot start: it is {self._state}")
         # One engine per database, before anything touches the disk: a refused
         # start leaves no file behind and changes nothing.
         self._lock = EngineLock.acquire(self.config.database.path)
+        waits = self._start_waits = StartWaits(
+            path=self.config.database.path, scheduler=self.scheduler, timeout_s=timeout,
+            on_wait=on_wait, stopped=lambda: self._start_abort.is_set() or (
+                stop is not None and stop.is_set()))
+        self._start_thread = threading.current_thread()
+        self._start_stop = stop
         log_config = self.config.message_log
         log_class = MessageLog if log_config.enabled else NullMessageLog
         try:
@@ -204,7 +241,11 @@ class Engine:
                     mirror_reconcile=lambda: status_mod.reconcile_view_dict(
                         self.mirror.reconcile()),
                     mirror_retry=lambda: {"queued": self.mirror.retry_quarantined()})
-            self._start_actor(WriterActor, config=self.config, tasks=self._plans)
+            # Opening the database (WAL) and applying the schema write: a wait is
+            # waited out here, each attempt one transaction that commits whole or not.
+            waits.run(lambda: self._start_actor(WriterActor, config=self.config,
+                                                tasks=self._plans, give_up=self._giving_up),
+                      "opening the database")
             self._start_actor(ProgressActor, config=self.config, clock=self._progress_clock)
             self._start_actor(FtsControllerActor, config=self.config)
             self._start_actor(BackfillActor, config=self.config, plans=self._plans,
@@ -214,25 +255,33 @@ class Engine:
                 assert self.config.mirror is not None
                 self.mirror_board = ViewBoard()
                 self._start_actor(MirrorActor, config=self.config, board=self.mirror_board)
-            self._readers = ReaderPool(self.config.database)
+            self._readers = ReaderPool(self.config.database, give_up=self._giving_up)
             if self._status_server is not None:
                 self._status_server.start()
                 self._lock.describe(endpoint=self.status_url)
             self._state = "running"
-            self._ask("writer", SetMeta(key="run_id", value=self.run_id))
+            waits.run(lambda: self._ask("writer", SetMeta(key="run_id", value=self.run_id)),
+                      "recording the run")
             # Where `sqlwarden task pause` finds this engine.
-            self._ask("writer", SetMeta(key="status_url", value=self.status_url))
+            waits.run(lambda: self._ask("writer", SetMeta(key="status_url",
+                                                          value=self.status_url)),
+                      "recording the status endpoint")
             # Boot recovery: a deferral left by an earlier run is restored before
             # start returns (a failure is kept in status and retried, never raised).
             self._ask("fts", FtsTick())
             # Runs a gone process left `running` are marked failed, then schedules armed.
-            self._ask("sync", SyncBoot())
+            waits.run(lambda: self._ask("sync", SyncBoot()), "reaping sync runs")
             if self.mirror.enabled:
                 # Connects in its first step; a server out of reach is a state, not an error.
                 self._ask("mirror", MirrorBoot())
+            waits.check()  # a stop asked for during the last step
         except BaseException:
             self._shutdown()
             raise
+        finally:
+            self._start_thread = None
+            self._start_stop = None
+            self._start_ended.set()
         if self._start_tasks:
             self.tasks.start()
         return self
@@ -243,15 +292,39 @@ class Engine:
         ready: Future[None] = Future()
         ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
                                 scheduler=self.scheduler, ready=ready, **kwargs)
-        self._actors.append((actor_class.name, ref, actor_class.stop_timeout_s))
+        entry = (actor_class.name, ref, actor_class.stop_timeout_s)
+        self._actors.append(entry)
         # No timeout: setup may rebuild a large index, and on_start always answers.
-        ready.get()
+        try:
+            ready.get()
+        except BaseException:
+            # Its setup failed and it stops itself; a start that tries again builds anew.
+            self._actors.remove(entry)
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                ref.stop(block=True, timeout=actor_class.stop_timeout_s)
+            raise
         self._bus.register(actor_class.name, ref)
 
     def stop(self) -> None:
-        """Stop everything in reverse order; queued writes are committed first."""
+        """Stop everything in reverse order; queued writes are committed first.
+
+        Called from another thread while `start` waits, it ends that wait and
+        returns once the start is undone.
+
+        It never waits out `busy_timeout_ms`: from its first step a write or read
+        meeting another program's lock gives up at once, failing as a wait. What
+        could not be recorded so (a sync run's end, a task's last save) the next
+        start recovers, as after a crash.
+        """
+        starting = self._start_thread
+        if starting is not None:
+            self._start_abort.set()
+            if starting is threading.current_thread():
+                return  # a signal handler on the starting thread: start unwinds itself
+            self._start_ended.wait()
         if self._state in ("new", "stopped"):
             return
+        self._halting.set()
         if self._state == "running":
             with contextlib.suppress(EngineError):
                 self._ask("writer", SetMeta(key="status_url", value=None),
@@ -271,9 +344,19 @@ class Engine:
         with contextlib.suppress(EngineError):
             self._ask("writer", TableChecksums(), timeout=STOP_TIMEOUT_S)
 
+    def _giving_up(self) -> bool:
+        """Whether a wait for another program's lock should end now: the engine stops, or
+        its start was asked to (see `connect.BusyWait`)."""
+        stop = self._start_stop
+        return (self._halting.is_set() or self._start_abort.is_set()
+                or (stop is not None and stop.is_set()))
+
     def _shutdown(self, *, checksums: bool = False) -> None:
+        self._halting.set()
         with self._lifecycle:  # waits for a restart under way; none starts after this
             self._stopping = True
+        if self._bus is not None:  # no restart comes now: what waits for one is answered
+            self._bus.release(None, EngineStopped("engine"))
         if self._status_server is not None:
             self._status_server.stop()
             self._status_server = None
@@ -290,6 +373,8 @@ class Engine:
                 with contextlib.suppress(pykka.Timeout):
                     ref.stop(block=True, timeout=stop_timeout_s)
         self._actors.clear()
+        if self._bus is not None:  # one that went down while the others stopped
+            self._bus.release(None, EngineStopped("engine"))
         if self._readers is not None:
             self._readers.close()
         if self._own_scheduler:
@@ -339,37 +424,50 @@ class Engine:
             threading.Thread(target=self._restart, args=(name,), daemon=True,
                              name=f"sqlwarden-restart-{name}").start()
 
-        with contextlib.suppress(RuntimeError):  # the scheduler has stopped: so has the engine
+        try:
             self.scheduler.call_later(delay_s, start_thread)
+        except RuntimeError:  # the scheduler has stopped: so has the engine
+            if self._bus is not None:
+                self._bus.release(name, EngineStopped(name))
 
     def _restart(self, name: str) -> None:
         """Build `name` again from its spec; its setup and boot message recover its state
-        from the database, as at a start. Put on the bus only once it is ready."""
+        from the database, as at a start. Put on the bus only once it is ready, and only
+        once every request its predecessor sent is answered (a chunk or a deferral it
+        left at the Writer is in the database before the successor reads it: never two
+        runners at once). What was held for it on the bus follows its boot message."""
+        bus = self._bus
+        if bus is not None and not bus.wait_answered(name, STOP_TIMEOUT_S):
+            log.warning("%s: requests of the actor that went down are still unanswered "
+                        "after %.0f s; restarting it anyway", name, STOP_TIMEOUT_S)
         with self._lifecycle:
             if self._state == "new" and not self._stopping:
                 # Still starting (a long boot restore, say): try once it is running.
                 self._restart_later(name, 0.5)
                 return
-            if self._stopping or self._state != "running" or self._bus is None:
+            if self._stopping or self._state != "running" or bus is None:
+                if bus is not None:
+                    bus.release(name, EngineStopped(name))
                 return
             actor_class, kwargs = self._specs[name]
             ready: Future[None] = Future()
-            ref = actor_class.start(bus=self._bus, supervisor=self.supervisor,
-                                    scheduler=self.scheduler, ready=ready, **kwargs)
+            ref = actor_class.start(bus=bus, supervisor=self.supervisor,
+                                    scheduler=self.scheduler, ready=ready,
+                                    incarnation=self.supervisor.restarts().get(name, 0) + 1,
+                                    **kwargs)
             try:
                 ready.get(timeout=STOP_TIMEOUT_S)
             except Exception as exc:  # its setup failed (and was reported): try again later
                 if ref.is_alive():
                     ref.stop(block=False)
+                # What waits for it is answered: the next attempt may fail the same way.
+                bus.release(name, exc)
                 self.supervisor.actor_down(name, exc, "start", record=False)
                 return
             self._actors = [(n, ref if n == name else r, t) for n, r, t in self._actors]
-            self._bus.register(name, ref)
+            boot = self._boot_message(name)
+            bus.register(name, ref, first=None if boot is None else (FACADE, boot))
         self.supervisor.restarted(name)
-        boot = self._boot_message(name)
-        if boot is not None:
-            with contextlib.suppress(EngineError):
-                self.tell(name, boot)
 
     def _boot_message(self, name: str) -> Message | None:
         """What a freshly built actor is told to recover (the same as at a start)."""
@@ -401,14 +499,20 @@ class Engine:
     # --- writes -------------------------------------------------------------------------
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> WriteResult:
-        """Run one statement with positional `?` parameters; returns once committed."""
+        """Run one statement with positional `?` parameters; returns once committed.
+
+        A non-finite float or an integer outside signed 64 bits among `params`
+        is refused before it is sent (`WriteError` naming the parameter).
+        """
         result: WriteResult = self._ask("writer", Execute(sql=sql, params=rows_mod.params(params)))
         return result
 
     def write_batch(self, statements: Iterable[str | tuple[str, Sequence[Any]]]) -> WriteResult:
         """Run several statements in one transaction: all commit, or none."""
         batch = tuple(Statement(sql=s, params=()) if isinstance(s, str)
-                      else Statement(sql=s[0], params=rows_mod.params(s[1])) for s in statements)
+                      else Statement(sql=s[0], params=rows_mod.params(
+                          s[1], kind="writer.batch", statement=i))
+                      for i, s in enumerate(statements))
         result: WriteResult = self._ask("writer", ExecuteBatch(statements=batch))
         return result
 

@@ -190,7 +190,8 @@ def engine_health(engine: Engine) -> tuple[bool, list[str]]:
 
 
 def _waits(engine: Engine) -> list[str]:
-    """What the sync sources and the mirror wait for (a lock, a full disk, a server)."""
+    """What the sync sources, the mirror and the message log wait for (a lock, a full
+    disk, a server)."""
     waits: list[str] = []
     if engine.config.sources:
         sources = sync_status(engine)
@@ -203,6 +204,11 @@ def _waits(engine: Engine) -> list[str]:
         mirror = mirror_view_dict(engine.mirror.view())
         if mirror.get("waiting_for"):
             waits.append(f"mirror waits: {mirror['waiting_for']}")
+    if engine._log is not None:
+        # The log's appends wait for room on a full disk (records queue meanwhile).
+        logged = engine._log.stats().get("waiting_for")
+        if logged:
+            waits.append(f"message log waits: {logged}")
     return waits
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlwarden.config import Config, FtsDeferralConfig, GeneratorSourceConfig
+from sqlwarden.db import faults
 from sqlwarden.effects import After, Cancel, Effects, Fail, Reply, Report, Request
 from sqlwarden.errors import EngineStopped, UnexpectedMessage
 from sqlwarden.protocol import (
@@ -90,6 +91,8 @@ class FtsController:
         self._deferred_at = 0.0
         self._error: str | None = None
         self._attempts = 0
+        #: What the restore under retry waits for (a lock held elsewhere, a full disk).
+        self._waiting_for: str | None = None
         self._retry_at: float | None = None
         self._last_restore: FtsRestoreResult | None = None
         self._not_deferrable: tuple[tuple[str, str], ...] = ()
@@ -148,7 +151,8 @@ class FtsController:
                        since=record.started_at if record else None,
                        tables=record.tables if record else (), error=self._error,
                        attempts=self._attempts, retry_in_s=retry_in,
-                       last_restore=self._last_restore, not_deferrable=self._not_deferrable)
+                       last_restore=self._last_restore, not_deferrable=self._not_deferrable,
+                       waiting_for=self._waiting_for)
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -367,10 +371,27 @@ class FtsController:
     def _restored(self, result: FtsRestoreResult | None, error: BaseException | None,
                   now: float) -> Effects:
         effects: Effects = []
-        if error is not None:
+        if error is not None and (reason := faults.wait_reason(error)) is not None:
+            # Another program holds the lock, or the disk is full: nothing was done (one
+            # transaction), and it goes again after a backoff. Not a failure: nothing is
+            # reported, and the record is not saved (that would meet the same wait).
             assert self._record is not None
             self.state = "restore_failed"
             self._attempts += 1
+            delay = faults.backoff_s(self._attempts)
+            self._retry_at = now + delay
+            if self._waiting_for != reason:
+                log.warning("restoring FTS triggers of %s waits: %s; retrying with backoff",
+                            ", ".join(self._record.tables), reason)
+            self._waiting_for = reason
+            self._error = (f"restoring FTS triggers of {', '.join(self._record.tables)} waits: "
+                           f"{reason} (attempt {self._attempts}; retrying in {delay:g}s)")
+            effects.append(After(delay, FtsTick(), TICK))
+        elif error is not None:
+            assert self._record is not None
+            self.state = "restore_failed"
+            self._attempts += 1
+            self._waiting_for = None
             delay = min(self.settings.retry_initial_s * 2 ** (self._attempts - 1),
                         self.settings.retry_max_s)
             self._retry_at = now + delay
@@ -389,6 +410,7 @@ class FtsController:
             self._record = None
             self._forget_sources()
             self.state, self._error, self._attempts, self._retry_at = "live", None, 0, None
+            self._waiting_for = None
             self._last_restore = result
             effects.append(Cancel(TICK))
             self._log_restored(result)
