@@ -100,7 +100,7 @@ class WriterActor(BaseActor):
             self.bus.fail(chunk, EngineStopped(self.name))
         if self.core is not None:
             self._flush()
-            self.core.conn.close()
+            self.core.close()
             self.core = None
 
     def handle(self, message: Message, envelope: Envelope) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import threading
 import time
 from typing import Any
 
@@ -90,9 +91,10 @@ def cmd_fts_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fts_restore(args: argparse.Namespace) -> int:
+    from sqlwarden.cli.run import start_engine
     from sqlwarden.config import StatusConfig
     from sqlwarden.db.connect import open_reader
-    from sqlwarden.facade import Engine, fts_view_dict
+    from sqlwarden.facade import Engine, fts_view_dict, stop_on_signals
 
     config = load_config(args.config)
     open_reader(config.database).close()  # refuses, changing nothing, if there is no database
@@ -101,10 +103,18 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
         print(f"asking the engine at {engine.url}")
         view = engine.post("/fts/restore")
     else:
-        # Starting the engine restores a persisted deferral (boot recovery).
+        # Starting the engine restores a persisted deferral (boot recovery). A signal
+        # is a stop, never a kill: the restore is one transaction, which it waits for.
         quiet = dataclasses.replace(config, status=StatusConfig(enabled=False))
-        with Engine(quiet, start_tasks=False) as running:
-            view = fts_view_dict(running.fts.restore())
+        stop = threading.Event()
+        running = Engine(quiet, start_tasks=False)
+        with stop_on_signals(stop):
+            if not start_engine(running, stop):
+                return 0
+            try:
+                view = fts_view_dict(running.fts.restore())
+            finally:
+                running.stop()
     last = view.get("last_restore")
     if view["state"] == "restore_failed":
         print(f"FTS restore failed: {view['error']}")

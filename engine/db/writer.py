@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -109,31 +109,51 @@ class _TransactionEnded(Exception):
     """A message ended the group's transaction; the group runs again without it."""
 
 
-class _WriterCursor(apsw.Cursor):
-    """The Writer's cursors: a sender's SQL is always prepared under the rules.
+class _Guarded:
+    """The Writer's connection as a sender's SQL sees it: always prepared under the rules.
 
     SQLite asks the authorizer only while preparing, and apsw reuses a
     prepared statement by its text: a sender's statement with the text of
     one the engine ran unguarded (`DELETE FROM _sw_meta WHERE key = ?`) would
-    skip every rule. So guarded statements bypass the cache (measured: under
-    1 us more per statement). The engine's own statements inside a guarded
-    block (a chunk's checkpoint update) run unguarded. SQLite does not ask the
-    authorizer about VACUUM: each guarded statement is looked at once SQLite
-    has cut it from the text, before it runs (`rules.statement_refusal`).
+    skip every rule. So statements run through this bypass the cache
+    (measured: under 1 us more per statement). The engine's own statements
+    inside a guarded block (a chunk's checkpoint update) run unguarded.
+    SQLite does not ask the authorizer about VACUUM: each statement is looked
+    at once SQLite has cut it from the text, before it runs
+    (`rules.statement_refusal`, through the cursor's exec trace).
+
+    Not an `apsw.Cursor` subclass installed as the connection's cursor
+    factory: that put every cursor of the Writer through Python, and the
+    factory closure tied the connection into a reference cycle with its
+    `WriterCore`; a CI run crashed (SIGSEGV) in the factory while the cycle
+    collector ran. Here each cursor is a plain one, made, traced and dropped.
     """
 
-    def __init__(self, conn: apsw.Connection, core: WriterCore) -> None:
-        super().__init__(conn)
+    def __init__(self, core: WriterCore) -> None:
         self._core = core
 
-    def execute(self, statements: str, bindings: Any = None, **kwargs: Any) -> apsw.Cursor:
-        with self._core._rules_for(self, statements, kwargs):
-            return super().execute(statements, bindings, **kwargs)
+    def execute(self, statements: str, bindings: Any = None) -> apsw.Cursor:
+        core = self._core
+        if statements in core._trusted:
+            core._guarding = False
+            try:
+                return core.conn.execute(statements, bindings)
+            finally:
+                core._guarding = True
+        return self._cursor().execute(statements, bindings, can_cache=False)
 
-    def executemany(self, statements: str, sequenceofbindings: Any,
-                    **kwargs: Any) -> apsw.Cursor:
-        with self._core._rules_for(self, statements, kwargs):
-            return super().executemany(statements, sequenceofbindings, **kwargs)
+    def executemany(self, statements: str, sequenceofbindings: Any) -> apsw.Cursor:
+        return self._cursor().executemany(statements, sequenceofbindings, can_cache=False)
+
+    def changes(self) -> int:
+        return int(self._core.conn.changes())
+
+    def _cursor(self) -> apsw.Cursor:
+        cursor = self._core.conn.cursor()
+        self._core._preparing = Preparing()
+        # Also called for statements the caller steps to after `execute` returns.
+        cursor.exec_trace = self._core._check_statement
+        return cursor
 
 
 Outcome = WriteResult | SyncBatchResult | EngineError
@@ -178,7 +198,18 @@ class WriterCore:
         self._trusted = frozenset(plan.checkpoint_sql for plan in tasks)
         conn.set_wal_hook(self._on_wal_commit)
         conn.authorizer = self._authorize
-        conn.cursor_factory = lambda c: _WriterCursor(c, self)
+        self._guarded = _Guarded(self)
+
+    def close(self) -> None:
+        """Close the connection, first dropping the hooks that point back at this core.
+
+        The authorizer and WAL hook are bound methods: left in place they tie
+        the connection and the core into a cycle only the cycle collector
+        frees, on whichever thread it happens to run.
+        """
+        self.conn.authorizer = None
+        self.conn.set_wal_hook(None)
+        self.conn.close()
 
     def _on_wal_commit(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         # Runs inside COMMIT: only note the size here, checkpoint afterwards.
@@ -272,14 +303,14 @@ class WriterCore:
         match message:
             case Execute(sql=sql, params=params):
                 with self._guard(message):
-                    self.conn.execute(sql, params).fetchall()
+                    self._guarded.execute(sql, params).fetchall()
                 return WriteResult(changes=self.conn.changes(),
                                    last_rowid=self.conn.last_insert_rowid())
             case ExecuteBatch(statements=statements):
                 changes = 0
                 with self._guard(message):
                     for statement in statements:
-                        self.conn.execute(statement.sql, statement.params).fetchall()
+                        self._guarded.execute(statement.sql, statement.params).fetchall()
                         changes += self.conn.changes()
                 return WriteResult(changes=changes, last_rowid=self.conn.last_insert_rowid())
             case InsertRows(table=table, columns=columns):
@@ -369,7 +400,9 @@ class WriterCore:
         try:
             fn = self._callable(plan) if plan.select_sql[0] else None
             with transaction(self.conn), self._guard(message):
-                outcome = run_chunk(self.conn, plan, run_id=message.run_id,
+                # The task's SQL is a sender's too (`_Guarded`); only the shape is apsw's.
+                outcome = run_chunk(cast("apsw.Connection", self._guarded), plan,
+                                    run_id=message.run_id,
                                     after=message.after, bound=message.bound,
                                     rows=message.rows, fn=fn)
         except Exception as exc:
@@ -414,25 +447,6 @@ class WriterCore:
                              message_kind=message.kind) from exc
         finally:
             self._guarding = False
-
-    @contextmanager
-    def _rules_for(self, cursor: apsw.Cursor, statements: str,
-                   kwargs: dict[str, Any]) -> Iterator[None]:
-        """How the statements about to be prepared are checked (see `_WriterCursor`)."""
-        if not self._guarding:
-            yield
-        elif statements in self._trusted:
-            self._guarding = False
-            try:
-                yield
-            finally:
-                self._guarding = True
-        else:
-            kwargs["can_cache"] = False
-            self._preparing = Preparing()
-            # Also called for statements the caller steps to after `execute` returns.
-            cursor.exec_trace = self._check_statement
-            yield
 
     def _check_statement(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
         # Runs before each guarded statement runs (apsw's exec trace); False stops it

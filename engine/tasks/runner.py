@@ -167,8 +167,10 @@ class TaskRunner:
             if run.status in ("done", "paused", "cancelled"):
                 continue  # done never reruns; a person paused or cancelled the others
             if run.status == "running":
-                log.warning("task %s was left running by run %s, which is gone; resuming from "
-                            "checkpoint %r", task.ident, run.left_by, run.checkpoint)
+                # A stop (or a crash) between chunks leaves a task running: either way
+                # it goes on from the last chunk that committed.
+                log.info("task %s was running when run %s ended; resuming from checkpoint %r",
+                         task.ident, run.left_by, run.checkpoint)
             elif run.status == "failed":
                 log.warning("task %s failed in an earlier run (%s); retrying from checkpoint %r",
                             task.ident, run.error, run.checkpoint)
