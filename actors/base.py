@@ -18,6 +18,7 @@ waits for an actor that is gone.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -72,8 +73,8 @@ class BaseActor(pykka.ThreadingActor):
         self._ready = ready
         self._awaiting: dict[int, Callable[[Answer], None]] = {}
         #: Asks handled that were to be answered later (`DEFERRED`); pruned as answered.
-        self._taken: list[Envelope] = []
-        self._taken_limit = 64
+        self._taken: deque[Envelope] = deque()
+        self._taken_limit = 8
         self._timers: dict[str, Timer] = {}
         #: What took this actor down from inside (the error, and the message kind).
         self._crashed: tuple[BaseException, str] | None = None
@@ -193,14 +194,22 @@ class BaseActor(pykka.ThreadingActor):
 
     def _take(self, envelope: Envelope) -> None:
         """Keep an ask answered later, to answer it when this actor stops first."""
+        self._prune_taken()
         if len(self._taken) >= self._taken_limit:
-            self._taken = [e for e in self._taken if not e.answered]
-            self._taken_limit = max(64, 2 * len(self._taken))
+            self._taken = deque(e for e in self._taken if not e.answered)
+            self._taken_limit = max(8, 2 * len(self._taken))
         self._taken.append(envelope)
+
+    def _prune_taken(self) -> None:
+        """Let go of the asks answered first: an answered envelope still holds its message
+        (a sync batch's rows), which must not stay alive here until the next prune."""
+        taken = self._taken
+        while taken and taken[0].answered:
+            taken.popleft()
 
     def _answer_taken(self) -> None:
         """Answer every ask taken and not answered yet (see `unanswered`)."""
-        taken, self._taken = self._taken, []
+        taken, self._taken = self._taken, deque()
         for envelope in taken:
             if envelope.answered:
                 continue
@@ -305,6 +314,7 @@ class BaseActor(pykka.ThreadingActor):
                 self.bus.reply(message, result)
             elif message.is_ask and not message.answered:
                 self._take(message)
+        self._prune_taken()
         return None
 
     def _restartable(self, error: BaseException) -> bool:

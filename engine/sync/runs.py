@@ -181,22 +181,30 @@ def _upsert(conn: apsw.Connection, part: TableRows, per: int, rejects: list[Reje
                 written += conn.changes()
         return written
 
-    def isolate(lo: int, hi: int) -> int:
-        try:
-            return write(lo, hi)
-        except ROW_ERRORS as exc:
-            if hi - lo > 1:
-                mid = (lo + hi) // 2
-                return isolate(lo, mid) + isolate(mid, hi)
-            reject = _refused(part, lo, exc, message)
-            if message.on_reject == "fail":
-                raise SyncError(f"source {message.source}: record at {reject.position} "
-                                f"rejected: {reject.reason} (on_reject: fail)",
-                                source=message.source) from exc
-            rejects.append(reject)
-            return 0
+    return _isolate(write, 0, len(rows), part, rejects, message) if rows else 0
 
-    return isolate(0, len(rows)) if rows else 0
+
+def _isolate(write: Callable[[int, int], int], lo: int, hi: int, part: TableRows,
+             rejects: list[Reject], message: SyncBatch) -> int:
+    """`write(lo, hi)`, halving a refused range until each refused row stands alone.
+
+    Not a closure calling itself in `_upsert`: that is a reference cycle, which kept
+    every batch's rows alive until the cycle collector ran (RSS grew with the run).
+    """
+    try:
+        return write(lo, hi)
+    except ROW_ERRORS as exc:
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            return (_isolate(write, lo, mid, part, rejects, message)
+                    + _isolate(write, mid, hi, part, rejects, message))
+        reject = _refused(part, lo, exc, message)
+        if message.on_reject == "fail":
+            raise SyncError(f"source {message.source}: record at {reject.position} "
+                            f"rejected: {reject.reason} (on_reject: fail)",
+                            source=message.source) from exc
+        rejects.append(reject)
+        return 0
 
 
 def _refused(part: TableRows, index: int, exc: BaseException, message: SyncBatch) -> Reject:
