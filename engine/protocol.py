@@ -637,6 +637,8 @@ class MirrorDown(Message):
     started: int
     #: What the mirror waits for meanwhile (None: a failure no retry fixes).
     waiting_for: str | None = None
+    #: The server's error number, when it gave one (1045: access denied, say).
+    errno: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -122,6 +122,13 @@ def test_bad_mirror_input_is_one_line_and_changes_nothing(tmp_path: Path,
     assert none.returncode == 2 and "no enabled `mirror:` section" in none.stderr
     assert data_files(tmp_path) == before
 
+    # A login problem is 2 for every mirror command, also for a reconcile that starts
+    # the engine (whose local database it may then touch; the mirror it cannot).
+    refused = run_sqlwarden("mirror", "reconcile", str(wrong), "--timeout", "120")
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "1045" in refused.stderr
+    assert "not-the-password" not in refused.stderr + refused.stdout
+
 
 def data_files(root: Path) -> dict[str, bytes]:
     """Everything under `root` but the config files a test writes."""

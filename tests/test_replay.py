@@ -609,7 +609,7 @@ def test_follow_prints_the_last_records_then_new_ones_across_a_rotation(
                  id="follow-a-missing-log"),
     pytest.param(["{log}", "--timeline", "--check"], "not allowed with argument",
                  id="two-modes"),
-    pytest.param(["{log}", "--corr", "seven"], "invalid int value", id="bad-corr"),
+    pytest.param(["{log}", "--corr", "seven"], "is not a whole number", id="bad-corr"),
     pytest.param([], "the following arguments are required: LOG", id="no-log"),
 ])
 def test_bad_input_gives_exit_2_and_one_line_on_stderr(

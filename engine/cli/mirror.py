@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from sqlwarden.cli.client import EngineRefused, engine_if_running
-from sqlwarden.cli.output import PROG, local_time, one_line, print_error
+from sqlwarden.cli.output import PROG, local_time, one_line, print_error, seconds_within
 from sqlwarden.config import Config, load_config
 
 #: `mirror verify`'s exit code when the only difference is quarantined rows.
@@ -42,8 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "SIGINT or SIGTERM stops it at the next range and it exits 0.")
     reconcile.add_argument("config", metavar="CONFIG", help="the YAML config file")
     reconcile.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    reconcile.add_argument("--timeout", type=float, default=3600.0, metavar="S",
-                           help="give up waiting after S seconds (default 3600)")
+    reconcile.add_argument("--timeout", type=seconds_within(0, 7 * 86400), default=3600.0,
+                           metavar="S", help="give up waiting after S seconds (more than 0, "
+                           "at most a week; default 3600)")
     reconcile.set_defaults(func=cmd_mirror_reconcile)
     verify = actions.add_parser(
         "verify", help="compare SQLite and the mirror; change nothing",
@@ -68,7 +70,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
-    from sqlwarden.errors import MirrorError, MirrorUnavailable
+    from sqlwarden.errors import MirrorError
     from sqlwarden.views import ReconcileView, TableCheck
 
     config = _load_mirrored(args.config)
@@ -86,10 +88,10 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
     else:
         try:
             local = _reconcile_here(config, args.timeout)
-        except MirrorUnavailable as exc:
+        except MirrorError as exc:
             print_error(one_line(exc))
-            return 3
-        except (MirrorError, TimeoutError) as exc:
+            return mirror_exit_code(exc)
+        except TimeoutError as exc:
             print_error(one_line(exc))
             return 1
         if local is None:
@@ -106,6 +108,22 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def mirror_exit_code(exc: BaseException) -> int:
+    """What a mirror command exits with for `exc`, as the README says: 2 when the login
+    or the database name is refused (the config is at fault), 3 when the server cannot
+    be reached (or the mirror is away for a reason retrying fixes), 1 otherwise."""
+    from sqlwarden.errors import MirrorUnavailable
+    from sqlwarden.mirror.dialect import LOGIN_ERRNOS
+
+    errno = getattr(exc, "errno", None)
+    if errno in LOGIN_ERRNOS:
+        return 2
+    if getattr(exc, "retryable", False) or (isinstance(exc, MirrorUnavailable)
+                                             and errno is None):
+        return 3
+    return 1
+
+
 def _reconcile_here(config: Config, timeout_s: float) -> Any:
     """A reconcile in an engine started for it; None when SIGINT or SIGTERM stopped it
     first (at its next range, what was copied kept: the next reconcile goes on)."""
@@ -116,6 +134,11 @@ def _reconcile_here(config: Config, timeout_s: float) -> Any:
 
     stop = threading.Event()
     local = Engine(config, start_tasks=False)
+    # The command says how the reconcile ended in one line; the mirror's own warnings
+    # (the same failure) are for -v.
+    mirror_log = logging.getLogger("sqlwarden.mirror")
+    if logging.getLogger().level >= logging.WARNING and mirror_log.level == logging.NOTSET:
+        mirror_log.setLevel(logging.ERROR)
     # Held until the engine has stopped: a signal at any moment is a stop, never a kill.
     with stop_on_signals(stop):
         if not start_engine(local, stop):

@@ -3,8 +3,11 @@ sizes, times, progress bars and the task table."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 PROG = "sqlwarden"
@@ -13,6 +16,36 @@ PROG = "sqlwarden"
 def one_line(exc: BaseException) -> str:
     """An error's text on one line, whatever newlines its message holds."""
     return " ".join(str(exc).split())
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number from `low` to `high`, or one line saying the range.
+
+    `int()` alone takes `99999999999999999999999`, which later overflows what
+    SQLite can bind (an OverflowError, not a user's mistake named)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({low:,} to {high:,})")
+        return value
+    return parse
+
+
+def seconds_within(low: float, high: float) -> Callable[[str], float]:
+    """An argparse `type`: a finite number of seconds above `low`, at most `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or not low < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range (more than {low:g} and at most {high:g} seconds)")
+        return value
+    return parse
 
 
 def print_error(text: str) -> None:

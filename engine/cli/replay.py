@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlwarden.cli.output import whole_number
 from sqlwarden.config import load_config
 
 
@@ -33,7 +34,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     replay.add_argument("--since", metavar="TIME", help="only records at or after TIME "
                         "(ISO-8601; UTC unless a zone is given)")
     replay.add_argument("--until", metavar="TIME", help="only records at or before TIME")
-    replay.add_argument("--corr", type=int, metavar="N",
+    replay.add_argument("--corr", type=whole_number(0, 2**63 - 1), metavar="N",
                         help="only the message with correlation id N and its answer")
     replay.add_argument("--run", metavar="ID", help="only records of this engine run")
     modes = replay.add_mutually_exclusive_group()
@@ -140,6 +141,12 @@ def _replay_follow(args: argparse.Namespace, chosen: Any) -> int:
 
     if len(args.logs) != 1:
         raise ReplayError("--follow takes one LOG (the live file)")
+    live = Path(args.logs[0])
+    if live.exists() and not live.is_file():
+        # A FIFO or a device (/dev/zero) never ends and is no log: reading it would
+        # only grow memory.
+        raise ReplayError(f"{live}: --follow reads a regular file (the live log), not "
+                          "a device, FIFO or folder")
 
     def emit(item: Any) -> None:
         if isinstance(item, dict):
@@ -149,7 +156,7 @@ def _replay_follow(args: argparse.Namespace, chosen: Any) -> int:
             print(f"damaged line skipped: {item}", file=sys.stderr, flush=True)
 
     try:
-        follow(Path(args.logs[0]), emit)
+        follow(live, emit)
     except KeyboardInterrupt:
         return 0
     return 0

@@ -14,7 +14,14 @@ from typing import Any
 
 from sqlwarden.cli.client import EngineRefused, engine_if_running
 from sqlwarden.cli.fts import print_fts_after
-from sqlwarden.cli.output import PROG, duration, local_time, progress_bar, unknown_name
+from sqlwarden.cli.output import (
+    PROG,
+    duration,
+    local_time,
+    progress_bar,
+    unknown_name,
+    whole_number,
+)
 from sqlwarden.config import Config, load_config
 from sqlwarden.errors import EngineError
 
@@ -47,8 +54,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     "status, rows, rejects, error) and the latest records in _sw_rejects.")
     history.add_argument("config", metavar="CONFIG", help="the YAML config file")
     history.add_argument("--source", metavar="SOURCE", help="only this source")
-    history.add_argument("--limit", type=int, default=20, metavar="N",
-                         help="show at most N runs (default 20)")
+    history.add_argument("--limit", type=whole_number(1, 1_000_000), default=20, metavar="N",
+                         help="show at most N runs (1 to 1,000,000; default 20)")
     history.add_argument("--json", action="store_true", help="print JSON instead of a table")
     history.set_defaults(func=cmd_sync_history)
 

@@ -86,6 +86,8 @@ RETRYABLE_ERRNOS = frozenset({
     2055,  # lost connection at ...
     4031,  # disconnected by the server because of inactivity
 })
+#: The server refused the login or the database: the config (DSN, password) is at fault.
+LOGIN_ERRNOS = frozenset({1044, 1045, 1698, 1049})
 #: Errors that trying again will not fix: the mirror stops (state `failed`)
 #: until it is asked again or the engine restarts.
 FATAL_ERRNOS = frozenset({

@@ -217,7 +217,8 @@ class MirrorState:
             self._backoff = min(self._backoff * 2, self.mirror.backoff_max_s)
         return MirrorDown(error=str(error), retryable=error.retryable, attempt=self._attempt,
                           retry_in_s=wait, started=self._started,
-                          waiting_for=(waiting_for or SERVER_AWAY) if error.retryable else None)
+                          waiting_for=(waiting_for or SERVER_AWAY) if error.retryable else None,
+                          errno=error.errno)
 
     def writer_waits(self, reason: str) -> Effects:
         """A Writer request met a wait (`reason`): send it again after a backoff."""
@@ -278,7 +279,8 @@ class MirrorState:
         later = "when the server is back" if message.retryable else "once asked again"
         for number in [n for n in self._reconcile_waiters if n > message.started]:
             effects += [Fail(w, MirrorUnavailable(
-                f"mirror is {state}: {message.error} (a reconcile runs {later})"))
+                f"mirror is {state}: {message.error} (a reconcile runs {later})",
+                errno=message.errno, retryable=message.retryable))
                 for w in self._reconcile_waiters.pop(number)]
         verifies, self._verifies = self._verifies, deque()
         effects += [Fail(w, MirrorError(message.error)) for _, w in verifies]
