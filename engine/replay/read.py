@@ -28,6 +28,9 @@ Record = dict[str, Any]
 
 TORN = "torn last line (cut short by a crash?)"
 NOT_A_RECORD = "not a message record (a key is missing or of the wrong type)"
+#: The longest line read as a record; a longer one is a damaged line, read past in
+#: pieces (a record with a full payload of a large batch stays well below this).
+MAX_LINE_BYTES = 32 * 1024 * 1024
 #: Examples kept of damaged lines and errors (the counts are always complete).
 EXAMPLES = 20
 
@@ -55,7 +58,9 @@ def first_seq(path: Path) -> int | None:
     """The sequence number of the first readable record in `path`."""
     try:
         with open_log_file(path) as handle:
-            for raw in handle:
+            for raw, _ in bounded_lines(handle):
+                if raw is None:
+                    continue
                 try:
                     seq = json.loads(raw).get("seq")
                 except (ValueError, AttributeError):
@@ -106,6 +111,31 @@ class Damaged:
         return f"{self.file}:{self.line} (byte {self.offset}): {self.reason}{after}"
 
 
+def bounded_lines(handle: IO[bytes], limit: int | None = None
+                  ) -> Iterator[tuple[bytes | None, int]]:
+    """Each line of `handle` with its length in bytes, newline included.
+
+    A line longer than `limit` (default `MAX_LINE_BYTES`) comes as
+    `(None, length)`: it is read past in pieces and never held whole, so a
+    log inflating to one endless line cannot take the reader's memory.
+    """
+    most = MAX_LINE_BYTES if limit is None else limit
+    readline = handle.readline
+    while raw := readline(most + 1):
+        if len(raw) <= most or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        while not raw.endswith(b"\n") and (raw := readline(1 << 20)):
+            length += len(raw)
+        yield None, length
+
+
+def too_long(limit: int | None = None) -> str:
+    """Why a line past the cap is damaged."""
+    return f"longer than {MAX_LINE_BYTES if limit is None else limit:,} bytes (not read)"
+
+
 def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
     """Every line of `files` in order: a record, or `Damaged` for one that is not."""
     last_seq: int | None = None
@@ -113,8 +143,11 @@ def read_records(files: Iterable[Path]) -> Iterator[Record | Damaged]:
         name, offset = str(path), 0
         try:
             with open_log_file(path) as handle:
-                for number, raw in enumerate(handle, start=1):
-                    start, offset = offset, offset + len(raw)
+                for number, (raw, length) in enumerate(bounded_lines(handle), start=1):
+                    start, offset = offset, offset + length
+                    if raw is None:
+                        yield Damaged(name, number, start, too_long(), last_seq)
+                        continue
                     item = parse_line(raw, name, number, start, last_seq)
                     if type(item) is dict:
                         last_seq = item["seq"]

@@ -16,7 +16,16 @@ from pathlib import Path
 from sqlwarden.errors import ReplayError
 from sqlwarden.msglog.log import file_last_seq
 from sqlwarden.msglog.log import log_files as rotated_files
-from sqlwarden.replay.read import Damaged, Record, cut, first_seq, parse_line, read_records
+from sqlwarden.replay.read import (
+    MAX_LINE_BYTES,
+    Damaged,
+    Record,
+    cut,
+    first_seq,
+    parse_line,
+    read_records,
+    too_long,
+)
 
 _FOLLOW_BLOCK = 1 << 20
 _ARROWS = {"tell": "->", "ask": "=>", "reply": "<-", "error": "<!"}
@@ -113,18 +122,31 @@ class _LineReader:
         self.inode = os.fstat(self.handle.fileno()).st_ino
         self.pending = b""
         self.number = 0
+        #: Inside a line longer than `MAX_LINE_BYTES`: read past up to its newline.
+        self.skipping = False
 
     def items(self) -> Iterator[Record | Damaged]:
         while True:
             block = self.handle.read(_FOLLOW_BLOCK)
             if not block:
                 return
+            if self.skipping:
+                cut = block.find(b"\n")
+                if cut < 0:
+                    continue
+                block, self.skipping = block[cut + 1:], False
             *lines, self.pending = (self.pending + block).split(b"\n")
             for raw in lines:
                 self.number += 1
                 item = parse_line(raw, str(self.path), self.number, split=True)
                 if item is not None:
                     yield item
+            if len(self.pending) > MAX_LINE_BYTES:
+                # A line that never ends (or is far too long) is not kept growing.
+                self.number += 1
+                self.pending, self.skipping = b"", True
+                yield Damaged(str(self.path), self.number, self.handle.tell(), too_long(),
+                              None)
 
     def replaced(self) -> bool:
         """Whether the name now holds another file (rotated) or a shorter one (truncated)."""
