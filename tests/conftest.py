@@ -22,6 +22,7 @@ import pytest
 from sqlwarden.config import Config, parse_config
 from sqlwarden.facade import Engine
 
+from .support.device import NoTmpfs, mounted_tmpfs
 from .support.mariadb import MariaDB, MirrorDb, available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +230,29 @@ def kill_driver_when(driver: str, *args: str | Path, ready: Callable[[], bool], 
 
 def _ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    try:
+        with mounted_tmpfs(where, size) as mounted:
+            yield mounted
+    except NoTmpfs as exc:
+        if _ci():
+            pytest.fail(f"{exc}; CI=true needs this test to run", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs mounted for the test (as root), unmounted after it."""
+    yield from _tmpfs(tmp_path / "small", "3m")
+
+
+@pytest.fixture
+def small_log_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs for a message log alone, mounted for the test (as root)."""
+    yield from _tmpfs(tmp_path / "logfs", "1m")
 
 
 @pytest.fixture(scope="session")

@@ -24,12 +24,9 @@ from sqlwarden.facade import Engine
 from sqlwarden.futures import Timeout
 
 from .conftest import count_rows, read_only, sqlwarden, table_digest, wait_until
+from .support.device import fill, held_write_lock
 from .support.mariadb import MirrorDb
-from .test_disk_full import fill, small_disk
 from .test_mirror import FAST, assert_mirror_equals_sqlite, boot_reconciled
-from .test_task_waits import held_write_lock
-
-__all__ = ["small_disk"]  # a fixture, used by name
 
 BUSY_TIMEOUT_MS = 300
 #: Long enough that the task is still under way when the lock is taken.

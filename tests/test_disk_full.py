@@ -7,13 +7,8 @@ the message log outside it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from sqlwarden.config import Config, parse_config
 from sqlwarden.db.connect import open_writer
@@ -26,6 +21,7 @@ from sqlwarden.futures import Future
 from sqlwarden.protocol import InsertRows
 
 from .conftest import read_only, wait_until
+from .support.device import fill
 
 FULL_YAML = """\
 database:
@@ -58,47 +54,9 @@ BATCH = 50
 TEXT = "x" * 300
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs mounted for the test, unmounted after it."""
-    where = tmp_path / "small"
-    where.mkdir()
-    if os.geteuid() != 0:
-        if _ci():
-            pytest.fail("mounting a tmpfs needs root, and CI runs the tests as root")
-        pytest.skip("mounting a small tmpfs needs root (CI runs the tests as root)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        problem = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
-        if _ci():
-            pytest.fail(problem)
-        pytest.skip(problem)
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=True)
-
-
 def full_config(disk: Path, outside: Path) -> Config:
     text = FULL_YAML.format(db=disk / "full.db", log=outside / "messages.jsonl")
     return parse_config(text, file="full.yaml", base_dir=outside)
-
-
-def free_bytes(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
-
-
-def fill(path: Path, leave_bytes: int) -> None:
-    """Write a filler file that leaves about `leave_bytes` free."""
-    with open(path, "wb") as out:
-        out.write(b"\0" * max(0, free_bytes(path.parent) - leave_bytes))
 
 
 def check(config: Config) -> tuple[str, int, int]:

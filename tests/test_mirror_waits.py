@@ -5,17 +5,14 @@ completed and failed reconciles apart."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlwarden.config import Config, parse_config
 from sqlwarden.facade import Engine
 
+from .support.device import held_write_lock
 from .support.mariadb import MirrorDb
 from .test_mirror import (
     FAST,
@@ -47,34 +44,6 @@ mirror:
 """, file="test.yaml", base_dir=tmp_path)
 
 
-#: Another program: takes the write lock, says so, and keeps it until told (a line on
-#: stdin). A process of its own, as on the device: two SQLite libraries in one process
-#: (apsw's and Python's) do not see each other's locks.
-HOLDER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
-@contextmanager
-def write_lock_held(path: Path) -> Iterator[None]:
-    """Another process holds `path`'s write lock (`BEGIN IMMEDIATE`) inside the block."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0
-
-
 def blocked_on_the_server(mirror_db: MirrorDb) -> bool:
     """Whether a statement waits for the global read lock the test holds."""
     rows = mirror_db.server.query("SELECT count(*) FROM information_schema.PROCESSLIST "
@@ -97,7 +66,7 @@ def test_a_lock_held_by_another_program_during_a_drain_is_waited_out(
         try:
             engine.write_many("items", [(i, f"item {i}") for i in range(1, 201)])
             wait_for(lambda: blocked_on_the_server(mirror_db), 30, "the drain to reach the server")
-            with write_lock_held(config.database.path):
+            with held_write_lock(config.database.path):
                 locked_at = time.monotonic()
                 cursor.execute("UNLOCK TABLES")
                 unlocked = True

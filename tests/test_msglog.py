@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
 import shutil
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,34 +278,6 @@ def test_a_full_queue_holds_senders_back_then_drops_and_counts_and_memory_stays_
     checker.finish()
     assert checker.counts[7] == 1
     assert "12 record(s) missing" in "\n".join(checker.lines())
-
-
-def _ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-@pytest.fixture
-def small_log_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs for the message log alone, mounted for the test (as root)."""
-    where = tmp_path / "logfs"
-    where.mkdir()
-    problem = None
-    if os.geteuid() != 0:
-        problem = "mounting a small tmpfs needs root (CI runs the tests as root)"
-    else:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                                 capture_output=True, text=True)
-        if mounted.returncode != 0:
-            problem = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
-    if problem is not None:
-        if _ci():
-            pytest.fail(f"{problem}; CI=true needs this test to run", pytrace=False)
-        pytest.skip(problem)
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def test_a_full_disk_under_the_log_is_counted_and_shown_and_logging_resumes_once_freed(

@@ -15,11 +15,9 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -31,12 +29,11 @@ from sqlwarden.db.lock import lock_path, read_holder
 from sqlwarden.errors import WriteError
 from sqlwarden.facade import Engine
 
-from . import test_msglog
 from .conftest import count_rows, read_only, run_sqlwarden, site_row, sqlwarden, wait_until
+from .support.device import held_write_lock
 from .support.mariadb import MirrorDb
 from .test_cli import demo_config
 from .test_lifecycle import mirror_config, told
-from .test_task_waits import held_write_lock
 
 #: Ten minutes: waiting it out is a hang, not a slow test.
 BUSY_TIMEOUT_MS = 600_000
@@ -267,51 +264,6 @@ def test_a_write_waiting_for_another_programs_lock_freezes_no_other_thread_and_e
 OBSERVATIONS = 400_000
 
 
-#: The other program, for a writer that hardly pauses: SQLite's busy timeout backs off
-#: to 100 ms sleeps and can miss every gap between the engine's commits, so this one
-#: tries again at once, for up to a minute.
-EAGER_HOLDER = """\
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
-deadline = time.monotonic() + 60
-while True:
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        break
-    except sqlite3.OperationalError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.0002)
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-print("released", flush=True)
-"""
-
-
-@contextmanager
-def held_eagerly(path: Path) -> Iterator[None]:
-    """`held_write_lock`, taken even while the engine commits batch after batch."""
-    proc = subprocess.Popen([sys.executable, "-c", EAGER_HOLDER, str(path)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        if line.strip() != "locked":
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"the lock holder did not get the lock: {line!r} {err}")
-        yield
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "released"
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
 def locked_demo(tmp_path: Path) -> Path:
     """The demo config with the ten-minute busy timeout."""
     path = demo_config(tmp_path, registry=5_000, observations=OBSERVATIONS)
@@ -346,7 +298,7 @@ def test_sync_now_stopped_while_another_program_holds_the_lock_exits_0_and_says_
     try:
         wait_until(running(proc, lambda: committed_rows(db) >= 5_000), timeout_s=120,
                    what="5,000 committed observations")
-        with held_eagerly(db):
+        with held_write_lock(db):
             wait_until(running(proc, lambda: unanswered(log, "writer.sync_batch") > 0),
                        what="a batch to meet the lock")
             out, err = stopped_by(proc)
@@ -471,7 +423,7 @@ def test_sigterm_mid_drain_while_another_program_holds_the_lock_exits_0_without_
         wait_until(running(proc, lambda: lines.said("mirror: reconciled in")
                            and outbox(db) < rows),
                    timeout_s=120, what="the drain to be under way after the boot reconcile")
-        with held_eagerly(db):
+        with held_write_lock(db):
             # A drained batch waits at the Writer to leave the outbox.
             wait_until(running(proc, lambda: unanswered(log, "writer.outbox_drained") > 0),
                        what="a drained batch to meet the lock")
@@ -536,10 +488,6 @@ def test_mirror_reconcile_stopped_by_sigterm_exits_0_at_a_range(
 
 
 # --- health ---------------------------------------------------------------------------
-
-#: A 1 MB tmpfs for the message log alone (as root; see `test_msglog`).
-small_log_disk = test_msglog.small_log_disk
-
 
 def test_healthz_names_the_message_logs_wait_for_a_full_disk(
         small_log_disk: Path, make_config: Callable[..., Config]) -> None:

@@ -4,10 +4,7 @@ it says what it waits for, then finishes by itself with the rows a control run h
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,41 +18,15 @@ from sqlwarden.errors import EngineStopped
 from sqlwarden.facade import Engine
 
 from .conftest import sqlwarden, table_digest, wait_until
+from .support.device import LockHolder
 from .test_sync_http import Upstream, stamp
 
 BUSY_MS = 300
 
-#: Another program on the device: Python's own sqlite3 holds the write lock until told.
-HOLDER = """\
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
-class LockHolder:
-    """A separate process holding `BEGIN IMMEDIATE` on a database until `release()`."""
-
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline() == "locked\n"
-        self.since = time.monotonic()
-
-    def release_after_twice_the_busy_timeout(self) -> None:
-        wait_until(lambda: time.monotonic() - self.since >= 2 * BUSY_MS / 1000,
-                   what="the lock to be held for twice the busy timeout")
-        self.release()
-
-    def release(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
+def release_after_twice_the_busy_timeout(holder: LockHolder) -> None:
+    wait_until(lambda: holder.held_s() >= 2 * BUSY_MS / 1000,
+               what="the lock to be held for twice the busy timeout")
+    holder.release()
 
 
 @pytest.fixture
@@ -63,7 +34,7 @@ def holders() -> Iterator[list[LockHolder]]:
     started: list[LockHolder] = []
     yield started
     for holder in started:
-        holder.release()
+        holder.kill()
 
 
 def ndjson_config(tmp_path: Path, name: str) -> Config:
@@ -145,7 +116,7 @@ def test_a_run_that_cannot_record_its_start_waits_for_the_lock_and_then_runs(
         wait_until(lambda: waits_for(engine) == LOCKED, what="the source to say it waits")
         steady, reasons = engine.health()
         assert not steady and f"source files waits: {LOCKED}" in reasons
-        holder.release_after_twice_the_busy_timeout()
+        release_after_twice_the_busy_timeout(holder)
         run = handle.result(timeout=60)
         assert (run.status, run.rows, run.rejects, run.error) == ("ok", 500, 0, None)
         assert waits_for(engine) is None
@@ -172,7 +143,7 @@ def test_a_run_whose_batches_meet_the_lock_waits_and_ends_like_a_control(
         holders.append(holder := LockHolder(config.database.path))
         page.set()
         wait_until(lambda: waits_for(engine) == LOCKED, what="the run to say it waits")
-        holder.release_after_twice_the_busy_timeout()
+        release_after_twice_the_busy_timeout(holder)
         run = handle.result(timeout=60)
         assert (run.status, run.rows, run.error) == ("ok", 180, None)
         assert waits_for(engine) is None
@@ -237,7 +208,7 @@ def test_sync_now_blocks_while_the_lock_is_held_and_exits_0_once_it_goes(
         page.set()
         wait_until(lambda: f"source api waits: {LOCKED}" in health_reasons(config),
                    what="/healthz to say the source waits")
-        holder.release_after_twice_the_busy_timeout()
+        release_after_twice_the_busy_timeout(holder)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

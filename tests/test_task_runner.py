@@ -29,7 +29,7 @@ from sqlwarden.tasks.chunks import TaskPlan
 from sqlwarden.tasks.runner import YIELD, TaskRunner
 from sqlwarden.views import TaskView
 
-from .test_task_waits import held_write_lock
+from .support.device import held_write_lock
 
 NUMS_YAML = """\
 database: {{path: {db}, busy_timeout_ms: {busy_timeout_ms}}}

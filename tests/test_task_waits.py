@@ -7,11 +7,7 @@ process of its own can keep the engine's Writer out.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +21,7 @@ from sqlwarden.scheduler import ManualScheduler
 from sqlwarden.views import TaskView
 
 from .conftest import read_only, table_digest, wait_until
+from .support.device import held_write_lock
 
 BUSY_TIMEOUT_MS = 300
 
@@ -46,41 +43,6 @@ tasks:
     yield_ms: 20
 message_log: {{path: {log}}}
 """
-
-#: The other program: takes the write lock, says so, and keeps it until told.
-HOLDER = """\
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-conn.execute("COMMIT")
-print("released", flush=True)
-"""
-
-
-@contextmanager
-def held_write_lock(path: Path | str) -> Iterator[subprocess.Popen[str]]:
-    """Another process holds `BEGIN IMMEDIATE` on the database until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        if line.strip() != "locked":
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"the lock holder did not get the lock: {line!r} {err}")
-        yield proc
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "released"
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-
 
 def waits_config(folder: Path) -> Config:
     folder.mkdir(parents=True, exist_ok=True)
