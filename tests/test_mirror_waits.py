@@ -99,7 +99,8 @@ def waited_out(engine: Engine, locked_at: float) -> dict[str, Any]:
     ok, reasons = engine.health()
     assert not ok and f"mirror waits: {LOCKED}" in reasons
     # The other program keeps the lock for twice the busy timeout in all.
-    time.sleep(max(0.0, 2 * BUSY_TIMEOUT_MS / 1000 - (time.monotonic() - locked_at)))
+    wait_for(lambda: time.monotonic() - locked_at >= 2 * BUSY_TIMEOUT_MS / 1000, 30,
+             "the lock to be held for twice the busy timeout")
     seen = engine.status()["mirror"]
     assert seen["waiting_for"] == LOCKED
     return seen

@@ -194,16 +194,19 @@ def _waits(engine: Engine) -> list[str]:
     disk, a server)."""
     waits: list[str] = []
     if engine.config.sources:
-        sources = sync_status(engine)
-        if isinstance(sources, dict):
-            waits.append(f"sync: {sources['error']}")
+        # The Sync actor's views alone: health needs no rates and no reject counts
+        # (a scan of _sw_rejects on every /healthz).
+        answers = _answers(engine, ("sync", SyncStatus()))
+        if isinstance(answers, dict):
+            waits.append(f"sync: {answers['error']}")
         else:
-            waits.extend(f"source {s['name']} waits: {s['waiting_for']}"
-                         for s in sources if s.get("waiting_for"))
+            found: tuple[views.SourceView, ...] = answers[0]
+            waits.extend(f"source {s.name} waits: {s.waiting_for}"
+                         for s in found if s.waiting_for)
     if engine.mirror.enabled:
-        mirror = mirror_view_dict(engine.mirror.view())
-        if mirror.get("waiting_for"):
-            waits.append(f"mirror waits: {mirror['waiting_for']}")
+        waiting_for = engine.mirror.view().waiting_for
+        if waiting_for:
+            waits.append(f"mirror waits: {waiting_for}")
     if engine._log is not None:
         # The log's appends wait for room on a full disk (records queue meanwhile).
         logged = engine._log.stats().get("waiting_for")
