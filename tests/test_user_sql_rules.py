@@ -210,7 +210,14 @@ ALLOWED = [
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_sql_that_only_reads_settings_or_names_vacuum_in_a_comment_is_accepted(
         filled: Engine, sql: str) -> None:
-    filled.write(sql)
+    result = filled.write(sql)  # refused, it would raise WriteError
+    with filled.read() as conn:
+        readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+    # What it asked for was done: its row is there, the setting it may change changed.
+    inserts = sql.count("INSERT INTO readings")
+    assert (readings, result.changes if inserts else 0) == (2 + inserts, inserts)
+    assert user_version == (3 if "user_version = 3" in sql else 0)
 
 
 def test_reading_the_engines_tables_stays_allowed(filled: Engine) -> None:
