@@ -183,6 +183,18 @@ def sqlwarden(*args: str, env: dict[str, str] | None = None,
                             stderr=subprocess.PIPE, **kwargs)
 
 
+@contextlib.contextmanager
+def sqlwarden_running(*args: str, **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
+    """`sqlwarden ARGS` in a subprocess for the block; killed at its end if still running."""
+    proc = sqlwarden(*args, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def run_sqlwarden(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the `sqlwarden` command to completion."""
     return subprocess.run([sys.executable, "-m", "sqlwarden", *args], cwd=ROOT,

@@ -23,7 +23,7 @@ from sqlwarden.errors import EngineStopped
 from sqlwarden.facade import Engine
 from sqlwarden.futures import Timeout
 
-from .conftest import count_rows, read_only, sqlwarden, table_digest, wait_until
+from .conftest import count_rows, read_only, sqlwarden, sqlwarden_running, table_digest, wait_until
 from .support.device import fill, held_write_lock
 from .support.mariadb import MirrorDb
 from .test_mirror import FAST, assert_mirror_equals_sqlite, boot_reconciled
@@ -345,15 +345,10 @@ def test_sigterm_while_run_waits_to_start_exits_0_and_changes_nothing(
     database = folder / "device.db"
     before = {p.name: p.read_bytes() for p in (database,)}
     with held_write_lock(database):
-        proc = sqlwarden("run", str(yaml_path), "--once", "--no-progress")
-        try:
+        with sqlwarden_running("run", str(yaml_path), "--once", "--no-progress") as proc:
             assert first_line(proc.stderr) == f"sqlwarden: waiting: {LOCKED}\n"
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 0, out + err
         assert "stop requested" in out and "summary" not in out
         assert {p.name: p.read_bytes() for p in (database,)} == before

@@ -29,7 +29,15 @@ from sqlwarden.db.lock import lock_path, read_holder
 from sqlwarden.errors import WriteError
 from sqlwarden.facade import Engine
 
-from .conftest import count_rows, read_only, run_sqlwarden, site_row, sqlwarden, wait_until
+from .conftest import (
+    count_rows,
+    read_only,
+    run_sqlwarden,
+    site_row,
+    sqlwarden,
+    sqlwarden_running,
+    wait_until,
+)
 from .support.device import held_write_lock
 from .support.mariadb import MirrorDb
 from .test_cli import demo_config
@@ -162,8 +170,7 @@ def test_sigterm_while_another_program_holds_the_lock_during_a_task_exits_0_with
         tmp_path: Path) -> None:
     config = task_config(tmp_path, 20_000)
     db, log = tmp_path / "nums.db", tmp_path / "messages.jsonl"
-    proc = sqlwarden("run", str(config), "--once", "--no-progress")
-    try:
+    with sqlwarden_running("run", str(config), "--once", "--no-progress") as proc:
         wait_until(running(proc, lambda: processed_so_far(db) >= 1_000), timeout_s=120,
                    what="the task to change 1,000 rows")
         with held_write_lock(db):
@@ -172,10 +179,6 @@ def test_sigterm_while_another_program_holds_the_lock_during_a_task_exits_0_with
                        what="a chunk to meet the lock")
             out, err = stopped_by(proc)
             status, processed, changed = task_row(db)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     # The summary is the database: the chunk that met the lock committed nothing.
@@ -294,8 +297,7 @@ def test_sync_now_stopped_while_another_program_holds_the_lock_exits_0_and_says_
         tmp_path: Path) -> None:
     path = locked_demo(tmp_path)
     db, log = tmp_path / "demo.db", tmp_path / "messages.jsonl"
-    proc = sqlwarden("sync", "now", str(path), "demo", "--no-progress")
-    try:
+    with sqlwarden_running("sync", "now", str(path), "demo", "--no-progress") as proc:
         wait_until(running(proc, lambda: committed_rows(db) >= 5_000), timeout_s=120,
                    what="5,000 committed observations")
         with held_write_lock(db):
@@ -304,10 +306,6 @@ def test_sync_now_stopped_while_another_program_holds_the_lock_exits_0_and_says_
             out, err = stopped_by(proc)
             committed = count_rows(db, "registry") + count_rows(db, "observations")
             status, rows, _ = sync_run(db)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     # Its end could not be written; it says so, and what it committed is the database's.

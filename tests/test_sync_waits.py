@@ -17,7 +17,7 @@ from sqlwarden.db.faults import LOCKED
 from sqlwarden.errors import EngineStopped
 from sqlwarden.facade import Engine
 
-from .conftest import sqlwarden, table_digest, wait_until
+from .conftest import sqlwarden_running, table_digest, wait_until
 from .support.device import LockHolder
 from .test_sync_http import Upstream, stamp
 
@@ -201,8 +201,7 @@ def test_sync_now_blocks_while_the_lock_is_held_and_exits_0_once_it_goes(
     config = parse_config(yaml_path.read_text(), file=str(yaml_path), base_dir=tmp_path)
     page = threading.Event()
     upstream.script.append(("hold", page))
-    proc = sqlwarden("sync", "now", str(yaml_path), "api", "--no-progress")
-    try:
+    with sqlwarden_running("sync", "now", str(yaml_path), "api", "--no-progress") as proc:
         assert upstream.held.wait(60)
         holders.append(holder := LockHolder(config.database.path))
         page.set()
@@ -210,10 +209,6 @@ def test_sync_now_blocks_while_the_lock_is_held_and_exits_0_once_it_goes(
                    what="/healthz to say the source waits")
         release_after_twice_the_busy_timeout(holder)
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, out + err
     assert "api: 180 rows in" in out and "caught up" in out
     assert table_digest(config.database.path, "items") == expected
