@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import threading
 import time
 from typing import Any
 
@@ -91,10 +90,10 @@ def cmd_fts_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fts_restore(args: argparse.Namespace) -> int:
-    from sqlwarden.cli.run import start_engine
+    from sqlwarden.cli.run import engine_for_command
     from sqlwarden.config import StatusConfig
     from sqlwarden.db.connect import open_reader
-    from sqlwarden.facade import Engine, fts_view_dict, stop_on_signals
+    from sqlwarden.facade import fts_view_dict
 
     config = load_config(args.config)
     open_reader(config.database).close()  # refuses, changing nothing, if there is no database
@@ -106,15 +105,10 @@ def cmd_fts_restore(args: argparse.Namespace) -> int:
         # Starting the engine restores a persisted deferral (boot recovery). A signal
         # is a stop, never a kill: the restore is one transaction, which it waits for.
         quiet = dataclasses.replace(config, status=StatusConfig(enabled=False))
-        stop = threading.Event()
-        running = Engine(quiet, start_tasks=False)
-        with stop_on_signals(stop):
-            if not start_engine(running, stop):
+        with engine_for_command(quiet) as started:
+            if started is None:
                 return 0
-            try:
-                view = fts_view_dict(running.fts.restore())
-            finally:
-                running.stop()
+            view = fts_view_dict(started[0].fts.restore())
     last = view.get("last_restore")
     if view["state"] == "restore_failed":
         print(f"FTS restore failed: {view['error']}")

@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -127,35 +126,29 @@ def mirror_exit_code(exc: BaseException) -> int:
 def _reconcile_here(config: Config, timeout_s: float) -> Any:
     """A reconcile in an engine started for it; None when SIGINT or SIGTERM stopped it
     first (at its next range, what was copied kept: the next reconcile goes on)."""
-    from sqlwarden.cli.run import POLL_S, start_engine
-    from sqlwarden.facade import Engine, stop_on_signals
+    from sqlwarden.cli.run import POLL_S, engine_for_command
     from sqlwarden.futures import Timeout
     from sqlwarden.protocol import Reconcile
 
-    stop = threading.Event()
-    local = Engine(config, start_tasks=False)
     # The command says how the reconcile ended in one line; the mirror's own warnings
     # (the same failure) are for -v.
     mirror_log = logging.getLogger("sqlwarden.mirror")
     if logging.getLogger().level >= logging.WARNING and mirror_log.level == logging.NOTSET:
         mirror_log.setLevel(logging.ERROR)
-    # Held until the engine has stopped: a signal at any moment is a stop, never a kill.
-    with stop_on_signals(stop):
-        if not start_engine(local, stop):
+    with engine_for_command(config) as started:
+        if started is None:
             return None
-        try:
-            pending = local.ask_later("mirror", Reconcile())
-            deadline = time.monotonic() + timeout_s
-            while not pending.done() and not stop.wait(POLL_S):
-                if time.monotonic() >= deadline:
-                    raise Timeout(f"the reconcile has not ended within {timeout_s:g}s")
-            if not pending.done():
-                print("mirror: stopped before the reconcile ended; the ranges it copied stay, "
-                      "and the next reconcile compares again")
-                return None
-            return pending.get()
-        finally:
-            local.stop()
+        local, stop = started
+        pending = local.ask_later("mirror", Reconcile())
+        deadline = time.monotonic() + timeout_s
+        while not pending.done() and not stop.wait(POLL_S):
+            if time.monotonic() >= deadline:
+                raise Timeout(f"the reconcile has not ended within {timeout_s:g}s")
+        if not pending.done():
+            print("mirror: stopped before the reconcile ended; the ranges it copied stay, "
+                  "and the next reconcile compares again")
+            return None
+        return pending.get()
 
 
 def cmd_mirror_verify(args: argparse.Namespace) -> int:
@@ -225,18 +218,12 @@ def cmd_mirror_retry(args: argparse.Namespace) -> int:
         queued = int(out["queued"])
         print(f"asked the running engine at {engine.url}")
     else:
-        from sqlwarden.cli.run import start_engine
-        from sqlwarden.facade import Engine, stop_on_signals
+        from sqlwarden.cli.run import engine_for_command
 
-        stop = threading.Event()
-        local = Engine(config, start_tasks=False)
-        with stop_on_signals(stop):  # one short write: a signal waits for it, then stops
-            if not start_engine(local, stop):
+        with engine_for_command(config) as started:  # one short write: a signal waits
+            if started is None:
                 return 0
-            try:
-                queued = local.mirror.retry_quarantined()
-            finally:
-                local.stop()
+            queued = started[0].mirror.retry_quarantined()
     print(f"{queued:,} quarantined rows are queued to be sent again" if queued
           else "no row is quarantined")
     return 0

@@ -10,9 +10,11 @@ committed, never what was only read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlwarden import __version__
@@ -98,6 +100,32 @@ def _run(config: Config, args: argparse.Namespace, stop: threading.Event) -> int
     _print_summary(config, engine, final, seconds)
     failed = engine.state == "failed"
     return 1 if failed or (args.once and (tasks_failed or sync_failed)) else 0
+
+
+@contextlib.contextmanager
+def engine_for_command(config: Config, *, prepare: Callable[[Any], None] | None = None,
+                       ) -> Iterator[tuple[Any, threading.Event] | None]:
+    """An engine a command starts for one job: `(engine, stop)` for the block, stopped at
+    its end; None when a signal ended the start's wait (nothing changed, exit 0).
+
+    SIGINT and SIGTERM set `stop` until the engine has stopped: a signal at any moment
+    is a stop at the next boundary, never a kill. `prepare(engine)` runs before the
+    start (an `at_rest` summary, say).
+    """
+    from sqlwarden.facade import Engine, stop_on_signals
+
+    stop = threading.Event()
+    engine = Engine(config, start_tasks=False)
+    if prepare is not None:
+        prepare(engine)
+    with stop_on_signals(stop):
+        if not start_engine(engine, stop):
+            yield None
+            return
+        try:
+            yield engine, stop
+        finally:
+            engine.stop()
 
 
 def start_engine(engine: Any, stop: threading.Event) -> bool:

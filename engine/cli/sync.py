@@ -80,23 +80,20 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
         print_run(SyncRunView(**{f.name: run[f.name] for f in dataclasses.fields(SyncRunView)
                                  if f.name in run}))
         return 1 if run["status"] == "failed" else 0
-    from sqlwarden.cli.run import start_engine, stopped_run_lines
-    from sqlwarden.facade import Engine, stop_on_signals
+    from sqlwarden.cli.run import engine_for_command, stopped_run_lines
 
-    stop = threading.Event()
-    local = Engine(config, start_tasks=False)
     # What a stop left of the run is read once the engine has stopped, from the database.
     left: list[str] = []
-    local.at_rest(lambda conn, _writer: left.extend(
-        stopped_run_lines(conn, args.source, local.run_id)))
-    # Held until the engine has stopped: a signal at any moment is a stop, never a kill.
-    with stop_on_signals(stop):
-        if not start_engine(local, stop):
+
+    def at_rest(local: Any) -> None:
+        local.at_rest(lambda conn, _writer: left.extend(
+            stopped_run_lines(conn, args.source, local.run_id)))
+
+    with engine_for_command(config, prepare=at_rest) as started:
+        if started is None:
             return 0
-        try:
-            view = sync_with_bar(local, args.source, mode, stop, no_progress=args.no_progress)
-        finally:
-            local.stop()
+        local, stop = started
+        view = sync_with_bar(local, args.source, mode, stop, no_progress=args.no_progress)
     if view is None:
         # Stopped as asked, at a batch boundary: a clean stop, not a failure.
         for line in left or [f"{args.source}: stopped before the run ended; the next run "
