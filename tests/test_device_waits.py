@@ -24,6 +24,7 @@ from sqlwarden.facade import Engine
 from sqlwarden.futures import Timeout
 
 from .conftest import count_rows, read_only, sqlwarden, sqlwarden_running, table_digest, wait_until
+from .support import device
 from .support.device import fill, held_write_lock
 from .support.mariadb import MirrorDb
 from .test_mirror import FAST, assert_mirror_equals_sqlite, boot_reconciled
@@ -96,25 +97,16 @@ def the_task(engine: Engine) -> Any:
     return view
 
 
-class Watcher:
+class Watcher(device.Watcher):
     """Looks at the task, the source and the mirror on a thread, keeping what it saw."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine
         self.waiting_for: dict[str, set[str]] = {"task": set(), "source": set(),
                                                  "mirror": set()}
         self.states: set[str] = set()
         self.health: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def look(self) -> None:
         task = the_task(self.engine)
@@ -128,11 +120,6 @@ class Watcher:
             self.states.add(f"run {source.last.status}")
         if any(self.waiting_for.values()):
             self.health.extend(self.engine.health()[1])
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.look()
-            self._stop.wait(0.01)
 
 
 def finish(engine: Engine, run: Any) -> tuple[Any, Any]:

@@ -7,9 +7,7 @@ process of its own can keep the engine's Writer out.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from sqlwarden.scheduler import ManualScheduler
 from sqlwarden.views import TaskView
 
 from .conftest import read_only, table_digest, wait_until
+from .support import device
 from .support.device import held_write_lock
 
 BUSY_TIMEOUT_MS = 300
@@ -62,24 +61,15 @@ def populated(folder: Path) -> Config:
     return config
 
 
-class Watcher:
+class Watcher(device.Watcher):
     """Polls the task's status and the engine's health on a thread, keeping what it saw."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine
         self.statuses: set[str] = set()
         self.waiting_for: set[str | None] = set()
         self.health: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
     def look(self) -> None:
         (view,) = self.engine.tasks.list()
@@ -87,11 +77,6 @@ class Watcher:
         self.waiting_for.add(view.waiting_for)
         if view.waiting_for is not None:
             self.health.extend(self.engine.health()[1])
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.look()
-            self._stop.wait(0.01)
 
 
 def test_a_task_waits_out_a_lock_held_by_another_process_and_finishes_by_itself(

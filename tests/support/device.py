@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 #: Python's own sqlite3 takes the write lock, says so, and keeps it until told (a line
 #: on stdin). It tries again at once rather than through SQLite's busy timeout, which
@@ -113,3 +115,28 @@ def fill(path: Path, leave_bytes: int) -> None:
     """Write a filler file at `path` that leaves about `leave_bytes` free on its filesystem."""
     with open(path, "wb") as out:
         out.write(b"\0" * max(0, free_bytes(path.parent) - leave_bytes))
+
+
+class Watcher:
+    """Calls `look()` on a thread every 10 ms for the `with` block, to keep what a test
+    saw while something waited (subclasses say what to look at and keep)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def look(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.look()
+            self._stop.wait(0.01)
