@@ -44,7 +44,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def cmd_run(args: argparse.Namespace) -> int:
     from sqlwarden.facade import stop_on_signals
 
-    config = load_config(args.config)
+    # `call:` targets imported now, as check-config does: a missing one is a line, not a
+    # task failing later.
+    config = load_config(args.config, import_calls=True)
     stop = threading.Event()
     # Held until the summary is printed: a signal at any moment is a stop, never a kill.
     with stop_on_signals(stop):

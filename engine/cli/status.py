@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, import_calls=True)
     tables = ", ".join(t.name for t in config.tables) or "none"
     sources = ", ".join(s.name for s in config.sources) or "none"
     print(f"{args.config}: OK")

@@ -11,6 +11,7 @@ at once), `hint` (a "did you mean" for a misspelt name) and durations (`30s`,
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -22,6 +23,12 @@ from sqlwarden.errors import ConfigError
 #: What a name from the config may look like (see `sqlwarden.db.sql.is_identifier`).
 NAME_RULES = ("use letters, digits and underscores, start with a letter or underscore, at most "
               "64 characters, and no 'sqlite_' or '_sw_' prefix")
+#: The largest integer any setting takes: what SQLite stores in 64 bits.
+MAX_INTEGER = 2**63 - 1
+#: The largest number any setting takes; each setting has a range of its own within it.
+MAX_NUMBER = 1e15
+#: The longest duration any setting takes (a year).
+MAX_DURATION_S = 366 * 86400.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -48,11 +55,20 @@ def converted(keys: Mapping[str, At],
     return {key: convert_one(keys[key]) for key, convert_one in convert.items() if key in keys}
 
 
+def _seconds_text(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def _describe(value: object) -> str:
     if value is None:
         return "nothing (null)"
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "text",
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{kind} {'.nan' if math.isnan(value) else ('-' if value < 0 else '') + '.inf'}"
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         return f"{kind} {shown}"
@@ -152,15 +168,21 @@ class At:
         return tuple(names)
 
     def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
+        """An integer in [minimum, maximum]; never past what SQLite stores (64 bits)."""
         if isinstance(self.value, bool) or not isinstance(self.value, int):
             raise self._expect("an integer")
-        self._within("an integer", minimum, maximum)
+        self._within("an integer", -MAX_INTEGER if minimum is None else minimum,
+                     MAX_INTEGER if maximum is None else min(maximum, MAX_INTEGER))
         return self.value
 
     def number(self, minimum: float | None = None, maximum: float | None = None) -> float:
+        """A finite number in [minimum, maximum]: `.nan` and `.inf` are refused everywhere."""
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
             raise self._expect("a number")
-        self._within("a number", minimum, maximum)
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise self.error(f"expected a finite number, got {_describe(self.value)}")
+        self._within("a number", -MAX_NUMBER if minimum is None else minimum,
+                     MAX_NUMBER if maximum is None else min(maximum, MAX_NUMBER))
         return float(self.value)
 
     def _within(self, what: str, minimum: float | None, maximum: float | None) -> None:
@@ -169,8 +191,9 @@ class At:
         if maximum is not None and self.value > maximum:
             raise self.error(f"expected {what} of at most {maximum}, got {self.value}")
 
-    def duration(self, minimum: float = 0.0) -> float:
-        """Seconds, from a number or text such as `500ms`, `30s`, `2m`, `8h` or `1d`."""
+    def duration(self, minimum: float = 0.0, maximum: float = MAX_DURATION_S) -> float:
+        """Seconds, from a number or text such as `500ms`, `30s`, `2m`, `8h` or `1d`;
+        finite and at most `maximum` (a year unless less), so a timer can always be set."""
         value = self.value
         if isinstance(value, str):
             match = _DURATION.fullmatch(value.strip())
@@ -178,17 +201,29 @@ class At:
                 raise self.error(f"expected a duration such as 30s, 2m, 8h or 1d, got "
                                  f"{_describe(value)}")
             seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        elif isinstance(value, float) and math.isnan(value):
+            raise self.error(f"expected a duration, got {_describe(value)}")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
+            seconds = float(value) if abs(value) <= MAX_NUMBER else math.inf
         else:
             raise self._expect("a duration (seconds, or text such as 30s, 2m, 8h)")
+        shown = _describe(value)
         if seconds < minimum:
-            raise self.error(f"expected a duration of at least {minimum:g}s, got {value}")
+            raise self.error(f"expected a duration of at least {minimum:g}s, got {shown}")
+        maximum = min(maximum, MAX_DURATION_S)
+        if seconds > maximum:
+            raise self.error(f"expected a duration of at most {_seconds_text(maximum)}, got "
+                             f"{shown}")
         return seconds
 
     def scalar(self) -> str | int | float:
         if isinstance(self.value, bool) or not isinstance(self.value, (str, int, float)):
             raise self._expect("text or a number")
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise self.error(f"expected a finite number, got {_describe(self.value)}")
+        if isinstance(self.value, int) and abs(self.value) > MAX_INTEGER:
+            raise self.error(f"expected an integer SQLite can store (64 bits), got "
+                             f"{_describe(self.value)}")
         return self.value
 
     def boolean(self) -> bool:

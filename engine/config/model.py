@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlwarden.redact import is_secret_key
+
 #: Logical column types and the storage type each gets in SQLite.
 #: Timestamps are ISO-8601 text, so they sort and compare as stored.
 STORAGE_TYPES = {
@@ -213,8 +215,43 @@ class HttpSourceConfig(MappedSourceBase):
     next_at: str | None = None
     #: A full refetch (no `since`) runs when the last successful one is older than this.
     full_every_s: float | None = 86_400.0
+    #: Wall-clock limit on one page: connecting, the headers and the whole body.
     timeout_s: float = 30.0
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: Header names the config marks secret, beside those secret by default
+    #: (`SECRET_HEADERS` and names that look secret): see `is_secret_header`.
+    secret_headers: tuple[str, ...] = ()
+    #: User and password from the URL's userinfo, sent as HTTP Basic auth; the
+    #: URL itself is kept without them.
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    #: Pages one run may fetch; an API with more fails the run (it may be looping).
+    max_pages: int = 10_000
+    #: A page (its body, inflated) may not be larger than this; checked while reading.
+    max_page_mb: float = 16.0
+
+    def is_secret_header(self, name: str) -> bool:
+        """True for a header that is a credential: dropped on a redirect to another origin."""
+        lower = name.lower()
+        return (lower in SECRET_HEADERS or lower in {h.lower() for h in self.secret_headers}
+                or is_secret_key(lower.replace("-", "_")))
+
+    def secret_values(self) -> frozenset[str]:
+        """The credentials in this source's config, for the redactor: never shown anywhere."""
+        values: set[str] = set()
+        for name, value in self.headers:
+            if self.is_secret_header(name) and value:
+                values.add(value)
+                # `Bearer <token>`: the token alone must not show either.
+                _, _, credential = value.partition(" ")
+                if len(credential.strip()) >= 4:
+                    values.add(credential.strip())
+        if self.basic_auth is not None and self.basic_auth[1]:
+            values.add(self.basic_auth[1])
+        return frozenset(values)
+
+
+#: Headers that are credentials whatever the config says.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,6 +301,9 @@ class TaskConfig:
     yield_ms: float = 0.0
     #: A name readers can require (`Engine.read(requires=[...])`); the task name works too.
     provides: str | None = None
+    #: The config file's folder: a `call` module there is found before the import path's
+    #: (see `sqlwarden.config.tasks.import_call`). None for a task declared from Python.
+    call_from: Path | None = None
 
     @property
     def ident(self) -> str:

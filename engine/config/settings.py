@@ -7,6 +7,7 @@ dataclass's defaults for the keys the file leaves out.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlwarden.config.at import At, converted, optional
@@ -34,6 +35,12 @@ def parse_database(at: At, base: Path, check_paths: bool) -> DatabaseConfig:
     path = resolve(base, raw_path)
     if check_paths:
         check_writable(keys["path"], path)
+        # The engine lock (see `sqlwarden.db.lock`) is written and removed by the engine:
+        # a link there would have it write through, or remove, what it names.
+        lock = Path(f"{os.path.realpath(path)}.lock")
+        if lock.is_symlink():
+            raise keys["path"].error(f"the engine's lock file {lock} is a symbolic link; the "
+                                     "engine does not write through it (remove the link)")
     return DatabaseConfig(path=path, **converted(keys, {
         "journal_mode": lambda a: a.choice(JOURNAL_MODES),
         "synchronous": lambda a: a.choice(SYNCHRONOUS_MODES),
@@ -50,7 +57,7 @@ def parse_message_log(at: At, base: Path, check_paths: bool) -> MessageLogConfig
     path = resolve(base, keys["path"].string()) if "path" in keys else None
     enabled = optional(keys, "enabled", At.boolean, MessageLogConfig().enabled)
     if path is not None and enabled and check_paths:
-        check_writable(keys["path"], path)
+        check_writable(keys["path"], path, link_ok=False)
     return MessageLogConfig(enabled=enabled, path=path, **converted(keys, {
         "payload": lambda a: a.choice(PAYLOAD_MODES),
         "max_mb": lambda a: a.number(0.01, 100_000),
@@ -85,8 +92,8 @@ def parse_fts_deferral(at: At) -> FtsDeferralConfig:
                        "restore_buffer_mb", "retry_initial_s", "retry_max_s"))
     config = FtsDeferralConfig(**converted(keys, {
         "enabled": At.boolean,
-        "threshold_rows": lambda a: a.integer(1),
-        "max_age_s": lambda a: a.number(1.0),
+        "threshold_rows": lambda a: a.integer(1, 10**12),
+        "max_age_s": lambda a: a.number(1.0, 30 * 86400.0),
         "rebuild_share": lambda a: a.number(0.0, 1.0),
         "restore_buffer_mb": lambda a: a.integer(1, 1024),
         "retry_initial_s": lambda a: a.number(0.1, 3600.0),

@@ -117,6 +117,8 @@ def _column(name: str, at: At) -> tuple[ColumnConfig, bool]:
             raw = int(raw)
         if raw is not None and not isinstance(raw, (str, int, float)):
             raise keys["default"].error("expected a constant (text, number, true/false or null)")
+        if isinstance(raw, float | int) and not isinstance(keys["default"].value, bool):
+            keys["default"].scalar()  # a number SQLite cannot store as given (.nan, 2**64)
         default = raw
     references = _references(keys["references"]) if "references" in keys else None
     kind = keys["type"].choice(tuple(STORAGE_TYPES))

@@ -7,9 +7,15 @@ along, exactly one kind of change, names provided once); `parse_tasks` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import re
-from collections.abc import Iterable
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, cast
 
 from sqlwarden.config.at import At, converted, hint
 from sqlwarden.config.model import Config, TableConfig, TaskConfig
@@ -20,8 +26,14 @@ TASK_KEYS = ("version", "table", "key", "set", "call", "reads", "writes", "sql",
              "target_ms", "min_rows", "max_rows", "yield_ms", "provides")
 
 
-def parse_tasks(at: At, tables: tuple[TableConfig, ...]) -> tuple[TaskConfig, ...]:
-    """The `tasks` section, each task passed through `check_task`."""
+def parse_tasks(at: At, tables: tuple[TableConfig, ...], *, base: Path | None = None,
+                import_calls: bool = False) -> tuple[TaskConfig, ...]:
+    """The `tasks` section, each task passed through `check_task`.
+
+    `base` is the config file's folder, where `call` modules are looked for
+    first; with `import_calls` each `call` is imported now, as `run` will, so a
+    missing module or function is an error at its line.
+    """
     tasks: list[TaskConfig] = []
     for name, spec in at.named_items("task"):
         keys = spec.mapping(TASK_KEYS, required=("table",))
@@ -47,10 +59,17 @@ def parse_tasks(at: At, tables: tuple[TableConfig, ...]) -> tuple[TaskConfig, ..
             "yield_ms": lambda a: a.number(0, 60_000),
             "provides": At.string,
         }))
+        if base is not None:
+            task = dataclasses.replace(task, call_from=base)
         try:
             task = check_task(task, tables, tasks)
         except _TaskProblem as problem:
             raise keys.get(problem.field, spec).error(problem.message) from None
+        if import_calls and isinstance(task.call, str):
+            try:
+                import_call(task.call, task.call_from)
+            except CallNotFound as exc:
+                raise keys["call"].error(str(exc)) from None
         tasks.append(task)
     return tuple(tasks)
 
@@ -133,6 +152,14 @@ def check_task(task: TaskConfig, tables: Iterable[TableConfig],
     for field_name, text in (("where", task.where), ("sql", task.sql)):
         if text is not None and not text.strip():
             raise _TaskProblem(field_name, "expected SQL text, got an empty string")
+    # A task declared from Python skips the YAML ranges: `target_ms=nan` would run for ever.
+    for field_name, number, low, high in (("target_ms", task.target_ms, 1, 60_000),
+                                          ("yield_ms", task.yield_ms, 0, 60_000),
+                                          ("min_rows", task.min_rows, 1, 10**7),
+                                          ("max_rows", task.max_rows, 1, 10**7)):
+        if not (isinstance(number, (int, float)) and low <= number <= high):
+            raise _TaskProblem(field_name, f"expected a number from {low} to {high}, got "
+                               f"{number!r}")
     if task.max_rows < task.min_rows:
         raise _TaskProblem("max_rows", f"max_rows ({task.max_rows}) is below min_rows "
                            f"({task.min_rows})")
@@ -165,3 +192,48 @@ def _is_import_path(text: str) -> bool:
     module, _, attr = text.partition(":")
     return bool(attr) and all(part.isidentifier() for part in (*module.split("."),
                                                                  *attr.split(".")))
+
+
+class CallNotFound(Exception):
+    """A task's `call` target could not be imported, or is not callable."""
+
+
+#: One import with a config's folder on the import path at a time (`sys.path` is global).
+_IMPORTING = threading.Lock()
+
+
+def import_call(target: str, folder: Path | None) -> Callable[..., Any]:
+    """Import "module:function", looking in `folder` (the config's) before the import path.
+
+    `check-config` and `run` both import through here, so a module beside the
+    config resolves in both, wherever they are started from. The folder is on
+    `sys.path` only while the module is imported (imports its code makes at
+    that time resolve there too); a module imported before is used as it is.
+    """
+    module_name, _, attr = target.partition(":")
+    with _IMPORTING:
+        # `run` imports calls while loading the config, before any engine thread runs;
+        # a task starting later finds its module imported and leaves `sys.path` alone,
+        # so no other thread's import can meet the config's folder on it.
+        added = (folder is not None and module_name not in sys.modules
+                 and str(folder) not in sys.path)
+        if added:
+            sys.path.insert(0, str(folder))
+        # No __pycache__ beside the user's module: `check-config` creates nothing.
+        writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+        try:
+            found: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                found = getattr(found, part)
+        except Exception as exc:
+            where = f" (looked in {folder} and on the import path)" if folder else ""
+            raise CallNotFound(f"cannot import {target!r}: {type(exc).__name__}: "
+                               f"{exc}{where}") from None
+        finally:
+            sys.dont_write_bytecode = writes_bytecode
+            if added:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(str(folder))
+    if not callable(found):
+        raise CallNotFound(f"{target!r} is not callable")
+    return cast("Callable[..., Any]", found)

@@ -214,6 +214,24 @@ def open_reader(db: DatabaseConfig, *,
     return _open(db, apsw.SQLITE_OPEN_READONLY, _with_busy_wait(READER_SETUP, give_up))
 
 
+def open_peek(db: DatabaseConfig) -> apsw.Connection:
+    """Open a query-only connection for a command that looks and goes; the file must exist.
+
+    A connection opened read-only on a WAL database leaves the `-wal` and `-shm`
+    files it made behind (only a connection that may write checkpoints and removes
+    them when it is the last to close). So this one opens read-write without
+    create, with `query_only` on, and a command that only looked leaves the folder
+    as it found it. A file it may not write is opened read-only instead. Only for
+    the engine's own statements: user SQL could turn `query_only` off.
+    """
+    if not Path(db.path).exists():
+        raise DatabaseError(f"database {db.path} does not exist (has the engine run yet?)",
+                            path=db.path)
+    if not os.access(db.path, os.W_OK) or not os.access(Path(db.path).parent, os.W_OK):
+        return _open(db, apsw.SQLITE_OPEN_READONLY, READER_SETUP)
+    return _open(db, apsw.SQLITE_OPEN_READWRITE, READER_SETUP)
+
+
 def _open(db: DatabaseConfig, flags: int, setup: tuple[Setup, ...]) -> apsw.Connection:
     try:
         conn = apsw.Connection(str(db.path), flags=flags)
@@ -241,20 +259,27 @@ def new_database_undone_on_error(path: Path) -> Iterator[None]:
     """If the block fails, remove the database file and folders it created.
 
     A start that fails on bad input (a schema SQLite refuses) must leave
-    nothing behind; an existing database is never touched by this.
+    nothing behind; an existing database is never touched by this. Only what
+    the block made goes: the files SQLite makes beside the real file (a
+    symbolic link naming a file still to be made is resolved first, and the
+    link itself is the user's and stays), each removed only if it was not
+    there before and is still the regular file made meanwhile.
     """
+    real = Path(os.path.realpath(path))
     created_dirs = []
-    folder = path.parent
-    while not folder.exists():
+    folder = real.parent
+    while not os.path.lexists(folder):
         created_dirs.append(folder)
         folder = folder.parent
-    existed = path.exists()
+    names = [Path(f"{real}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+    before = {name for name in names if os.path.lexists(name)}
     try:
         yield
     except BaseException:
-        if not existed:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if real not in before:
+            for name in names:
+                if name not in before and name.is_file() and not name.is_symlink():
+                    name.unlink(missing_ok=True)
             for folder in created_dirs:
                 with suppress(OSError):
                     folder.rmdir()

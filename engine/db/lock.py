@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlwarden.config.paths import link_problem
 from sqlwarden.errors import DatabaseError
 
 LOCK_SUFFIX = ".lock"
@@ -64,16 +65,29 @@ class EngineLock:
         A refusal creates and changes nothing: a held lock's file exists already.
         """
         database = Path(database)
+        problem = link_problem(database)
+        if problem is not None:
+            raise DatabaseError(f"cannot use database path {database}: {problem}",
+                                path=database)
         path = lock_path(database)
         created_dirs = []
         folder = path.parent
-        while not folder.exists():
+        while not os.path.lexists(folder):
             created_dirs.append(folder)
             folder = folder.parent
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             while True:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    # Never through a link: the lock file is written and removed.
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                                 0o644)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    raise DatabaseError(f"the engine's lock file {path} is a symbolic link; "
+                                        "the engine does not write through it (remove the "
+                                        "link)", path=database) from None
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
@@ -153,7 +167,7 @@ def _refusal(database: Path, path: Path) -> str:
 
 def _still_named(fd: int, path: Path) -> bool:
     try:
-        now = os.stat(path)
+        now = os.lstat(path)  # a link put there since names something else
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)

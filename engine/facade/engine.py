@@ -67,7 +67,7 @@ from sqlwarden.protocol import (
     UpsertRows,
     WriterStatus,
 )
-from sqlwarden.redact import Redactor
+from sqlwarden.redact import Redactor, guard_logs
 from sqlwarden.scheduler import Scheduler
 from sqlwarden.supervisor import Failure, Supervisor
 from sqlwarden.tasks.chunks import TaskPlan, read_task_rows
@@ -78,6 +78,7 @@ from sqlwarden.views import (
 )
 
 if TYPE_CHECKING:
+    from sqlwarden.endpoint_token import TokenFile
     from sqlwarden.statusd import StatusServer
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class Engine:
         self._fts_known: set[str] = set()
         self._tables = {t.name: t for t in config.tables}
         self._redactor = Redactor(config.secrets)
+        # The engine's Python logs too: an exception's text may quote a secret.
+        guard_logs(self._redactor)
         self._state = "new"
         self._fatal: Failure | None = None
         self._stopped = threading.Event()
@@ -134,6 +137,8 @@ class Engine:
         self._bus: Bus | None = None
         self._readers: ReaderPool | None = None
         self._status_server: StatusServer | None = None
+        #: The control token's file while the status endpoint serves (see `endpoint_token`).
+        self._token_file: TokenFile | None = None
         self._lock: EngineLock | None = None
         self._at_rest: list[Callable[[apsw.Connection, WriterState | None], None]] = []
         #: The Mirror's latest view, read without asking it (see `ViewBoard`).
@@ -230,17 +235,24 @@ class Engine:
                 load_driver()
             # Bound first: a port that is taken must not leave a new database behind.
             if self.config.status.enabled:
+                from sqlwarden.endpoint_token import TokenFile, new_token, token_path
                 from sqlwarden.statusd import StatusServer
 
+                # Written only now the engine lock is held: a refused start makes none.
+                token, token_file = new_token(), token_path(self.config.database.path)
+                # A client quoting it (in a task name, say) must not put it in a log.
+                self._redactor.add(token)
                 self._status_server = StatusServer(
                     self.config.status.host, self.config.status.port, status=self.status,
-                    health=self.health, control=self._control_for_http,
+                    health=self.health, token=token, token_file=str(token_file),
+                    control=self._control_for_http,
                     fts_restore=lambda: status_mod.fts_view_dict(self.fts.restore()),
                     sync_run=lambda name, mode: status_mod.run_view_dict(
                         self.sync.run(name, mode=mode)),
                     mirror_reconcile=lambda: status_mod.reconcile_view_dict(
                         self.mirror.reconcile()),
                     mirror_retry=lambda: {"queued": self.mirror.retry_quarantined()})
+                self._token_file = TokenFile.write(token_file, token)
             # Opening the database (WAL) and applying the schema write: a wait is
             # waited out here, each attempt one transaction that commits whole or not.
             waits.run(lambda: self._start_actor(WriterActor, config=self.config,
@@ -276,7 +288,7 @@ class Engine:
                 self._ask("mirror", MirrorBoot())
             waits.check()  # a stop asked for during the last step
         except BaseException:
-            self._shutdown()
+            self._shutdown(undo_start=True)
             raise
         finally:
             self._start_thread = None
@@ -351,7 +363,7 @@ class Engine:
         return (self._halting.is_set() or self._start_abort.is_set()
                 or (stop is not None and stop.is_set()))
 
-    def _shutdown(self, *, checksums: bool = False) -> None:
+    def _shutdown(self, *, checksums: bool = False, undo_start: bool = False) -> None:
         self._halting.set()
         with self._lifecycle:  # waits for a restart under way; none starts after this
             self._stopping = True
@@ -360,6 +372,10 @@ class Engine:
         if self._status_server is not None:
             self._status_server.stop()
             self._status_server = None
+        if self._token_file is not None:
+            # Only the file this run wrote; a stale one would be harmless (replaced at start).
+            self._token_file.remove()
+            self._token_file = None
         for name, ref, stop_timeout_s in reversed(self._actors):
             if name == "writer" and checksums and ref.is_alive():
                 self._record_checksums()
@@ -381,6 +397,8 @@ class Engine:
             self.scheduler.stop()
         if self._log is not None:
             self._log.close()
+            if undo_start:  # a refused start leaves no message log it made behind
+                self._log.discard_created()
         if self._lock is not None:
             # Last: the Writer has closed the database by now.
             self._lock.release()

@@ -18,6 +18,7 @@ why ("disk full"), and appending resumes by itself once it succeeds again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -106,6 +107,10 @@ class MessageLog:
         self.blocked = 0
         self.dropped = 0
         self._accepting = False
+        #: The file this log made (device, inode) and the folders made for it, so a
+        #: refused start can take back what it made and nothing else (`discard_created`).
+        self._created: tuple[int, int] | None = None
+        self._created_dirs: list[Path] = []
 
     @property
     def path(self) -> Path:
@@ -125,6 +130,10 @@ class MessageLog:
 
     def start(self) -> None:
         """Open the file and start the log thread; sequence numbers continue the file's."""
+        folder = self._path.parent
+        while not os.path.lexists(folder):
+            self._created_dirs.append(folder)
+            folder = folder.parent
         self._path.parent.mkdir(parents=True, exist_ok=True)
         for partial in self._path.parent.glob(f"{glob.escape(self._path.name)}.*{_PARTIAL}"):
             partial.unlink()  # a compression cut short by a stop; its plain file is there
@@ -347,9 +356,36 @@ class MessageLog:
                     for k, v in value.items()}
         return self._redactor.text(repr(value))
 
+    def discard_created(self) -> None:
+        """Remove the file and folders this log made, once closed: a refused start leaves
+        nothing behind. A file that was there before, or that the path no longer names
+        (it was rotated, or replaced), is left alone."""
+        if self._thread is not None:
+            return  # still open: `close` first
+        if self._created is not None:
+            with contextlib.suppress(OSError):
+                now = os.lstat(self._path)
+                if (now.st_dev, now.st_ino) == self._created:
+                    self._path.unlink()
+            self._created = None
+        for folder in self._created_dirs:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._created_dirs = []
+
     def _open(self) -> None:
+        # Never through a symbolic link (the config refuses one; this is for one put there
+        # since): the log appends to, renames and removes its files.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(self._path, flags)
+        except FileNotFoundError:
+            fd = os.open(self._path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            if self._created is None and self._thread is None:  # made by this start
+                info = os.fstat(fd)
+                self._created = (info.st_dev, info.st_ino)
         # Unbuffered: each append is one write the log controls, and can cut back.
-        self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115 - kept open for the run
+        self._file = open(fd, "ab", buffering=0, closefd=True)  # noqa: SIM115 - kept open
         self._size = self._file.seek(0, os.SEEK_END)
         if self._size and not _ends_with_newline(self._path):
             # A line torn by a crash: end it, so the first record of this run is whole.

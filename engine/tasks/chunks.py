@@ -10,7 +10,6 @@ The Backfill actor decides when chunks run; this module only knows how.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import apsw
 
 from sqlwarden.config import TableConfig, TaskConfig
+from sqlwarden.config.tasks import CallNotFound, import_call
 from sqlwarden.db.schema import TASKS_TABLE
 from sqlwarden.db.sql import quote
 from sqlwarden.errors import TaskError
@@ -131,17 +131,11 @@ def load_callable(task: TaskConfig) -> Callable[[list[dict[str, Any]]], Any]:
     if callable(target):
         return target
     assert isinstance(target, str)
-    module_name, _, attr = target.partition(":")
+    # The rule `check-config` imports by: the config's folder first, then the import path.
     try:
-        found: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            found = getattr(found, part)
-    except Exception as exc:
-        raise TaskError(f"task {task.ident}: cannot import {target!r}: "
-                        f"{type(exc).__name__}: {exc}", task=task.name) from None
-    if not callable(found):
-        raise TaskError(f"task {task.ident}: {target!r} is not callable", task=task.name)
-    return found
+        return import_call(target, task.call_from)
+    except CallNotFound as exc:
+        raise TaskError(f"task {task.ident}: {exc}", task=task.name) from None
 
 
 def run_chunk(conn: apsw.Connection, plan: TaskPlan, *, run_id: str, after: SqlValue,
