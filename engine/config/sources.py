@@ -9,6 +9,7 @@ writes (`GENERATOR_COLUMNS`).
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sqlwarden.config.model import (
     TableConfig,
 )
 from sqlwarden.config.paths import resolve
+from sqlwarden.redact import Redactor
 
 SOURCE_KINDS = ("ndjson", "http", "generator")
 REJECT_POLICIES = ("keep", "fail")
@@ -36,8 +38,10 @@ _SOURCE_KEYS = {
     "ndjson": (*_MAPPED_SOURCE_KEYS, "path", "max_record_mb"),
     "http": (*_MAPPED_SOURCE_KEYS, "url", "updated", "since_param", "page_param",
              "page_size_param", "page_size", "records_at", "total_at", "next_at", "full_every",
-             "timeout_s", "headers"),
+             "timeout_s", "headers", "secret_headers", "max_pages", "max_page_mb"),
 }
+#: What a header name may be (an RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def parse_sources(at: At, tables: tuple[TableConfig, ...], base: Path,
@@ -183,9 +187,7 @@ def _http_source(spec: At, keys: dict[str, At], table: TableConfig,
     url_at = keys.get("url")
     if url_at is None:
         raise spec.error("missing required key 'url' (the API's first page)")
-    url = url_at.string()
-    if not re.match(r"https?://[^/\s]+", url):
-        raise url_at.error(f"expected an http:// or https:// URL, got {url!r}")
+    url, basic_auth = _http_url(url_at)
     updated = optional(keys, "updated", lambda a: a.identifier("column name"), d.updated)
     if updated not in {f.column for f in common["fields"]}:
         raise keys.get("updated", spec).error(
@@ -196,9 +198,19 @@ def _http_source(spec: At, keys: dict[str, At], table: TableConfig,
         head = keys["headers"]
         if not isinstance(head.value, dict):
             raise head.error("expected a mapping of header name: value")
-        headers = tuple((str(k), head.child(k).string()) for k in head.value)
+        headers = tuple((_header_name(head.child(k), str(k)), _header_value(head.child(k)))
+                        for k in head.value)
+    secret_headers: tuple[str, ...] = ()
+    if "secret_headers" in keys:
+        secret_headers = tuple(_header_name(a, a.string())
+                               for a in keys["secret_headers"].sequence())
     optional_text: Callable[[At], str | None] = lambda a: (  # noqa: E731
         None if a.value is None else a.string())
+    if "max_page_mb" not in keys:
+        # Parsed, a page of small objects takes several times its bytes: with a low
+        # `memory_limit_mb`, the default page cap shrinks so one page cannot pass it.
+        memory = common.get("memory_limit_mb", d.memory_limit_mb)
+        common["max_page_mb"] = min(d.max_page_mb, memory / 8)
     return HttpSourceConfig(
         **common, url=url, updated=updated, **converted(keys, {
             "since_param": At.string,
@@ -209,8 +221,57 @@ def _http_source(spec: At, keys: dict[str, At], table: TableConfig,
             "total_at": optional_text,
             "next_at": optional_text,
             "timeout_s": lambda a: a.number(0.01, 3600.0),
+            "max_pages": lambda a: a.integer(1, 10_000_000),
+            "max_page_mb": lambda a: a.number(0.001, 4096.0),
         }),
         full_every_s=optional(keys, "full_every",
                               lambda a: None if a.value is None else a.duration(minimum=1.0),
                               d.full_every_s),
-        headers=headers)
+        headers=headers, secret_headers=secret_headers, basic_auth=basic_auth)
+
+
+def _http_url(at: At) -> tuple[str, tuple[str, str] | None]:
+    """The URL without its userinfo, and the userinfo as (user, password) for Basic auth.
+
+    A password in the URL is a credential: it must never reach a host lookup, a
+    log line or an error, so an error here shows the URL with it redacted.
+    """
+    url = at.string()
+    shown = Redactor().text(url)
+    if not re.match(r"https?://[^/\s]+", url):
+        raise at.error(f"expected an http:// or https:// URL, got {shown!r}")
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at_sign, host = parts.netloc.rpartition("@")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or any(c.isspace() for c in host):
+        raise at.error(f"expected an http:// or https:// URL with a host and a valid port, "
+                       f"got {shown!r} (percent-encode '/', '?', '#' and '@' in a password)")
+    if not at_sign:
+        if "@" in url.partition("://")[2]:
+            # `http://user:12/secret@host/`: a '/' in the password ends the host part at
+            # "user:12", and the rest would go to a host named "user". Which '@' was
+            # meant cannot be told apart from a path holding one: refused.
+            raise at.error(f"the URL {shown!r} has an '@' after its host: percent-encode "
+                           "'/', '?' and '#' in a user or password (and write an '@' in "
+                           "the path as %40)")
+        return url, None
+    user, _, password = userinfo.partition(":")
+    return (urllib.parse.urlunsplit(parts._replace(netloc=host)),
+            (urllib.parse.unquote(user), urllib.parse.unquote(password)))
+
+
+def _header_name(at: At, name: str) -> str:
+    if not _HEADER_NAME.fullmatch(name):
+        raise at.error(f"{name!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
+    return name
+
+
+def _header_value(at: At) -> str:
+    value = at.string()
+    # A line break would start a header (or a request) the config never named.
+    if any(c in value for c in "\r\n\0"):
+        raise at.error("a header value may not hold a line break or a NUL character")
+    return value

@@ -80,7 +80,9 @@ class Pump:
         self._fts = config.fts_deferral
         self._wall = wall
         self._memory_mb = memory_mb
-        self.stop = threading.Event()
+        # A reader that waits on an upstream mid-batch (http) has a stop flag of
+        # its own to look at while it waits: a stop sets that same flag.
+        self.stop: threading.Event = getattr(reader, "stop", None) or threading.Event()
         self.rows = 0
         self.rejects = 0
         #: Records that went in (written or already equal); none with rejects fails the run.
