@@ -76,6 +76,7 @@ from sqlwarden.protocol import (
     UpdateFtsDeferral,
     UpsertRows,
 )
+from sqlwarden.redact import Redactor
 from sqlwarden.sync import runs as sync
 from sqlwarden.tasks.chunks import (
     SAVE_PROGRESS_SQL,
@@ -199,6 +200,8 @@ class WriterCore:
         conn.set_wal_hook(self._on_wal_commit)
         conn.authorizer = self._authorize
         self._guarded = _Guarded(self)
+        #: Takes the config's secrets out of source rejects before they are stored.
+        self._redactor = Redactor(config.secrets)
 
     def close(self) -> None:
         """Close the connection, first dropping the hooks that point back at this core.
@@ -333,7 +336,7 @@ class WriterCore:
                                     "progress not saved", task=message.task)
                 return WriteResult(changes=1)
             case SyncBatch():
-                return sync.apply_batch(self.conn, message, self._rows_per)
+                return sync.apply_batch(self.conn, message, self._rows_per, self._redactor)
             case StartSyncRun():
                 run = sync.start_run(self.conn, message)
                 return WriteResult(changes=1, last_rowid=run)

@@ -17,6 +17,7 @@ rest of the batch commits with the positions past it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
@@ -42,6 +43,7 @@ from sqlwarden.protocol import (
     SyncBatch,
     TableRows,
 )
+from sqlwarden.redact import Redactor
 from sqlwarden.sync.sources.base import Reader
 from sqlwarden.sync.sources.demo import cursor_of
 from sqlwarden.sync.sources.generator import GeneratorReader
@@ -90,11 +92,14 @@ def reap_runs(conn: apsw.Connection, message: ReapSyncRuns) -> int:
 
 
 def apply_batch(conn: apsw.Connection, message: SyncBatch,
-                rows_per: Callable[[str, int], int]) -> SyncBatchResult:
+                rows_per: Callable[[str, int], int],
+                redactor: Redactor | None = None) -> SyncBatchResult:
     """Apply one batch inside the caller's transaction; raises `SyncError` if it does not fit.
 
     `rows_per(table, columns)` is how many rows one statement takes (see
-    `engine.sql.rows_per_statement`).
+    `engine.sql.rows_per_statement`). `redactor` takes the config's secrets out of
+    every reject before it is stored or reported: a record is whatever the source
+    held, which may be a secret (a file that was the engine's own environment).
     """
     row = conn.execute(f"SELECT batches, status FROM {SYNC_RUNS_TABLE} WHERE id = ?",
                        (message.run,)).fetchone()
@@ -119,6 +124,8 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
         refused = len(rejects)
         rows += _upsert(conn, part, rows_per(part.table, len(part.columns)), rejects, message)
         accepted += len(part.rows) - (len(rejects) - refused)
+    if redactor is not None:
+        rejects = [_redacted(redactor, r) for r in rejects]
     if rejects and message.on_reject == "fail":
         first = rejects[0]
         raise SyncError(f"source {message.source}: record at {first.position} rejected: "
@@ -138,6 +145,28 @@ def apply_batch(conn: apsw.Connection, message: SyncBatch,
     shown = f"{rejects[0].position}: {rejects[0].reason}" if rejects else None
     return SyncBatchResult(rows=rows, rejects=len(rejects), accepted=accepted,
                            first_reject=shown)
+
+
+#: The note `mapping.raw_text` ends a record cut to its first bytes with.
+_CUT_NOTE = re.compile(r"\.\.\.\[[\d,]+ bytes in all; the first [\d,]+ kept\]\Z")
+
+
+def _redacted_raw(redactor: Redactor, raw: str) -> str:
+    """A rejected record's text without secrets, also one its cut ran through."""
+    cut = _CUT_NOTE.search(raw)
+    if cut is None:
+        return redactor.text(raw)
+    return redactor.cut_text(raw[:cut.start()]) + cut.group()
+
+
+def _redacted(redactor: Redactor, reject: Reject) -> Reject:
+    """`reject` with the secrets out of every text it holds (raw, reason, position, key)."""
+    text = redactor.text
+    cursor = text(reject.cursor) if isinstance(reject.cursor, str) else reject.cursor
+    return replace(reject, position=text(reject.position), reason=text(reject.reason),
+                   raw=_redacted_raw(redactor, reject.raw),
+                   record=None if reject.record is None else text(reject.record),
+                   cursor=cursor)
 
 
 def _store_reject(conn: apsw.Connection, message: SyncBatch, reject: Reject) -> bool:

@@ -5,17 +5,26 @@ Files are read in name order, each from the byte the last run read it to
 left for the next run while the file is the newest (a writer may still be
 appending), and read as it is once a newer file exists. A line longer than
 `max_record_mb` is rejected without being held in memory whole.
+
+Only regular files inside the directory are read (see `list_inbox`): the
+inbox is written by other programs, so a name in it may be a symlink to
+`/proc/self/environ`, a FIFO that never answers or a device. Those are
+skipped with a note in the run's history, never opened (`open_entry` opens
+without following a link and without blocking, then checks what it got).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlwarden.config import NdjsonSourceConfig
 from sqlwarden.protocol import FilePosition, Reject, TableRows
@@ -45,8 +54,83 @@ class FileState:
     done: bool
 
 
-def ndjson_files(directory: Path) -> list[Path]:
-    """The files an ndjson source reads, in name order."""
+#: Skipped entries a run's note names one by one; past that it gives their count.
+NOTED_SKIPS = 5
+
+#: Opened without following a final symlink and without waiting for a FIFO's writer.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class Skipped(Exception):
+    """An inbox entry that is not read: `why` says what it is."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class InboxFile:
+    """A file the source reads: its name in the inbox, the name opened, its size."""
+
+    name: str
+    #: The entry opened: `name`, or for a symlink to a sibling, the sibling's name.
+    target: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboxListing:
+    """What a listing of the inbox found: files to read and entries skipped (name, why)."""
+
+    files: list[InboxFile]
+    skipped: list[tuple[str, str]]
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, word in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return word
+    return "of an unknown kind"
+
+
+def _not_regular(mode: int) -> str:
+    return f"not a regular file ({_kind(mode)})"
+
+
+#: Characters a name must not hold: controls (a newline, an escape), format characters
+#: (a right-to-left override), line and paragraph separators, and lone surrogates (bytes
+#: that are not UTF-8).
+_UNSHOWABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _showable(name: str) -> bool:
+    return not any(unicodedata.category(c) in _UNSHOWABLE for c in name)
+
+
+def shown_name(name: str) -> str:
+    """`name` as it can be printed on one line: control and undecodable characters escaped."""
+    return name if _showable(name) else ascii(name)[1:-1]
+
+
+def _is_ndjson(name: str) -> bool:
+    return name.endswith(NDJSON_SUFFIXES) and not name.startswith(".")
+
+
+def list_inbox(directory: Path) -> InboxListing:
+    """The files an ndjson source reads, in name order, and the entries it skips.
+
+    Read: regular files, and a symlink to a regular file in the same directory
+    whose name is not itself read (`data.ndjson -> data.current`; a link to a
+    file read anyway would read its records twice). Skipped: everything else
+    with the suffix, that is a symlink leaving the directory (or into a folder
+    of it), a dangling or looping symlink, a FIFO, a socket, a device, a
+    folder, and a name that is not printable UTF-8 (it would be stored and
+    shown as the file's name). Nothing is opened here; `lstat` only.
+    """
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except FileNotFoundError:
@@ -54,9 +138,111 @@ def ndjson_files(directory: Path) -> list[Path]:
                           failure="fatal") from None
     except OSError as exc:
         raise SourceError(f"cannot list {directory}: {exc}") from None
-    return [Path(e.path) for e in entries
-            if e.name.endswith(NDJSON_SUFFIXES) and not e.name.startswith(".")
-            and e.is_file()]
+    names = {e.name for e in entries if _is_ndjson(e.name)}
+    real_dir = os.path.realpath(directory)
+    files: list[InboxFile] = []
+    skipped: list[tuple[str, str]] = []
+    for entry in entries:
+        name = entry.name
+        if not _is_ndjson(name):
+            continue
+        try:
+            name.encode("utf-8")
+            if not _showable(name):
+                raise Skipped("its name holds control characters; rename it")
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode):
+                files.append(InboxFile(name, name, info.st_size))
+            elif stat.S_ISLNK(info.st_mode):
+                files.append(_linked(directory, real_dir, name, names))
+            else:
+                raise Skipped(_not_regular(info.st_mode))
+        except UnicodeEncodeError:
+            skipped.append((name, "its name is not UTF-8; rename it"))
+        except Skipped as skip:
+            skipped.append((name, skip.why))
+        except FileNotFoundError:
+            continue  # removed since the listing: nothing to read
+        except OSError as exc:
+            skipped.append((name, f"cannot look at it: {exc.strerror or exc}"))
+    return InboxListing(files, skipped)
+
+
+def _linked(directory: Path, real_dir: str, name: str, names: set[str]) -> InboxFile:
+    """The file a symlink in the inbox stands for; raises `Skipped` unless it is a
+    regular file in the same directory that is not read under its own name."""
+    real = os.path.realpath(directory / name)
+    if real == real_dir:
+        raise Skipped("a symlink to the inbox itself")
+    if real.startswith(real_dir + os.sep) and os.path.dirname(real) != real_dir:
+        raise Skipped("a symlink into a folder of the inbox (only files beside it are read)")
+    if os.path.dirname(real) != real_dir:
+        raise Skipped("a symlink leaving the inbox")
+    target = os.path.basename(real)
+    try:
+        info = os.stat(real, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Skipped("a dangling symlink") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Skipped("a symlink loop") from None
+        raise
+    if stat.S_ISLNK(info.st_mode):
+        raise Skipped("a symlink loop")  # realpath stops where it meets a loop
+    if not stat.S_ISREG(info.st_mode):
+        raise Skipped(f"a symlink to something that is {_not_regular(info.st_mode)}")
+    if target in names:
+        raise Skipped(f"another name for {shown_name(target)}, which is read as itself")
+    return InboxFile(name, target, info.st_size)
+
+
+def open_entry(directory: Path, entry: InboxFile) -> BinaryIO:
+    """`entry` opened for reading; raises `Skipped` if it is no longer a regular file.
+
+    Opened relative to the directory, without following a symlink and with
+    O_NONBLOCK (a FIFO put there since the listing cannot block the run), and
+    checked with `fstat` on what was opened, so a swap after the listing
+    cannot make the run read something else.
+    """
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise SourceError(f"cannot open {directory}: {exc.strerror or exc}") from None
+    try:
+        fd = os.open(entry.target, _OPEN_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise Skipped("removed since the directory was listed") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Skipped("it became a symlink after the directory was listed") from None
+        raise Skipped(f"cannot open it: {exc.strerror or exc}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Skipped(f"{_not_regular(mode)} when opened")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def ndjson_files(directory: Path) -> list[Path]:
+    """The files an ndjson source reads, in name order (entries skipped are left out)."""
+    return [directory / f.name for f in list_inbox(directory).files]
+
+
+def skip_note(directory: Path, skipped: list[tuple[str, str]]) -> str | None:
+    """One line naming the skipped entries (at most `NOTED_SKIPS` of them by name)."""
+    if not skipped:
+        return None
+    folder = shown_name(directory.name)
+    parts = [f"skipped {folder}/{shown_name(name)}: {why}" for name, why in
+             skipped[:NOTED_SKIPS]]
+    if len(skipped) > NOTED_SKIPS:
+        parts.append(f"and {len(skipped) - NOTED_SKIPS:,} more entries of {folder} skipped")
+    return "; ".join(parts)
 
 
 class NdjsonReader:
@@ -69,24 +255,40 @@ class NdjsonReader:
         self.max_bytes = int(source.max_record_mb * 1024 * 1024)
         self.note: str | None = None
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
-        #: The newest file of the directory (read or not), as of the last listing.
+        #: The newest file of the directory that is read, as of the last listing.
         self._newest: str | None = None
+        #: Entries skipped in this run (name: why), noted once each in the run's note.
+        self._skipped: dict[str, str] = {}
+        #: Why the run left a last line for the next one, if it did.
+        self._waiting: str | None = None
 
-    def _pending(self) -> list[tuple[Path, int, int]]:
+    def _skip(self, name: str, why: str) -> None:
+        self._skipped.setdefault(name, why)
+        self._renote()
+
+    def _renote(self) -> None:
+        skipped = skip_note(self.source.path, list(self._skipped.items()))
+        self.note = "; ".join(n for n in (self._waiting, skipped) if n) or None
+
+    def _pending(self) -> list[tuple[InboxFile, int, int]]:
         """(file, position, size) of every file with bytes not yet read."""
         pending = []
-        listed = ndjson_files(self.source.path)
+        listing = list_inbox(self.source.path)
+        for name, why in listing.skipped:
+            self._skip(name, why)
+        listed = listing.files
         self._newest = listed[-1].name if listed else None
-        for path in listed:
-            state = self.states.get(path.name)
+        for entry in listed:
+            state = self.states.get(entry.name)
             position = state.position if state is not None else 0
-            size = path.stat().st_size
+            size = entry.size
             if size < position:
-                raise SourceError(f"{path.name} shrank to {size:,} bytes but {position:,} bytes "
-                                  "of it were read already; a file must only grow (move a "
-                                  "replaced file aside under a new name)", failure="fatal")
+                raise SourceError(f"{shown_name(entry.name)} shrank to {size:,} bytes but "
+                                  f"{position:,} bytes of it were read already; a file must "
+                                  "only grow (move a replaced file aside under a new name)",
+                                  failure="fatal")
             if size > position or state is None:
-                pending.append((path, position, size))
+                pending.append((entry, position, size))
         return pending
 
     def backlog(self) -> Backlog:
@@ -95,10 +297,14 @@ class NdjsonReader:
         if not total:
             return Backlog(0, "no new bytes")
         # Records per byte from a sample where reading starts.
-        path, position, size = next(p for p in pending if p[2] > p[1])
-        with path.open("rb") as f:
-            f.seek(position)
-            sample = f.read(min(SAMPLE_BYTES, size - position))
+        entry, position, size = next(p for p in pending if p[2] > p[1])
+        try:
+            with open_entry(self.source.path, entry) as f:
+                f.seek(position)
+                sample = f.read(min(SAMPLE_BYTES, size - position))
+        except Skipped as skip:
+            self._skip(entry.name, skip.why)
+            sample = b""  # the estimate falls back to a record per byte
         lines = max(1, sample.count(b"\n"))
         rows = math.ceil(total * lines / max(1, len(sample)))
         return Backlog(rows, f"{total:,} new bytes in {len(pending)} file(s), about "
@@ -112,14 +318,20 @@ class NdjsonReader:
         rows: list[Row] = []
         # The byte offset of each row's line, for a reject if the database refuses it.
         offsets: list[int] = []
-        for path, start, size in pending:
-            name = path.name
+        for entry, start, size in pending:
+            name = entry.name
+            try:
+                opened = open_entry(self.source.path, entry)
+            except Skipped as skip:
+                # Swapped for something else since the listing: left for the next run.
+                self._skip(name, skip.why)
+                continue
             # Newest in the directory, not among the files with new bytes: an older
             # file's last line is as complete as it will be even if the newer ones
             # have nothing new.
             newest = name == self._newest
             position = start
-            with path.open("rb") as f:
+            with opened as f:
                 f.seek(start)
                 for kind, data, offset, end, length in self._blocks(f, start, newest, name):
                     if kind == "toolong":
@@ -203,8 +415,9 @@ class NdjsonReader:
         if not (carry or skipping):
             return
         if newest:
-            self.note = (f"waiting on an incomplete last line in {name} ({line_len:,} bytes at "
-                         f"byte {line_at:,})")
+            self._waiting = (f"waiting on an incomplete last line in {shown_name(name)} "
+                             f"({line_len:,} bytes at byte {line_at:,})")
+            self._renote()
         elif skipping:
             yield "toolong", carry, line_at, line_at + line_len, line_len
         else:
