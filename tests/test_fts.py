@@ -16,6 +16,7 @@ import apsw
 import pytest
 
 from sqlwarden.config import Config, parse_config
+from sqlwarden.endpoint_token import read_token, token_path
 from sqlwarden.errors import FtsError, NotReady
 from sqlwarden.facade import Engine
 from sqlwarden.fts.deferral import CAPTURE_PREFIX, read_deferral
@@ -558,8 +559,9 @@ def test_the_endpoint_restores_and_exports_the_state(tmp_path: Path) -> None:
             metrics = response.read().decode()
         assert 'sqlwarden_fts_state{state="deferred"} 1.0' in metrics
         assert "sqlwarden_fts_deferred_tables 1.0" in metrics
+        token = read_token(token_path(config.database.path))
         request = urllib.request.Request(f"{engine.status_url}/fts/restore", data=b"",
-                                         method="POST")
+                                         method="POST", headers={"X-Sqlwarden-Token": token})
         with urllib.request.urlopen(request) as response:
             body = json.load(response)
         assert body["state"] == "live" and body["last_restore"]["tables"][0]["fts"] == "docs_fts"

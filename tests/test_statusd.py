@@ -15,6 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlwarden.errors import EngineStopped, TaskConflict, UnknownTask
 from sqlwarden.statusd import StatusServer
 
+#: The token the servers here are started with; every POST sends it unless a test says not.
+TOKEN = "test-token-0123456789abcdef"
+
 
 def task(**overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
@@ -73,7 +76,7 @@ def serve(fakes: Fakes) -> Iterator[Callable[..., str]]:
 
     def start(*, control: bool = True) -> str:
         server = StatusServer("127.0.0.1", 0, status=fakes.read_status,
-                              health=lambda: fakes.health,
+                              health=lambda: fakes.health, token=TOKEN,
                               control=fakes.control if control else None)
         servers.append(server)
         server.start()
@@ -92,7 +95,8 @@ def url(serve: Callable[..., str]) -> str:
 def fetch(url: str, *, method: str = "GET", body: bytes | None = None
           ) -> tuple[int, str, str]:
     """(status code, content type, body) of a request, whether it succeeded or not."""
-    request = urllib.request.Request(url, method=method, data=body)
+    headers = {"Authorization": f"Bearer {TOKEN}"} if method == "POST" else {}
+    request = urllib.request.Request(url, method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers["Content-Type"], response.read().decode()

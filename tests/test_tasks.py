@@ -19,6 +19,7 @@ import pytest
 
 from sqlwarden.cli import main
 from sqlwarden.config import Config, TaskConfig, parse_config
+from sqlwarden.endpoint_token import read_token, token_path
 from sqlwarden.errors import ConfigError, NotReady, TaskConflict, UnknownTask
 from sqlwarden.facade import Engine
 from sqlwarden.protocol import ProgressEvent, WriterStatus
@@ -579,8 +580,10 @@ def test_healthz_is_503_while_a_required_task_runs_and_metrics_show_it(
             metrics = response.read().decode()
         assert 'sqlwarden_task_rows_processed{task="last_seen"} 800.0' in metrics
         assert 'sqlwarden_task_state{state="running",task="last_seen"} 1.0' in metrics
+        token = read_token(token_path(config.database.path))
         request = urllib.request.Request(f"{engine.status_url}/tasks/last_seen/cancel",
-                                         data=b"", method="POST")
+                                         data=b"", method="POST",
+                                         headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.load(response)["status"] == "cancelled"
         with urllib.request.urlopen(f"{engine.status_url}/healthz", timeout=10) as response:

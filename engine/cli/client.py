@@ -9,6 +9,12 @@ back as `EngineRefused` with the engine's reason and the status code, an
 engine that no longer answers as `NoEngine`. Each command decides what a
 refusal means for its exit code.
 
+Every POST carries the engine's control token, read from the token file
+beside the database (`sqlwarden.endpoint_token`) just before it is sent. A
+token file that cannot be read (another user's engine), or a token the engine
+refuses (401), is a `TokenError`: one line naming the file, exit 2. The
+token itself is never printed.
+
 `urllib` loads OpenSSL, so it is imported only once there is an engine to
 ask, and after the mirror's driver: a command that finds none goes on to
 start an engine of its own, whose mirror wants the connector's C extension
@@ -20,9 +26,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlwarden.cli.output import PROG
+from sqlwarden.endpoint_token import TokenError, read_token, token_path
 from sqlwarden.errors import EngineError
 from sqlwarden.mirror.driver import load_driver
 
@@ -62,15 +70,18 @@ class EngineRefused(EngineError):
 
 @dataclass(frozen=True, slots=True)
 class EngineClient:
-    """The engine running on a database: its status URL and the status it answered."""
+    """The engine running on a database: its status URL, the status it answered, and
+    where its control token is (None: send none)."""
 
     url: str
     status: dict[str, Any]
+    token_file: Path | None = None
 
     def post(self, path: str, query: Mapping[str, str] | None = None) -> Any:
         """POST to `path` (and `query`) and return the JSON answer.
 
-        Raises `EngineRefused` for an HTTP error, `NoEngine` when nothing answers.
+        Raises `EngineRefused` for an HTTP error, `NoEngine` when nothing answers,
+        `TokenError` when the token cannot be read or the engine refuses it.
         """
         import urllib.error
         import urllib.parse
@@ -79,11 +90,19 @@ class EngineClient:
         url = f"{self.url}{path}"
         if query:
             url += f"?{urllib.parse.urlencode(query)}"
-        request = urllib.request.Request(url, data=b"", method="POST")
+        headers = {}
+        if self.token_file is not None:
+            headers["Authorization"] = f"Bearer {read_token(self.token_file)}"
+        request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=COMMAND_TIMEOUT_S) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                exc.close()
+                raise TokenError(f"the engine at {self.url} refused the token in "
+                                 f"{self.token_file} (the file may belong to another engine "
+                                 "run; is it the engine's own database path?)") from None
             raise EngineRefused(_reason(exc), code=exc.code) from None
         except OSError as exc:
             raise NoEngine(_no_answer(self.url, exc)) from None
@@ -119,7 +138,7 @@ def find_engine(config: Config, *, needed_for: str | None = None) -> EngineClien
         raise missing(f"the engine at {url} is not the one running on "
                       f"{config.database.path}; the last run may have ended without "
                       "cleaning up")
-    return EngineClient(url, status)
+    return EngineClient(url, status, token_path(config.database.path))
 
 
 def engine_if_running(config: Config) -> EngineClient | None:
