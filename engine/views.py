@@ -329,3 +329,6 @@ class MirrorView:
     reconciles_failed: int = 0
     #: What the mirror waits for: the server, or the local database (locked, disk full).
     waiting_for: str | None = None
+    #: The server's error number for the last failure (1045: the login was refused),
+    #: so a command can tell a config problem from a server away.
+    errno: int | None = None

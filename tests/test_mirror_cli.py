@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.request
 from pathlib import Path
 
 from sqlwarden.config import load_config
 from sqlwarden.db.status import running_engine
 from sqlwarden.facade import Engine
 
-from .conftest import files_under, run_sqlwarden, sqlwarden, wait_until
+from .conftest import files_under, run_sqlwarden, sqlwarden, sqlwarden_running, wait_until
 from .support.mariadb import MirrorDb
 
 CONFIG = """\
@@ -128,6 +130,42 @@ def test_bad_mirror_input_is_one_line_and_changes_nothing(tmp_path: Path,
     assert refused.returncode == 2, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "1045" in refused.stderr
     assert "not-the-password" not in refused.stderr + refused.stdout
+
+
+def test_a_refused_login_is_exit_2_for_mirror_retry_and_for_asking_a_running_engine(
+        tmp_path: Path, mirror_db: MirrorDb) -> None:
+    config = setup(tmp_path, mirror_db)
+    fill(config, 5)
+    wrong_dsn = mirror_db.dsn.replace("${SW_MYSQL_PASSWORD}", "not-the-password")
+    wrong = setup(tmp_path, mirror_db, dsn=wrong_dsn)
+    before = data_files(tmp_path)
+
+    # No engine running: `mirror retry` tries the login first and queues nothing.
+    retry = run_sqlwarden("mirror", "retry", str(wrong))
+    assert retry.returncode == 2, retry.stderr
+    assert len(retry.stderr.strip().splitlines()) == 1 and "1045" in retry.stderr
+    assert "not-the-password" not in retry.stderr + retry.stdout
+    assert data_files(tmp_path) == before
+
+    # A running engine whose mirror is failed on the login: both commands say 2, not 3.
+    serving = setup(tmp_path, mirror_db, status=True, dsn=wrong_dsn)
+    loaded = load_config(serving)
+    with sqlwarden_running("run", str(serving), "--no-progress") as proc:
+        def mirror_failed() -> bool:
+            found = running_engine(loaded)
+            if found is None:
+                return False
+            with urllib.request.urlopen(f"{found[0]}/status", timeout=10) as answer:
+                return bool(json.load(answer)["mirror"]["state"] == "failed")
+        wait_until(mirror_failed, what="the engine's mirror to fail on the login")
+        for args in (("mirror", "retry", str(serving)),
+                     ("mirror", "reconcile", str(serving), "--timeout", "60")):
+            asked = run_sqlwarden(*args)
+            assert asked.returncode == 2, (args, asked.stderr)
+            assert len(asked.stderr.strip().splitlines()) == 1 and "1045" in asked.stderr
+            assert "not-the-password" not in asked.stderr + asked.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 def data_files(root: Path) -> dict[str, bytes]:

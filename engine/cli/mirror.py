@@ -79,7 +79,7 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
             out = engine.post("/mirror/reconcile")
         except EngineRefused as exc:
             print_error(exc.message)
-            return 3 if exc.unavailable else 1
+            return _refused_exit_code(config, exc)
         print(f"asked the running engine at {engine.url}")
         view = ReconcileView(number=out["number"], verify=False, seconds=out["seconds"],
                              tables=tuple(TableCheck(**{**t, "ranges_shown": tuple(
@@ -105,6 +105,21 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
           f"took {view.seconds:.2f}s")
     _print_checks(view.tables, verb="reconcile")
     return 0
+
+
+def _refused_exit_code(config: Config, exc: EngineRefused) -> int:
+    """The exit code for a running engine's refusal: 2 when its mirror is failed on the
+    login (the config is at fault, as for a command that connects itself), 3 when the
+    engine cannot do it now, 1 otherwise."""
+    from sqlwarden.mirror.dialect import LOGIN_ERRNOS
+
+    if exc.unavailable:
+        now = engine_if_running(config)  # the mirror's state after the refusal
+        seen = (now.status.get("mirror") or {}) if now is not None else {}
+        if seen.get("state") == "failed" and seen.get("errno") in LOGIN_ERRNOS:
+            return 2
+        return 3
+    return 1
 
 
 def mirror_exit_code(exc: BaseException) -> int:
@@ -207,14 +222,28 @@ def cmd_mirror_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror_retry(args: argparse.Namespace) -> int:
+    from sqlwarden.mirror.dialect import LOGIN_ERRNOS
+
     config = _load_mirrored(args.config)
     engine = engine_if_running(config)
+    # Rows queued again for a server that refuses the login would wait for a config
+    # fix anyway: say so first (exit 2, as every mirror command), and queue nothing.
+    if engine is not None:
+        seen = engine.status.get("mirror") or {}
+        if seen.get("state") == "failed" and seen.get("errno") in LOGIN_ERRNOS:
+            print_error(f"the running engine's mirror is failed: {seen.get('error')}")
+            return 2
+    else:
+        refused = _login_refused(config)
+        if refused is not None:
+            print_error(one_line(refused))
+            return 2
     if engine is not None:
         try:
             out = engine.post("/mirror/retry")
         except EngineRefused as exc:
             print_error(exc.message)
-            return 3 if exc.unavailable else 1
+            return _refused_exit_code(config, exc)
         queued = int(out["queued"])
         print(f"asked the running engine at {engine.url}")
     else:
@@ -227,6 +256,25 @@ def cmd_mirror_retry(args: argparse.Namespace) -> int:
     print(f"{queued:,} quarantined rows are queued to be sent again" if queued
           else "no row is quarantined")
     return 0
+
+
+def _login_refused(config: Config) -> BaseException | None:
+    """The server's refusal of the config's login or database, if it refuses them.
+
+    A server that cannot be reached is no answer either way: None (the rows wait
+    in the outbox for it as any change does)."""
+    from sqlwarden.errors import MirrorError
+    from sqlwarden.mirror.dialect import LOGIN_ERRNOS
+    from sqlwarden.mirror.session import MirrorSession
+
+    session = MirrorSession(config)
+    try:
+        session.open(create=False)
+    except MirrorError as exc:
+        return exc if exc.errno in LOGIN_ERRNOS else None
+    finally:
+        session.close()
+    return None
 
 
 def _load_mirrored(file: str) -> Config:

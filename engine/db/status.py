@@ -11,7 +11,7 @@ from typing import Any
 import apsw
 
 from sqlwarden.config import Config
-from sqlwarden.db.connect import file_size, open_reader
+from sqlwarden.db.connect import file_size, open_peek
 from sqlwarden.db.schema import META_TABLE, REJECTS_TABLE, SYNC_RUNS_TABLE
 from sqlwarden.db.sql import quote
 from sqlwarden.fts.deferral import Deferral, read_deferral, table_states
@@ -28,7 +28,7 @@ def read_status(config: Config) -> dict[str, Any]:
     """Tables with row counts, engine metadata, file sizes, each source's last run and
     rejects, and the mirror's quarantine."""
     path = str(config.database.path)
-    conn = open_reader(config.database)
+    conn = open_peek(config.database)
     try:
         existing = {name for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -102,7 +102,7 @@ def running_engine(config: Config) -> tuple[str, str] | None:
     """(status URL, run id) the engine running on this database recorded, if any."""
     if not config.database.path.exists():
         return None
-    conn = open_reader(config.database)
+    conn = open_peek(config.database)
     try:
         exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
                               (META_TABLE,)).fetchone()
@@ -117,7 +117,7 @@ def running_engine(config: Config) -> tuple[str, str] | None:
 
 def read_fts(config: Config) -> tuple[tuple[FtsTableView, ...], Deferral | None]:
     """FTS tables, the triggers present, and the deferral record, read-only."""
-    conn = open_reader(config.database)  # refuses a database that does not exist
+    conn = open_peek(config.database)  # refuses a database that does not exist
     try:
         return table_states(conn)
     finally:
@@ -127,7 +127,7 @@ def read_fts(config: Config) -> tuple[tuple[FtsTableView, ...], Deferral | None]
 def read_sync(config: Config, source: str | None,
               limit: int) -> tuple[list[SyncRunView], list[dict[str, Any]]]:
     """Source runs (newest first) and the latest rejects, read-only."""
-    conn = open_reader(config.database)  # refuses a database that does not exist
+    conn = open_peek(config.database)  # refuses a database that does not exist
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
                         (SYNC_RUNS_TABLE,)).fetchone() is None:

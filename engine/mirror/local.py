@@ -17,7 +17,7 @@ from typing import Any, cast
 import apsw
 
 from sqlwarden.config import Config, TableConfig
-from sqlwarden.db.connect import open_reader
+from sqlwarden.db.connect import open_peek
 from sqlwarden.db.schema import MIRROR_RANGES_TABLE, OUTBOX_TABLE
 from sqlwarden.db.sql import column_list, quote
 from sqlwarden.mirror.dialect import mariadb_real, sqlite_canonical
@@ -29,7 +29,7 @@ _IN_KEYS = 500
 
 def open_mirror_reader(config: Config) -> apsw.Connection:
     """A read-only connection with `sw_real`, the canonical text of a real."""
-    conn = open_reader(config.database)
+    conn = open_peek(config.database)
     conn.create_scalar_function("sw_real", cast(Any, mariadb_real), 1, deterministic=True)
     return conn
 

@@ -262,7 +262,7 @@ class MirrorState:
         self._pending = True  # one reconcile per successful connect
         self._drain_first = False  # it repairs what the outbox holds with the rest
         self._set(state="up", driver=message.driver, server_version=message.server, error=None,
-                  attempt=0, retry_at=None, waiting_for=None)
+                  attempt=0, retry_at=None, waiting_for=None, errno=None)
         log.info("mirror: connected to %s (%s)", self.mirror.dsn.where, message.driver)
         return self._next_now()
 
@@ -271,7 +271,8 @@ class MirrorState:
         retry_at = (self._wall() + message.retry_in_s if message.retry_in_s is not None
                     else None)
         self._set(state=state, error=message.error, attempt=message.attempt,
-                  retry_at=retry_at, reconciling=False, waiting_for=message.waiting_for)
+                  retry_at=retry_at, reconciling=False, waiting_for=message.waiting_for,
+                  errno=message.errno)
         if message.attempt == 1:
             log.warning("mirror %s: %s", state, message.error)
         effects: Effects = []
