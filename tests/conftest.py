@@ -22,7 +22,9 @@ import pytest
 from sqlwarden.config import Config, parse_config
 from sqlwarden.facade import Engine
 
+from .support import galera as galera_support
 from .support.device import NoTmpfs, mounted_tmpfs
+from .support.galera import GaleraCluster, GaleraDb
 from .support.mariadb import MariaDB, MirrorDb, available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,3 +304,46 @@ def mirror_db(mariadb: MariaDB, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mir
                    dsn=mariadb.dsn(name, name))
     with contextlib.suppress(Exception):  # the server may be down after a crash test
         mariadb.drop_database(name, name)
+
+
+# -- a private 3-node Galera cluster (tests/support/galera.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def galera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaleraCluster]:
+    """One private 3-node cluster for the whole session, started on first use; skipped where
+    Galera is missing, but a failure under CI=true (where scripts/test installs it)."""
+    problem = galera_support.available()
+    cluster: GaleraCluster | None = None
+    if problem is None:
+        cluster = GaleraCluster(tmp_path_factory.mktemp("galera"))
+        try:
+            cluster.start()
+        except (RuntimeError, OSError) as exc:
+            problem = f"the test Galera cluster did not start: {exc}"
+    if problem is not None or cluster is None:
+        if _ci():
+            pytest.fail(f"a Galera cluster is needed under CI=true: {problem}", pytrace=False)
+        pytest.skip(f"no Galera cluster: {problem}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def galera_db(galera: GaleraCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[GaleraDb]:
+    """A fresh database and user on the cluster (random password, in $SW_MYSQL_PASSWORD),
+    with every node up and synced first: a node an earlier test killed is started again."""
+    for node in galera.nodes:
+        if not node.running:
+            node.start()
+    galera.wait_synced(galera.size)
+    name = f"sw_g{secrets.token_hex(6)}"
+    password = secrets.token_hex(16)
+    galera.create_database(name, name, password)
+    monkeypatch.setenv("SW_MYSQL_PASSWORD", password)
+    yield GaleraDb(cluster=galera, database=name, user=name, password=password,
+                   dsn=galera.dsn(name, name), hosts=galera.hosts)
+    with contextlib.suppress(Exception):  # no node may be up after a crash test
+        galera.drop_database(name, name)

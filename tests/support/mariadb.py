@@ -169,7 +169,7 @@ class MariaDB:
         self._log = open(self.error_log, "ab")  # noqa: SIM115 - kept open while it runs
         self._proc = subprocess.Popen(self._server_args(), stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=self._log, cwd=self.root,
-                                      start_new_session=True)
+                                      env=self._server_env(), start_new_session=True)
         _RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while True:
@@ -310,6 +310,10 @@ class MariaDB:
             tail = "\n".join(done.stdout.decode(errors="replace").splitlines()[-25:])
             raise RuntimeError(f"mariadb-install-db failed with code {done.returncode}:\n{tail}")
         scratch.rename(self.datadir)
+
+    def _server_env(self) -> dict[str, str] | None:
+        """The server's environment; None: this process's own (a subclass may add to it)."""
+        return None
 
     def _server_args(self) -> list[str]:
         mariadbd = _find("mariadbd")
