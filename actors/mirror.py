@@ -95,7 +95,7 @@ class MirrorActor(BaseActor):
         # The connector is imported here, in the engine's process (see mirror.driver);
         # connecting waits for the first step, so a server away never delays the start.
         self.session = MirrorSession(self.config, redactor=Redactor(self.config.secrets),
-                                     on_progress=self._progress)
+                                     on_progress=self._progress, on_retry=self._retried)
 
     def teardown(self) -> None:
         # Still on the bus: it goes down and is built again, rather than stopped.
@@ -159,7 +159,9 @@ class MirrorActor(BaseActor):
                 case "connect":
                     self.session.open()
                     self._tell(MirrorUp(driver=self.session.driver,
-                                        server=self.session.server_version))
+                                        server=self.session.server_version,
+                                        node=self.session.node,
+                                        reconcile=not self.session.holds_all))
                 case "drain":
                     self._drain()
                 case "resend":
@@ -263,7 +265,9 @@ class MirrorActor(BaseActor):
         else:
             error = self.session.error(exc, "mirror")
         run = self._end_run()
-        self.session.close()
+        # The server failed us (not the local database): the next connect starts with the
+        # host after it.
+        self.session.close(lost=reason is None and error.retryable)
         if run is not None:
             self._tell(run.ended(error=str(error)))
         self._tell(self.state.failure(error, waiting_for=reason))
@@ -278,6 +282,11 @@ class MirrorActor(BaseActor):
     def _tell(self, message: Message) -> None:
         """An outcome, told to this actor itself (so the message log has it)."""
         self.perform([Tell(MIRROR, message)])
+
+    def _retried(self, total: int) -> None:
+        """A transaction is sent again after a conflict: status shows it while it is."""
+        self.state.retried(total)
+        self.board.view = self.state.view
 
     def _progress(self, table: str, done: int, total: int | None) -> None:
         ended = total is not None and done >= total

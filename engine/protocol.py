@@ -622,6 +622,11 @@ class MirrorUp(Message):
     kind: ClassVar[str] = "mirror.up"
     driver: str
     server: str
+    #: The "host:port" connected to (None: the DSN's socket).
+    node: str | None = None
+    #: Whether this connect needs a reconcile: False only when the server is known to hold
+    #: everything the mirror sent before it lost its last connection.
+    reconcile: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -596,6 +596,18 @@ def _mirror_metrics(mirror: dict[str, Any]) -> Iterator[Metric]:
                               value=mirror.get("reconciles") or 0)
     yield CounterMetricFamily(f"{PREFIX}mirror_reconciles_failed", "Reconciles that failed.",
                               value=mirror.get("reconciles_failed") or 0)
+    yield CounterMetricFamily(f"{PREFIX}mirror_failovers",
+                              "Times the mirror moved to another host after losing one.",
+                              value=mirror.get("failovers") or 0)
+    yield CounterMetricFamily(f"{PREFIX}mirror_transaction_retries",
+                              "Mirror transactions sent again whole after a deadlock, a lock "
+                              "wait timeout or a certification conflict.",
+                              value=mirror.get("transaction_retries") or 0)
+    if mirror.get("node"):
+        node = GaugeMetricFamily(f"{PREFIX}mirror_node", "1 for the host the mirror uses.",
+                                 labels=["node"])
+        node.add_metric([str(mirror["node"])], 1.0)
+        yield node
     yield GaugeMetricFamily(f"{PREFIX}mirror_waiting",
                             "1 while the mirror waits (its server, a locked database, a full "
                             "disk) and retries by itself.",

@@ -332,3 +332,10 @@ class MirrorView:
     #: The server's error number for the last failure (1045: the login was refused),
     #: so a command can tell a config problem from a server away.
     errno: int | None = None
+    #: The "host:port" of the server in use (None while not connected).
+    node: str | None = None
+    #: Times the mirror moved to another host after losing the one it used.
+    failovers: int = 0
+    #: Mirror transactions rolled back and sent again whole after a deadlock, a lock wait
+    #: timeout or a cluster's certification conflict.
+    transaction_retries: int = 0

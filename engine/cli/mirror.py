@@ -101,7 +101,7 @@ def cmd_mirror_reconcile(args: argparse.Namespace) -> int:
 
         print(json.dumps(reconcile_view_dict(view), indent=2, default=str))
         return 0
-    print(f"reconcile {view.number} of {config.mirror.dsn.where if config.mirror else ''} "
+    print(f"reconcile {view.number} of {config.mirror.where if config.mirror else ''} "
           f"took {view.seconds:.2f}s")
     _print_checks(view.tables, verb="reconcile")
     return 0
@@ -196,7 +196,7 @@ def cmd_mirror_verify(args: argparse.Namespace) -> int:
                           "quarantined": held, "quarantined_rows": shown},
                          indent=2, default=str))
         return code
-    print(f"verify of {config.mirror.dsn.where} (scope {config.mirror.scope!r}) took "
+    print(f"verify of {config.mirror.where} (scope {config.mirror.scope!r}) took "
           f"{time.monotonic() - started:.2f}s")
     _print_checks(checks, verb="verify")
     if depth:

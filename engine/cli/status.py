@@ -44,6 +44,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     status = read_status(config)
+    live = _running_mirror(config) if status["mirror"] is not None else None
+    if live is not None:
+        status["mirror"]["running"] = live
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -67,8 +70,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"FTS upkeep of {', '.join(deferral['tables'])} deferred since "
               f"{local_time(deferral['since'])}; the index is stale (see `{PROG} fts status`)")
     if status["mirror"] is not None:
+        if live is not None:
+            where = f" on {live['node']}" if live.get("node") else ""
+            print(f"mirror  {live.get('state')}{where}   {live.get('failovers') or 0:,} "
+                  f"failovers   {live.get('transaction_retries') or 0:,} transactions retried")
         _print_quarantine(status["mirror"]["quarantine"], args.config)
     return 0
+
+
+def _running_mirror(config: Any) -> dict[str, Any] | None:
+    """The mirror as the engine running on this database sees it; None without one."""
+    from sqlwarden.cli.client import engine_if_running
+
+    engine = engine_if_running(config)
+    mirror = (engine.status.get("mirror") or {}) if engine is not None else {}
+    if not isinstance(mirror, dict) or "state" not in mirror:
+        return None
+    return {key: mirror.get(key) for key in ("state", "node", "failovers",
+                                            "transaction_retries")}
 
 
 def _print_sources(sources: dict[str, Any]) -> None:

@@ -15,11 +15,15 @@ from sqlwarden.db.sql import IDENTIFIER
 
 MIRROR_KEYS = ("enabled", "dsn", "tables", "scope", "scope_column", "key_chars", "batch_rows",
                "range_rows", "poll_ms", "connect_timeout_s", "backoff_initial_s",
-               "backoff_max_s")
+               "backoff_max_s", "hosts")
 _DSN_FORM = "mysql://user:${PASSWORD_VARIABLE}@host[:port]/database"
 _DSN = re.compile(r"(?:mysql|mariadb)://(?P<user>[^:@/?#\s]+)(?::(?P<password>.*))?@"
                   r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#@\s]+)(?::(?P<port>[^/?#]*))?"
                   r"/(?P<database>[^/?#\s]+)(?:\?(?P<query>[^#\s]*))?")
+#: One entry of `hosts`: a name or IPv4 address, or an IPv6 address in brackets, and a port.
+_HOST = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+#: Most entries of `hosts` (a cluster of more nodes is reached through some of them).
+MAX_HOSTS = 16
 
 
 def parse_dsn(text: str) -> MysqlDsn:
@@ -97,6 +101,11 @@ def parse_mirror(at: At, tables: tuple[TableConfig, ...]) -> MirrorConfig:
         "backoff_initial_s": lambda a: a.number(0.01, 3600.0),
         "backoff_max_s": lambda a: a.number(0.01, 86400.0),
     })
+    if "hosts" in keys:
+        values["hosts"] = _hosts(keys["hosts"])
+        if dsn.socket:
+            raise keys["hosts"].error("hosts replace the DSN's host and port; a DSN with "
+                                      "?socket= has none: leave out one or the other")
     config = MirrorConfig(dsn=dsn, tables=tuple(names), scope=scope, scope_column=scope_column,
                           **values)
     if config.backoff_max_s < config.backoff_initial_s:
@@ -104,6 +113,37 @@ def parse_mirror(at: At, tables: tuple[TableConfig, ...]) -> MirrorConfig:
             f"backoff_max_s ({config.backoff_max_s:g}) is less than backoff_initial_s "
             f"({config.backoff_initial_s:g})")
     return config
+
+
+def split_host(text: str) -> tuple[str, int]:
+    """(host, port) of a `hosts` entry already validated: `[::1]:3306` -> ('::1', 3306)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _hosts(at: At) -> tuple[str, ...]:
+    """The `hosts` list: 1 to 16 distinct "host:port" entries, each port 1 to 65535."""
+    items = at.sequence()
+    if not 1 <= len(items) <= MAX_HOSTS:
+        raise at.error(f"expected 1 to {MAX_HOSTS} entries of the form host:port, got "
+                       f"{len(items)}")
+    seen: list[str] = []
+    for item in items:
+        text = item.string().strip()
+        match = _HOST.fullmatch(text)
+        if match is None:
+            raise item.error(f"expected host:port (an IPv6 address as [::1]:3306), got "
+                             f"{text[:60]!r}")
+        port = int(match.group("port"))
+        if not 0 < port < 65536:
+            raise item.error(f"the port of {text!r} is not a number from 1 to 65535")
+        host = match.group("host")
+        # One spelling per host, so a duplicate is found whatever the case.
+        entry = f"{host.lower()}:{port}"
+        if entry in seen:
+            raise item.error(f"host {text!r} is listed twice")
+        seen.append(entry)
+    return tuple(seen)
 
 
 def _unmirrorable(table: TableConfig) -> str:

@@ -392,6 +392,17 @@ class MirrorConfig:
     #: Reconnects wait this long after the first failure, doubling up to `backoff_max_s`.
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    #: Servers to try in order ("host:port", "[::1]:port"), each a node of one cluster (or
+    #: one server reached by several addresses); when given they replace the DSN's own
+    #: host and port, and the mirror fails over between them.
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """`user@host:port/database` (every host, when there are several), safe to print."""
+        if not self.hosts:
+            return self.dsn.where
+        return f"{self.dsn.user}@{','.join(self.hosts)}/{self.dsn.database}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

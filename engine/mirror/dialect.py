@@ -71,10 +71,14 @@ QUERY_TIMEOUT_S = 120
 #: mirror goes `down` and reconnects with backoff.
 RETRYABLE_ERRNOS = frozenset({
     1040,  # too many connections
+    1047,  # a cluster node not ready: "WSREP has not yet prepared node for application use"
     1053,  # server shutdown in progress
     1152, 1153, 1158, 1159, 1160, 1161,  # aborted connection, packet errors
-    1205,  # lock wait timeout
-    1213,  # deadlock
+    # Lock wait timeout and deadlock (Galera's certification conflict too): retried whole
+    # on the same connection first (`CONFLICT_ERRNOS`); only when that keeps failing is
+    # the connection given up like an outage.
+    1205,
+    1213,
     1317,  # query interrupted
     1927,  # connection killed
     2002,  # can't connect through the socket
@@ -86,6 +90,18 @@ RETRYABLE_ERRNOS = frozenset({
     2055,  # lost connection at ...
     4031,  # disconnected by the server because of inactivity
 })
+#: The transaction lost to another one: a deadlock, a lock wait that timed out, or on
+#: Galera a certification conflict (1213 on a statement or on COMMIT). Nothing is wrong
+#: with the connection: the whole transaction is rolled back and sent again on it.
+CONFLICT_ERRNOS = frozenset({1205, 1213})
+#: Tries of one transaction that keeps meeting conflicts before the connection is given up,
+#: and the time they may take in all (each lock wait timeout costs the server's
+#: `innodb_lock_wait_timeout`, 50 s by default): no new try starts past it.
+CONFLICT_TRIES = 8
+CONFLICT_BUDGET_S = 60.0
+#: The first wait after a conflict; it doubles up to `CONFLICT_WAIT_MAX_S`.
+CONFLICT_WAIT_S = 0.05
+CONFLICT_WAIT_MAX_S = 2.0
 #: The server refused the login or the database: the config (DSN, password) is at fault.
 LOGIN_ERRNOS = frozenset({1044, 1045, 1698, 1049})
 #: Errors that trying again will not fix: the mirror stops (state `failed`)
@@ -118,6 +134,16 @@ def is_row_error(exc: BaseException) -> bool:
     """Whether the server refused a statement for a row's data (see `ROW_ERRNOS`)."""
     errno = getattr(exc, "errno", None)
     return errno in ROW_ERRNOS
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a transaction lost to another and can be sent again whole (`CONFLICT_ERRNOS`)."""
+    return getattr(exc, "errno", None) in CONFLICT_ERRNOS
+
+
+def conflict_wait_s(attempt: int) -> float:
+    """The wait before sending a transaction again after its `attempt`-th conflict."""
+    return min(CONFLICT_WAIT_MAX_S, CONFLICT_WAIT_S * 2 ** max(0, attempt - 1))
 
 
 def mysql_error(exc: BaseException, *, where: str = "",

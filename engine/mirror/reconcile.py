@@ -43,6 +43,7 @@ from sqlwarden.errors import MirrorError
 from sqlwarden.mirror.dialect import (
     DIGEST_COLUMN,
     delete_statements,
+    is_conflict,
     key_after,
     key_params,
     key_upto,
@@ -208,14 +209,46 @@ class Reconciler:
 
         per_commit = max(1, _COPY_COMMIT_ROWS // self.mirror.batch_rows)
         cursor = self.session.cursor()
+        # The statements since the last commit, kept to send again whole after a conflict,
+        # and the rows the server refused in them (counted once their commit holds).
+        group: list[tuple[list[Item], bytes]] = []
+        group_refused: list[Refused] = []
+
+        def again_after(conflict: Exception, *, commit: bool) -> None:
+            """The group since the last commit sent again whole (and committed)."""
+            if not is_conflict(conflict):
+                raise conflict
+
+            def attempt() -> None:
+                group_refused.clear()
+                for sent, text in group:
+                    sender.send(cursor, sent, group_refused, text)
+                if commit:
+                    self.session.conn.commit()
+
+            self.session.retrying(attempt, f"copying {table.name}", failed=conflict)
+
+        def committed() -> None:
+            try:
+                self.session.conn.commit()
+            except Exception as exc:
+                again_after(exc, commit=True)
+            refused.extend(group_refused)
+            group.clear()
+            group_refused.clear()
+
         try:
             for i, (batch, sql) in enumerate(_ahead(statements()), start=1):
-                sender.send(cursor, batch, refused, sql)
+                group.append((batch, sql))
+                try:
+                    sender.send(cursor, batch, group_refused, sql)
+                except Exception as exc:
+                    again_after(exc, commit=False)
                 if i % per_commit == 0:
-                    self.session.conn.commit()
+                    committed()
                     self.session.progress(table.name, min(total, i * self.mirror.batch_rows), total)
                     yield None
-            self.session.conn.commit()
+            committed()
         finally:
             cursor.close()
         self.session.progress(table.name, total, total)
@@ -355,21 +388,27 @@ class Reconciler:
                     wanted.append(chunk[i][0])
                 i += 1
                 j += 1
-        cursor = self.session.cursor()
-        try:
-            for sql in delete_statements(table, self.mirror, self.session.literals, orphans,
-                                         self.mirror.batch_rows):
-                cursor.execute(sql)
-            rows = rows_by_keys(self.session.reader, table, wanted)
-            refused = RowSender(table, self.mirror, self.session.literals,
-                                self.mirror.batch_rows).upsert(cursor, rows)
-            # An older version on the mirror would pass for a refused row: take it off.
-            for sql in delete_statements(table, self.mirror, self.session.literals,
-                                         [r.key for r in refused], self.mirror.batch_rows):
-                cursor.execute(sql)
-            self.session.conn.commit()
-        finally:
-            cursor.close()
+        rows = rows_by_keys(self.session.reader, table, wanted)
+        literals = self.session.literals
+
+        def attempt() -> list[Refused]:
+            cursor = self.session.cursor()
+            try:
+                for sql in delete_statements(table, self.mirror, literals, orphans,
+                                             self.mirror.batch_rows):
+                    cursor.execute(sql)
+                refused = RowSender(table, self.mirror, literals,
+                                    self.mirror.batch_rows).upsert(cursor, rows)
+                # An older version on the mirror would pass for a refused row: take it off.
+                for sql in delete_statements(table, self.mirror, literals,
+                                             [r.key for r in refused], self.mirror.batch_rows):
+                    cursor.execute(sql)
+                self.session.conn.commit()
+            finally:
+                cursor.close()
+            return refused
+
+        refused = self.session.retrying(attempt, f"a repair of {table.name}")
         return len(rows) - len(refused), len(orphans), refused
 
 

@@ -20,28 +20,52 @@ or verifies whole tables:
 
 Every statement to the server names this engine's scope value, so engines
 sharing a central database never read or touch each other's rows.
+
+Several hosts (`hosts:` in the config): `open` tries them in order, from the
+one after a host it lost, and uses the first that answers and is ready
+(`nodes.readiness`). A host refusing the login stops the round: that is the
+config's fault on every host. Each drain transaction also records its batch
+in the server's progress row (`nodes.PROGRESS_TABLE`), so after a failover
+`holds_all` tells whether the server reached holds every batch this run saw
+committed (then no reconcile is needed).
+
+Conflicts: a transaction that loses to another (a deadlock, a lock wait
+timeout, Galera's certification conflict on COMMIT) is rolled back and sent
+again whole on the same connection after a short doubling wait (`retrying`):
+a drain batch is never sent in part, and only a transaction that keeps
+losing gives the connection up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
+import os
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
 from sqlwarden.config import Config, MirrorConfig, TableConfig
+from sqlwarden.config.mirror import split_host
 from sqlwarden.db.schema import OUTBOX_TABLE
 from sqlwarden.errors import MirrorError
 from sqlwarden.mirror.dialect import (
+    CONFLICT_BUDGET_S,
+    CONFLICT_TRIES,
+    LOGIN_ERRNOS,
     Literals,
+    conflict_wait_s,
     connect,
     create_table_sql,
     delete_statements,
     expected_columns,
     index_sql,
+    is_conflict,
     mq,
     mysql_error,
 )
@@ -53,6 +77,14 @@ from sqlwarden.mirror.local import (
     outbox_depth,
     rows_by_keys,
     snapshot,
+)
+from sqlwarden.mirror.nodes import (
+    Identity,
+    holds_progress,
+    progress_params,
+    progress_table_sql,
+    progress_upsert_sql,
+    readiness,
 )
 from sqlwarden.mirror.quarantine import Quarantined, Refused, RowSender, row_key
 from sqlwarden.mirror.ranges import (
@@ -70,6 +102,7 @@ __all__ = ["DrainBatch", "MirrorSession", "outbox_depth", "table_check"]
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int | None], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +135,10 @@ class MirrorSession:
     """One MySQL connection and one SQLite reader, used from a single thread."""
 
     def __init__(self, config: Config, *, redactor: Redactor | None = None,
-                 on_progress: Progress | None = None) -> None:
+                 on_progress: Progress | None = None,
+                 on_retry: Callable[[int], None] | None = None) -> None:
+        """`on_retry(total)` is called each time a transaction is sent again after a
+        conflict (`retrying`), while the step that sends it goes on."""
         if config.mirror is None:
             raise MirrorError("the config has no mirror section")
         self.config = config
@@ -110,6 +146,7 @@ class MirrorSession:
         self.tables = [config.table(name) for name in self.mirror.tables]
         self.redactor = redactor or Redactor(config.secrets)
         self.on_progress = on_progress
+        self.on_retry = on_retry
         self.conn: Any = None
         self.reader: apsw.Connection | None = None
         self.stored: StoredRanges | None = None
@@ -119,10 +156,27 @@ class MirrorSession:
         #: Mirror tables not on the server (only when opened with `create=False`).
         self.missing: set[str] = set()
         self.quarantined = Quarantined()
+        #: The "host:port" connected to (None while not connected, or through a socket).
+        self.node: str | None = None
+        #: What the last connection reached (known with `hosts` only).
+        self.identity: Identity | None = None
+        #: The server connected to holds every batch this run saw committed, so this
+        #: connect needs no reconcile (only ever True after a failover with `hosts`).
+        self.holds_all = False
+        #: This run, as the server's progress row names it (no `secrets`: see `driver`).
+        self.run = os.urandom(16).hex()
+        #: The last outbox sequence number of the last batch the server acknowledged.
+        self.acked_seq: int | None = None
+        #: Transactions sent again whole after a conflict, since this session was made.
+        self.retries = 0
+        #: Where in `hosts` the next connect starts.
+        self._start = 0
 
     @property
     def where(self) -> str:
-        return self.mirror.dsn.where
+        if self.mirror.hosts and self.node is not None:
+            return f"{self.mirror.dsn.user}@{self.node}/{self.mirror.dsn.database}"
+        return self.mirror.where
 
     def error(self, exc: BaseException, what: str) -> MirrorError:
         return mysql_error(exc, where=f"mirror {self.where}: {what}", redactor=self.redactor)
@@ -134,28 +188,102 @@ class MirrorSession:
 
         Raises `MirrorError`. Tables missing without `create` are taken as empty.
         """
-        try:
-            self.conn = connect(self.mirror.dsn, timeout_s=self.mirror.connect_timeout_s)
-            self.server_version = str(self.conn.server_info)
-        except Exception as exc:
-            self.close()
-            raise self.error(exc, "connect") from None
+        identity = None
+        if self.mirror.hosts:
+            try:
+                identity = self._connect_any()
+            except MirrorError:
+                self.close()
+                raise
+        else:
+            dsn = self.mirror.dsn
+            try:
+                self.conn = connect(dsn, timeout_s=self.mirror.connect_timeout_s)
+                self.server_version = str(self.conn.server_info)
+            except Exception as exc:
+                self.close()
+                raise self.error(exc, "connect") from None
+            self.node = None if dsn.socket else host_port(dsn.host, dsn.port)
         self.literals = Literals(self.conn)
         try:
             self.ensure_tables(create=create)
         except Exception as exc:
-            self.close()
-            raise self.error(exc, "creating the mirror tables") from None
+            error = self.error(exc, "creating the mirror tables")
+            self.close(lost=error.retryable)
+            raise error from None
         if self.reader is None:
             self.reader = open_mirror_reader(self.config)
         self.stored = StoredRanges(self.reader)
         self.quarantined = Quarantined.load(self.reader, self.tables)
+        self.holds_all = False
+        if identity is not None:
+            previous, self.identity = self.identity, identity
+            if previous is not None and previous.same_as(identity):
+                self.holds_all = self._holds_acked(identity)
 
-    def close(self) -> None:
+    def _connect_any(self) -> Identity:
+        """Connect to the first of `hosts` (from where the last round left off) that
+        answers and is ready; returns what it is. Raises `MirrorError`."""
+        hosts = self.mirror.hosts
+        problems: list[str] = []
+        last: MirrorError | None = None
+        for i in range(len(hosts)):
+            where = hosts[(self._start + i) % len(hosts)]
+            host, port = split_host(where)
+            dsn = dataclasses.replace(self.mirror.dsn, host=host, port=port, socket=None)
+            conn: Any = None
+            try:
+                conn = connect(dsn, timeout_s=self.mirror.connect_timeout_s)
+                unready, identity = readiness(functools.partial(_query, conn))
+                conn.commit()
+            except Exception as exc:
+                _close(conn)
+                error = mysql_error(exc, redactor=self.redactor)
+                if not error.retryable or error.errno in LOGIN_ERRNOS:
+                    # Every host has the same users: a refused login is the config's fault.
+                    raise mysql_error(exc, where=f"mirror {self.mirror.dsn.user}@{where}/"
+                                      f"{self.mirror.dsn.database}: connect",
+                                      redactor=self.redactor) from None
+                problems.append(f"{where}: {error}")
+                last = error
+                continue
+            if unready is not None:
+                _close(conn)
+                problems.append(f"{where}: {unready}")
+                continue
+            self.conn, self.node, self._start = conn, where, hosts.index(where)
+            self.server_version = str(conn.server_info)
+            log.info("mirror: using %s", where)
+            return identity
+        self._start = 0  # every host failed: the next round tries them in order again
+        raise MirrorError(f"mirror {self.mirror.where}: no host can be used: "
+                          + "; ".join(problems), errno=last.errno if last else None,
+                          retryable=True)
+
+    def _holds_acked(self, identity: Identity) -> bool:
+        """Whether the server reached holds every batch this run saw committed."""
+        if self.acked_seq is None:
+            return True  # nothing drained yet (a reconcile in flight is owed anyway)
+        try:
+            holds = holds_progress(self.query, identity, scope=self.mirror.scope, run=self.run,
+                                   seq=self.acked_seq)
+            self.conn.commit()
+        except Exception as exc:
+            error = self.error(exc, "reading the mirror's progress")
+            self.close(lost=error.retryable)
+            raise error from None
+        log.info("mirror: %s %s every batch acknowledged before the failover", self.node,
+                 "holds" if holds else "does not hold")
+        return holds
+
+    def close(self, *, lost: bool = False) -> None:
+        """Close both connections; `lost`: the server failed us, so the next connect starts
+        with the host after it."""
+        if lost and self.node is not None and self.node in self.mirror.hosts:
+            self._start = (self.mirror.hosts.index(self.node) + 1) % len(self.mirror.hosts)
+        self.node = None
         conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # a dead connection has nothing to close
-                conn.close()
+        _close(conn)
         reader, self.reader = self.reader, None
         if reader is not None:
             reader.close()
@@ -175,8 +303,39 @@ class MirrorSession:
         with contextlib.suppress(Exception):  # gone: the server rolled back for us
             self.conn.rollback()
 
+    def retrying(self, attempt: Callable[[], T], what: str, *,
+                 failed: BaseException | None = None) -> T:
+        """`attempt()` (statements ending with their COMMIT); after a conflict it is rolled
+        back and run again whole, after a doubling wait, at most `CONFLICT_TRIES` times in
+        all and within `CONFLICT_BUDGET_S`. `failed`: the conflict a first try already met.
+        Other errors propagate."""
+        tries = 0
+        error = failed
+        deadline = time.monotonic() + CONFLICT_BUDGET_S
+        while True:
+            if error is not None:
+                tries += 1
+                if (not is_conflict(error) or tries >= CONFLICT_TRIES
+                        or time.monotonic() > deadline):
+                    raise error
+                self.rollback()
+                self.retries += 1
+                if self.on_retry is not None:
+                    self.on_retry(self.retries)
+                wait = conflict_wait_s(tries)
+                log.info("mirror: %s lost to another transaction (MySQL error %s); sending it "
+                         "again whole in %.2fs", what, getattr(error, "errno", None), wait)
+                # The same connection: a conflict says nothing about the server's health.
+                time.sleep(wait)
+            try:
+                return attempt()
+            except Exception as exc:
+                error = exc
+
     def ensure_tables(self, *, create: bool = True) -> None:
         self.missing = set()
+        if create and self.mirror.hosts:
+            self.query(progress_table_sql())
         for table in self.tables:
             if create:
                 self.query(create_table_sql(table, self.mirror))
@@ -269,10 +428,26 @@ class MirrorSession:
         """Write one drain batch to the server in one transaction, all but the rows the
         mirror cannot hold: those are taken off the mirror and returned to quarantine."""
         assert self.literals is not None
-        cursor = None
-        outcome = DrainOutcome(refused=list(batch.unreadable), released=[])
         try:
-            cursor = self.cursor()
+            outcome = self.retrying(lambda: self._send_batch(batch), "a drain batch")
+        except Exception as exc:
+            self.rollback()
+            raise self.error(exc, "drain") from None
+        self.acked_seq = batch.upto_seq
+        for entry in outcome.refused:
+            self.quarantined.add(entry.table, entry.key)
+            log.warning("mirror: quarantined %s key %.100r: %s", entry.table,
+                        entry.key[0] if len(entry.key) == 1 else entry.key, entry.reason)
+        for name, key in outcome.released:
+            self.quarantined.discard(name, key)
+        return outcome
+
+    def _send_batch(self, batch: DrainBatch) -> DrainOutcome:
+        """One try of a drain batch's transaction, from its first statement to COMMIT."""
+        assert self.literals is not None
+        outcome = DrainOutcome(refused=list(batch.unreadable), released=[])
+        cursor = self.cursor()
+        try:
             for table in self.tables:
                 name = table.name
                 deletes = batch.deletes.get(name, [])
@@ -294,20 +469,14 @@ class MirrorSession:
                     outcome.released.extend(
                         (name, k) for k in (*deletes, *map(sender.key, rows))
                         if k in held and k not in out)
+            if self.mirror.hosts:
+                # In the same transaction: the row proves the batch is on the server.
+                cursor.execute(progress_upsert_sql(),
+                               progress_params(self.mirror.scope, self.run, batch.upto_seq))
             self.conn.commit()
-        except Exception as exc:
-            self.rollback()
-            raise self.error(exc, "drain") from None
         finally:
-            if cursor is not None:
-                with contextlib.suppress(Exception):
-                    cursor.close()
-        for entry in outcome.refused:
-            self.quarantined.add(entry.table, entry.key)
-            log.warning("mirror: quarantined %s key %.100r: %s", entry.table,
-                        entry.key[0] if len(entry.key) == 1 else entry.key, entry.reason)
-        for name, key in outcome.released:
-            self.quarantined.discard(name, key)
+            with contextlib.suppress(Exception):
+                cursor.close()
         return outcome
 
     # --- reconcile and verify -----------------------------------------------------------
@@ -344,3 +513,23 @@ class MirrorSession:
     def progress(self, name: str, done: int, total: int | None) -> None:
         if self.on_progress is not None:
             self.on_progress(name, done, total)
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _query(conn: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        return list(cursor.fetchall()) if cursor.with_rows else []
+    finally:
+        cursor.close()
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
+        with contextlib.suppress(Exception):  # a dead connection has nothing to close
+            conn.close()

@@ -8,7 +8,15 @@ comes next and keeps what status shows:
 - Connect while there is no connection; an unreachable server is a state
   (`down`), retried after a backoff that doubles up to `backoff_max_s`; an
   error retrying cannot fix (`failed`) waits until someone asks again.
-- Every successful connect runs one reconcile.
+- Every successful connect runs one reconcile, except a failover between
+  `hosts` to a server that holds everything the mirror sent (`MirrorUp`
+  says so, from the server's progress row) while no reconcile is owed: one
+  was running, asked for or failed, or none has completed yet.
+- With `hosts`, losing the connection in use tries the other hosts at once
+  (one round, without a backoff); the backoff starts when a whole round
+  failed, or after as many quick rounds as there are hosts without a
+  batch or reconcile getting through (a host that accepts and then fails
+  every time must not spin).
 - Reconciles are single flight: an ask while one runs joins it (the same
   number, the same result); an ask while one is pending gets the next.
 - A verify, and a reconcile asked for while the mirror is up, first send
@@ -95,7 +103,7 @@ class MirrorState:
     def __init__(self, mirror: MirrorConfig, *, wall: Callable[[], float] = time.time) -> None:
         self.mirror = mirror
         self._wall = wall
-        self.view = MirrorView(state="starting", server=mirror.dsn.where, scope=mirror.scope,
+        self.view = MirrorView(state="starting", server=mirror.where, scope=mirror.scope,
                                tables=mirror.tables)
         self._connected = False
         self._backoff = mirror.backoff_initial_s
@@ -120,6 +128,12 @@ class MirrorState:
         self._sleeping = True
         #: A Writer request met a wait and is sent again (attempts so far).
         self._writer_waits = 0
+        #: A reconcile must run at the next connect whatever the server holds: none has
+        #: completed yet, or one was running, pending or failed when the connection went.
+        self._owed = True
+        #: The node of the last connection, and quick failovers since work last got through.
+        self._last_node: str | None = None
+        self._quick = 0
 
     # --- asks ---------------------------------------------------------------------------
 
@@ -206,6 +220,9 @@ class MirrorState:
     def failure(self, error: MirrorError, waiting_for: str | None = None) -> MirrorDown:
         """The connection failed or the work could not be done: what to tell, with the wait
         (`waiting_for`: what a retryable failure waits for, when not the server)."""
+        was_connected = self._connected
+        if self._pending or (self._running is not None and not self._running[1]):
+            self._owed = True
         self._connected = False
         self._running = None
         self._writer_waits = 0
@@ -213,7 +230,13 @@ class MirrorState:
         self._reconcile_drains = 0
         self._attempt += 1
         wait = self._backoff if error.retryable else None
-        if error.retryable:
+        hosts = len(self.mirror.hosts)
+        if (error.retryable and was_connected and waiting_for is None and hosts
+                and self._quick < hosts):
+            # The server in use failed us: the other hosts are tried at once.
+            self._quick += 1
+            wait = 0.0
+        elif error.retryable:
             self._backoff = min(self._backoff * 2, self.mirror.backoff_max_s)
         return MirrorDown(error=str(error), retryable=error.retryable, attempt=self._attempt,
                           retry_in_s=wait, started=self._started,
@@ -241,6 +264,7 @@ class MirrorState:
         status that sees the outbox empty sees these counts), and say what to tell once
         the Writer has deleted them."""
         now = self._wall()
+        self._quick = 0
         self._lags.extend(max(0.0, (now - at) * 1000) for at in changed_at)
         ordered = sorted(self._lags)
         message = Drained(entries=entries, upserts=upserts, deletes=deletes, upto_seq=upto_seq,
@@ -259,12 +283,26 @@ class MirrorState:
     def up(self, message: MirrorUp) -> Effects:
         self._connected = True
         self._backoff, self._attempt = self.mirror.backoff_initial_s, 0
-        self._pending = True  # one reconcile per successful connect
+        # One reconcile per successful connect, but none after a failover to a server
+        # that holds all the mirror sent, unless one is owed anyway.
+        self._pending = self._pending or message.reconcile or self._owed
         self._drain_first = False  # it repairs what the outbox holds with the rest
+        moved = (self._last_node is not None and message.node is not None
+                 and message.node != self._last_node)
+        if message.node is not None:
+            self._last_node = message.node
         self._set(state="up", driver=message.driver, server_version=message.server, error=None,
-                  attempt=0, retry_at=None, waiting_for=None, errno=None)
-        log.info("mirror: connected to %s (%s)", self.mirror.dsn.where, message.driver)
+                  attempt=0, retry_at=None, waiting_for=None, errno=None, node=message.node,
+                  failovers=self.view.failovers + int(moved))
+        log.info("mirror: connected to %s (%s)%s", message.node or self.mirror.where,
+                 message.driver, "" if self._pending else "; it holds everything sent, so "
+                 "no reconcile is needed")
         return self._next_now()
+
+    def retried(self, total: int) -> None:
+        """The session has sent `total` transactions again after conflicts, so far."""
+        if total != self.view.transaction_retries:
+            self._set(transaction_retries=total)
 
     def down(self, message: MirrorDown) -> Effects:
         state = "down" if message.retryable else "failed"
@@ -272,7 +310,7 @@ class MirrorState:
                     else None)
         self._set(state=state, error=message.error, attempt=message.attempt,
                   retry_at=retry_at, reconciling=False, waiting_for=message.waiting_for,
-                  errno=message.errno)
+                  errno=message.errno, node=None)
         if message.attempt == 1:
             log.warning("mirror %s: %s", state, message.error)
         effects: Effects = []
@@ -306,6 +344,8 @@ class MirrorState:
             self._verifies = deque((n, w) for n, w in self._verifies if n != message.number)
             return [_answer(w, view) for w in waiters] + self._continue(message)
         if message.error is None:
+            self._owed = self._pending  # one asked for meanwhile is still owed
+            self._quick = 0
             self._set(reconciling=False, reconciles=self.view.reconciles + 1,
                       last_reconcile=view, state="up")
         else:
