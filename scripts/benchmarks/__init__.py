@@ -12,6 +12,8 @@
                        [--workdir DIR]
     scripts/bench mirror [--rows N] [--ingest-seconds S] [--peer-rows N] [--repeat N]
                          [--json PATH] [--workdir DIR]
+    scripts/bench fleet [--devices N] [--rate R] [--seconds S] [--kill-after S]
+                        [--json PATH] [--workdir DIR]
     scripts/bench replay [--records N] [--repeat N] [--json PATH] [--workdir DIR]
 
 Where each lives, in scripts/benchmarks/ (the package `benchmarks`):
@@ -28,6 +30,9 @@ Where each lives, in scripts/benchmarks/ (the package `benchmarks`):
     mirror     mirror.py      the MySQL mirror against a private MariaDB; with
                               mirror_setup.py (config, rows, files, server tables) and
                               mirror_cases.py (the engine, raw and peer cases)
+    fleet      fleet.py       N engine processes, each its own scope, mirroring into a
+                              3-node Galera cluster (a node killed mid-run) and into
+                              one MariaDB; each device is fleet_device.py's process
     replay     replay.py      sqlwarden replay over a generated busy engine's log; the
                               log from replay_log.py, on replay_sim.py (records, clock,
                               Writer, Progress) and replay_source.py (source, FTS)
@@ -39,8 +44,9 @@ answer after a run).
 
 scripts/bench runs `python -m benchmarks` from the repository root with scripts/ on
 PYTHONPATH (the repository is on the path too: the mirror imports
-`tests.support.mariadb`). `_sync_case` and `_mirror_case` are hidden sub-commands: sync
-and mirror run each case through them in a fresh interpreter.
+`tests.support.mariadb`, the fleet `tests.support.galera`). `_sync_case`, `_mirror_case`
+and `_fleet_device` are hidden sub-commands: sync and mirror run each case through them
+in a fresh interpreter, fleet each device.
 """
 
 from __future__ import annotations

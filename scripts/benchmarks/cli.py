@@ -9,7 +9,18 @@ import argparse
 import json
 from typing import Protocol
 
-from . import backfill, fts, fts_share, ingest, mirror, mirror_cases, replay, sync
+from . import (
+    backfill,
+    fleet,
+    fleet_device,
+    fts,
+    fts_share,
+    ingest,
+    mirror,
+    mirror_cases,
+    replay,
+    sync,
+)
 from .common import Result
 
 
@@ -39,8 +50,9 @@ class CaseCommand(Protocol):
 
 
 #: In the order `scripts/bench --help` lists them.
-BENCHMARKS: tuple[Benchmark, ...] = (ingest, backfill, fts, fts_share, sync, mirror, replay)
-CASE_COMMANDS: tuple[CaseCommand, ...] = (sync, mirror_cases)
+BENCHMARKS: tuple[Benchmark, ...] = (ingest, backfill, fts, fts_share, sync, mirror, fleet,
+                                     replay)
+CASE_COMMANDS: tuple[CaseCommand, ...] = (sync, mirror_cases, fleet_device)
 
 
 def build_parser() -> argparse.ArgumentParser:
