@@ -174,6 +174,42 @@ def test_the_node_in_use_killed_mid_drain_leaves_every_node_equal_after_it_rejoi
         verify.stdout)
 
 
+def test_the_node_in_use_partitioned_off_is_left_for_another_and_nothing_is_lost(
+        tmp_path: Path, galera_db: GaleraDb) -> None:
+    # `gmcast.isolate` cuts the node off the group's network: it stays up, but alone it is
+    # a non-primary component and answers 1047 to every statement, as after a partition.
+    config = fleet_config(tmp_path, galera_db, galera_db.hosts, batch_rows=25)
+    database = tmp_path / "dev-a" / "dev.db"
+    victim = galera_db.cluster.nodes[0]
+    try:
+        with device(config) as engine:
+            write_readings(engine, range(1, 3001))
+            seen: dict[str, Any] = {}
+
+            def mid_drain() -> bool:
+                seen.update(mirror_status(engine))
+                return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
+
+            wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+            assert seen["node"] == victim.host_port
+            victim.query("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+            write_readings(engine, range(3001, 3501))
+            moved = wait_caught_up(engine, timeout=60)
+            assert moved["node"] in galera_db.hosts[1:]
+            assert moved["failovers"] >= 1
+            assert moved["reconciles"] <= 2  # at most one beyond the boot's
+            assert moved["error"] is None
+            victim.query("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+            galera_db.cluster.wait_synced(3)  # back in the group, caught up
+    finally:
+        if galera_db.cluster.nodes[0].running and len(galera_db.cluster.running) == 3:
+            with contextlib.suppress(Exception):
+                victim.query("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+    rows = local_rows(database)
+    assert len(rows) == 3500
+    assert_every_node_holds(galera_db, "dev-a", rows)
+
+
 # --- a certification conflict ---------------------------------------------------------------
 
 

@@ -74,6 +74,10 @@ RETRYABLE_ERRNOS = frozenset({
     1047,  # a cluster node not ready: "WSREP has not yet prepared node for application use"
     1053,  # server shutdown in progress
     1152, 1153, 1158, 1159, 1160, 1161,  # aborted connection, packet errors
+    # An error during COMMIT: nothing was committed. On Galera it is a node that lost
+    # the primary component mid-transaction ("Not connected to Primary Component"),
+    # which the next host takes over.
+    1180,
     # Lock wait timeout and deadlock (Galera's certification conflict too): retried whole
     # on the same connection first (`CONFLICT_ERRNOS`); only when that keeps failing is
     # the connection given up like an outage.
