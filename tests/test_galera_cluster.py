@@ -31,8 +31,16 @@ def test_a_row_written_on_node_0_is_read_on_nodes_1_and_2(galera_db: GaleraDb) -
                    database=galera_db.database)
     nodes[0].query("INSERT INTO t VALUES (1, 'one')", database=galera_db.database)
     for node in nodes[1:]:
-        assert node.query("SELECT id, name FROM t", database=galera_db.database) == [
-            (1, "one")]
+        # A node applies another's commit a moment later: a causal read (wsrep_sync_wait)
+        # waits for what the cluster committed before it, as a reader wanting it would.
+        conn = node.admin(galera_db.database)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SET SESSION wsrep_sync_wait = 1")
+            cursor.execute("SELECT id, name FROM t")
+            assert [tuple(row) for row in cursor.fetchall()] == [(1, "one")]
+        finally:
+            conn.close()
 
 
 def test_a_database_user_logs_in_with_its_password_on_every_node(galera_db: GaleraDb) -> None:

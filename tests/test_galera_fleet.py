@@ -208,6 +208,8 @@ def test_the_node_in_use_partitioned_off_is_left_for_another_and_nothing_is_lost
     rows = local_rows(database)
     assert len(rows) == 3500
     assert_every_node_holds(galera_db, "dev-a", rows)
+    verify = run_sqlwarden("mirror", "verify", str(config))
+    assert verify.returncode == 0, verify.stderr
 
 
 # --- a certification conflict ---------------------------------------------------------------

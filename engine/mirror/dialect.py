@@ -78,6 +78,8 @@ RETRYABLE_ERRNOS = frozenset({
     # the primary component mid-transaction ("Not connected to Primary Component"),
     # which the next host takes over.
     1180,
+    1129,  # host blocked after too many connection errors (until FLUSH HOSTS)
+    1203, 1226,  # the user's connection or resource limit: others may disconnect
     # Lock wait timeout and deadlock (Galera's certification conflict too): retried whole
     # on the same connection first (`CONFLICT_ERRNOS`); only when that keeps failing is
     # the connection given up like an outage.
@@ -166,8 +168,9 @@ def mysql_error(exc: BaseException, *, where: str = "",
     elif errno in FATAL_ERRNOS:
         retryable = False
     else:
-        # Client-side errors (2000 and up) are about the connection.
-        retryable = errno >= 2000
+        # Client-side errors (2000 to 2999) are about the connection; server errors
+        # are numbered below 2000 and from 3000 up.
+        retryable = 2000 <= errno < 3000
     prefix = f"{where}: " if where else ""
     code = f"MySQL error {errno}: " if errno and errno > 0 else ""
     message = f"{prefix}{code}{text}"

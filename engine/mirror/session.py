@@ -79,6 +79,7 @@ from sqlwarden.mirror.local import (
     snapshot,
 )
 from sqlwarden.mirror.nodes import (
+    PROGRESS_TABLE,
     Identity,
     holds_progress,
     progress_params,
@@ -227,6 +228,10 @@ class MirrorSession:
         hosts = self.mirror.hosts
         problems: list[str] = []
         last: MirrorError | None = None
+        #: Refusals from hosts that answered (a login, a database it lacks): one node's
+        #: (say one restored without the users) must not keep the others from being tried.
+        refused: list[Exception] = []
+        unready = False
         for i in range(len(hosts)):
             where = hosts[(self._start + i) % len(hosts)]
             host, port = split_host(where)
@@ -234,28 +239,35 @@ class MirrorSession:
             conn: Any = None
             try:
                 conn = connect(dsn, timeout_s=self.mirror.connect_timeout_s)
-                unready, identity = readiness(functools.partial(_query, conn))
+                not_ready, identity = readiness(functools.partial(_query, conn))
                 conn.commit()
             except Exception as exc:
                 _close(conn)
                 error = mysql_error(exc, redactor=self.redactor)
                 if not error.retryable or error.errno in LOGIN_ERRNOS:
-                    # Every host has the same users: a refused login is the config's fault.
-                    raise mysql_error(exc, where=f"mirror {self.mirror.dsn.user}@{where}/"
-                                      f"{self.mirror.dsn.database}: connect",
-                                      redactor=self.redactor) from None
+                    refused.append(exc)
+                else:
+                    last = error
+                    # A server error (1040, 1047, 1203 ...) is a host that answered and
+                    # cannot serve now; a client one (2003 ...) is a host that did not.
+                    unready = unready or (error.errno is not None and error.errno < 2000)
                 problems.append(f"{where}: {error}")
-                last = error
                 continue
-            if unready is not None:
+            if not_ready is not None:
                 _close(conn)
-                problems.append(f"{where}: {unready}")
+                unready = True
+                problems.append(f"{where}: {not_ready}")
                 continue
             self.conn, self.node, self._start = conn, where, hosts.index(where)
             self.server_version = str(conn.server_info)
             log.info("mirror: using %s", where)
             return identity
         self._start = 0  # every host failed: the next round tries them in order again
+        if refused and not unready:
+            # Every host that answered refused the login or the database, the others did
+            # not answer: the config is at fault (state `failed`), as with one server.
+            raise mysql_error(refused[0], where=f"mirror {self.mirror.where}: connect",
+                              redactor=self.redactor) from None
         raise MirrorError(f"mirror {self.mirror.where}: no host can be used: "
                           + "; ".join(problems), errno=last.errno if last else None,
                           retryable=True)
@@ -334,15 +346,17 @@ class MirrorSession:
 
     def ensure_tables(self, *, create: bool = True) -> None:
         self.missing = set()
-        if create and self.mirror.hosts:
+        if create and self.mirror.hosts and not self.query(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_NAME = %s", (self.mirror.dsn.database, PROGRESS_TABLE)):
             self.query(progress_table_sql())
         for table in self.tables:
-            if create:
+            found = self._columns(table)
+            if create and not found:
+                # Only when missing: on Galera even a CREATE ... IF NOT EXISTS that finds
+                # the table is replicated to every node as DDL, on every connect.
                 self.query(create_table_sql(table, self.mirror))
-            found = [r[0] for r in self.query(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
-                "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
-                (self.mirror.dsn.database, table.name))]
+                found = self._columns(table)
             want = expected_columns(table, self.mirror)
             if not found and not create:
                 self.missing.add(table.name)
@@ -356,6 +370,12 @@ class MirrorSession:
                 self._add_indexes(table)
         self.conn.commit()
 
+    def _columns(self, table: TableConfig) -> list[str]:
+        return [r[0] for r in self.query(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+            "AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+            (self.mirror.dsn.database, table.name))]
+
     def _add_indexes(self, table: TableConfig) -> None:
         """Declared secondary indexes a mirror table made earlier lacks, added now."""
         have = {str(r[0]).lower() for r in self.query(
@@ -365,8 +385,10 @@ class MirrorSession:
         for index in table.indexes:
             if index.name.lower() not in have:
                 log.info("mirror: adding index %s to %s", index.name, table.name)
+                # IF NOT EXISTS: another device of the fleet may add it at the same time.
                 self.query(f"ALTER TABLE {mq(table.name)} ADD "
-                           f"{index_sql(table, self.mirror, index)}")
+                           + index_sql(table, self.mirror, index).replace(
+                               "INDEX ", "INDEX IF NOT EXISTS ", 1))
 
     def has_outbox(self) -> bool:
         """Whether the database has an outbox yet (an older engine's may not)."""

@@ -155,8 +155,9 @@ def _bench_fleet(args: argparse.Namespace, workdir: Path) -> Result:
         single_phase["server"] = f"MariaDB {version} (private, 127.0.0.1)"
         single_phase["server_rows"] = _server_counts(server.query, args.devices)
     phases = {"cluster": cluster_phase, "single": single_phase}
-    every_equal = all(_device_equal(d, phase["server_rows"]) for phase in phases.values()
-                      for d in phase["devices"])
+    every_equal = cluster_phase["nodes_equal"] and all(
+        _device_equal(d, phase["server_rows"]) for phase in phases.values()
+        for d in phase["devices"])
     return {
         "devices": args.devices,
         "cluster_rows_s": cluster_phase["rows_s"],
@@ -274,8 +275,9 @@ def run_phase(name: str, folder: Path, dsn: str, args: argparse.Namespace,
             latest = {d.index: node for d in devices if (node := d.latest_node())}
             if not latest:
                 raise fleet_fail("no device reported the node it uses (MirrorView.node)")
-            killed_at = time.time()
             victim, restart = kill(latest)
+            # Taken once the SIGKILL is sent: a drain the victim acknowledged is before it.
+            killed_at = time.time()
             on_it = sorted(i for i, node in latest.items() if node == victim)
             print(f"  {name}: killed {victim} ({len(on_it)} devices on it)", file=sys.stderr)
             moved: dict[int, dict[str, Any]] = {}
@@ -284,9 +286,13 @@ def run_phase(name: str, folder: Path, dsn: str, args: argparse.Namespace,
                 for i in on_it:
                     if i in moved:
                         continue
+                    # Drains counted up to the last look at the victim: a later drain
+                    # seen on another node is that node's, not one the victim made.
+                    before = max((s["drained"] for s in devices[i].samples
+                                  if s["node"] == victim), default=0)
                     for s in devices[i].samples:
                         if (s["node"] not in (None, victim) and s["last_drain_at"] is not None
-                                and s["last_drain_at"] > killed_at):
+                                and s["last_drain_at"] > killed_at and s["drained"] > before):
                             moved[i] = {"scope": devices[i].scope, "to": s["node"],
                                         "seconds": round(s["last_drain_at"] - killed_at, 3)}
                             break
@@ -389,12 +395,20 @@ def _nodes_equal(cluster: Any, devices: int, timeout_s: float = 60.0) -> bool:
     what the others committed a moment later, so it is asked again until they agree)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        seen = [_server_counts(node.query, devices) for node in cluster.running]
+        seen = [_server_digests(node.query) for node in cluster.running]
         if all(s == seen[0] for s in seen):
             return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
+
+
+def _server_digests(query: Any) -> list[tuple[Any, ...]]:
+    """Per scope: rows, and the sum and the xor of the rows' digests (the mirror's
+    generated CRC32 of each row's values), so nodes agree on content, not only counts."""
+    return [tuple(row) for row in query(
+        f"SELECT sw_scope, COUNT(*), SUM(sw_digest), BIT_XOR(sw_digest) FROM `{FLEET_TABLE}` "
+        "GROUP BY sw_scope ORDER BY sw_scope", database=DATABASE)]
 
 
 def _device_equal(device: dict[str, Any], server_rows: dict[str, int]) -> bool:

@@ -14,6 +14,11 @@ get their data by an rsync SST::
 
 Imports no pytest, so the benchmarks can use it too
 (`from tests.support.galera import GaleraCluster`).
+
+For tests only: run as root, a joining node's SST rsync daemon runs as root too
+(the stock script's daemon would switch to `nobody` and could not write the
+datadir), with no password and a writable module, on 127.0.0.1 and only while
+a transfer runs. Any local user could write into that node's datadir then.
 """
 
 from __future__ import annotations
