@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -84,19 +85,24 @@ def summary(out: str) -> dict[str, int]:
     return found
 
 
-def stop_when(proc: subprocess.Popen[str], ready: object, what: str,
-              sig: signal.Signals = signal.SIGTERM) -> tuple[str, str]:
-    """Wait until `ready()` while `proc` runs, send `sig`, and return its output."""
-    assert callable(ready)
+def running(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> Callable[[], bool]:
+    """`ready` that fails at once, with the command's last words, if the command ended."""
 
     def ready_while_running() -> bool:
         if proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"the run ended before the signal: {out[-2000:]} {err[-2000:]}")
-        return bool(ready())
+            raise AssertionError(f"the command ended first: {out[-2000:]} {err[-2000:]}")
+        return ready()
 
+    return ready_while_running
+
+
+def stop_when(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str,
+              sig: signal.Signals = signal.SIGTERM) -> tuple[str, str]:
+    """Wait until `ready()` while `proc` runs, send `sig`, and return its output; a stop
+    that hangs fails here."""
     try:
-        wait_until(ready_while_running, timeout_s=120, what=what)
+        wait_until(running(proc, ready), timeout_s=120, what=what)
         proc.send_signal(sig)
         return proc.communicate(timeout=120)
     finally:

@@ -299,6 +299,7 @@ def test_a_full_disk_under_the_log_is_counted_and_shown_and_logging_resumes_once
         assert full["write_errors"] > 0
         assert full["waiting_for"] == "disk full"
         assert full["last_write_error"].startswith("disk full: ")
+        assert "message log waits: disk full" in engine.health()[1]  # and /healthz
         assert engine.state == "running"
 
         filler.unlink()
@@ -307,6 +308,7 @@ def test_a_full_disk_under_the_log_is_counted_and_shown_and_logging_resumes_once
         assert engine._log.flush()
         freed = engine.status()["message_log"]
         assert freed["waiting_for"] is None
+        assert not [r for r in engine.health()[1] if r.startswith("message log")]
     assert count_rows(config.database.path, "sites") == 61
     lines = list(read_records(log_files(config.message_log_path)))
     assert not [line for line in lines if isinstance(line, Damaged)]  # no torn line

@@ -4,8 +4,7 @@ Each test runs the real command in a subprocess on real files. The lock is
 held by another process (Python's own `sqlite3`; SQLite's locks never
 conflict within one process), and the busy timeout is ten minutes: a stop
 that waited it out even once would hang until the test's subprocess timeout
-fails it. Nothing here measures time. Last, /healthz names the message log's
-wait for a full disk.
+fails it. Nothing here measures time.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from sqlwarden.config import Config, load_config
+from sqlwarden.config import load_config
 from sqlwarden.db.faults import LOCKED
 from sqlwarden.db.lock import lock_path, read_holder
 from sqlwarden.errors import WriteError
@@ -33,7 +32,6 @@ from .conftest import (
     count_rows,
     read_only,
     run_sqlwarden,
-    site_row,
     sqlwarden,
     sqlwarden_running,
     wait_until,
@@ -41,7 +39,7 @@ from .conftest import (
 from .support.device import held_write_lock
 from .support.mariadb import MirrorDb
 from .test_cli import demo_config
-from .test_lifecycle import mirror_config, told
+from .test_lifecycle import mirror_config, mirror_rows, running, stop_when, told
 
 #: Ten minutes: waiting it out is a hang, not a slow test.
 BUSY_TIMEOUT_MS = 600_000
@@ -114,31 +112,6 @@ def printed_task(out: str) -> tuple[str, int]:
     return found[1], int(found[2].replace(",", ""))
 
 
-def stopped_by(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM
-               ) -> tuple[str, str]:
-    """Send `sig` and collect the output; a stop that hangs fails here."""
-    try:
-        proc.send_signal(sig)
-        return proc.communicate(timeout=EXIT_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def running(proc: subprocess.Popen[str], ready: object) -> object:
-    """`ready` that fails at once, with the command's last words, if the command ended."""
-    assert callable(ready)
-
-    def check() -> bool:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the command ended first: {out[-2000:]} {err[-2000:]}")
-        return bool(ready())
-
-    return check
-
-
 def sync_run(db: Path) -> tuple[str, int, str | None]:
     conn = read_only(db)
     try:
@@ -175,9 +148,8 @@ def test_sigterm_while_another_program_holds_the_lock_during_a_task_exits_0_with
                    what="the task to change 1,000 rows")
         with held_write_lock(db):
             # A chunk is at the Writer and cannot commit: it waits in the busy handler.
-            wait_until(running(proc, lambda: unanswered(log, "writer.chunk") > 0),
-                       what="a chunk to meet the lock")
-            out, err = stopped_by(proc)
+            out, err = stop_when(proc, lambda: unanswered(log, "writer.chunk") > 0,
+                                 "a chunk to meet the lock")
             status, processed, changed = task_row(db)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
@@ -202,9 +174,8 @@ def test_the_task_line_after_a_sigterm_mid_task_is_what_the_database_holds(
     config = task_config(tmp_path, 40_000)
     db = tmp_path / "nums.db"
     proc = sqlwarden("run", str(config), "--once", "--no-progress")
-    wait_until(running(proc, lambda: processed_so_far(db) >= 2_000), timeout_s=120,
-               what="the task to change 2,000 rows")
-    out, err = stopped_by(proc)
+    out, err = stop_when(proc, lambda: processed_so_far(db) >= 2_000,
+                         "the task to change 2,000 rows")
     assert proc.returncode == 0, err
     status, processed, changed = task_row(db)
     assert printed_task(out) == (status, processed) == ("running", changed)
@@ -280,9 +251,8 @@ def test_sync_now_stopped_by_sigterm_exits_0_and_says_what_it_committed(tmp_path
     path = locked_demo(tmp_path)
     db = tmp_path / "demo.db"
     proc = sqlwarden("sync", "now", str(path), "demo", "--no-progress")
-    wait_until(running(proc, lambda: committed_rows(db) >= 10_000), timeout_s=120,
-               what="10,000 committed observations")
-    out, err = stopped_by(proc)
+    out, err = stop_when(proc, lambda: committed_rows(db) >= 10_000,
+                         "10,000 committed observations")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     status, rows, _ = sync_run(db)
@@ -301,9 +271,8 @@ def test_sync_now_stopped_while_another_program_holds_the_lock_exits_0_and_says_
         wait_until(running(proc, lambda: committed_rows(db) >= 5_000), timeout_s=120,
                    what="5,000 committed observations")
         with held_write_lock(db):
-            wait_until(running(proc, lambda: unanswered(log, "writer.sync_batch") > 0),
-                       what="a batch to meet the lock")
-            out, err = stopped_by(proc)
+            out, err = stop_when(proc, lambda: unanswered(log, "writer.sync_batch") > 0,
+                                 "a batch to meet the lock")
             committed = count_rows(db, "registry") + count_rows(db, "observations")
             status, rows, _ = sync_run(db)
     assert proc.returncode == 0, err
@@ -440,9 +409,7 @@ def test_sigterm_mid_drain_while_another_program_holds_the_lock_exits_0_without_
     assert again.returncode == 0, again.stderr
     assert "mirror: caught up (outbox empty)" in again.stdout
     assert outbox(db) == 0
-    count = mirror_db.server.query("SELECT COUNT(*) FROM notes WHERE sw_scope = 'dev-life'",
-                                   database=mirror_db.database)
-    assert int(count[0][0]) == rows
+    assert mirror_rows(mirror_db) == rows
 
 
 # --- starting, and the other commands that start an engine ------------------------------
@@ -460,8 +427,7 @@ def test_sigterm_while_the_start_waits_for_another_programs_lock_exits_0_changin
     with held_write_lock(db):
         proc = sqlwarden("run", str(config), "--once", "--no-progress")
         # The engine lock is the start's first step; opening the database follows.
-        wait_until(running(proc, starting), what="the start to take the engine lock")
-        out, err = stopped_by(proc)
+        out, err = stop_when(proc, starting, "the start to take the engine lock")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stop requested before the engine had started; nothing changed" in out
@@ -474,35 +440,11 @@ def test_mirror_reconcile_stopped_by_sigterm_exits_0_at_a_range(
     config = mirror_config(tmp_path, mirror_db, rows=rows, range_rows=50)
     log = tmp_path / "data" / "messages.jsonl"
     proc = sqlwarden("mirror", "reconcile", str(config))
-    wait_until(running(proc, lambda: told(log, "mirror.reconcile_begun") > 0),
-               timeout_s=120, what="the reconcile to begin")
-    out, err = stopped_by(proc)
+    out, err = stop_when(proc, lambda: told(log, "mirror.reconcile_begun") > 0,
+                         "the reconcile to begin")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "mirror: stopped before the reconcile ended" in out
-    copied = mirror_db.server.query("SELECT COUNT(*) FROM notes WHERE sw_scope = 'dev-life'",
-                                    database=mirror_db.database)
-    assert int(copied[0][0]) % 50 == 0 and int(copied[0][0]) < rows  # whole ranges
+    copied = mirror_rows(mirror_db)
+    assert copied % 50 == 0 and copied < rows  # whole ranges
 
-
-# --- health ---------------------------------------------------------------------------
-
-def test_healthz_names_the_message_logs_wait_for_a_full_disk(
-        small_log_disk: Path, make_config: Callable[..., Config]) -> None:
-    config = make_config(log=small_log_disk / "messages.jsonl")
-    filler = small_log_disk / "filler"
-    with Engine(config) as engine:
-        engine.write_many("sites", [site_row(1)])
-        assert engine._log is not None and engine._log.flush()
-        with open(filler, "wb", buffering=0) as out, pytest.raises(OSError):
-            while True:
-                out.write(b"\0" * 4096)
-        # Enough records to need a block the filesystem no longer has.
-        for i in range(2, 52):
-            engine.write_many("sites", [site_row(i)])
-        assert engine._log.flush()
-        assert "message log waits: disk full" in engine.health()[1]
-        filler.unlink()
-        engine.write_many("sites", [site_row(52)])
-        assert engine._log.flush()
-        assert not [r for r in engine.health()[1] if r.startswith("message log")]
