@@ -67,14 +67,7 @@ def test_a_killed_sync_actor_is_restarted_and_the_next_sync_now_catches_up(
         wait_until(lambda: engine.supervisor.restarts().get("sync") == 1,
                    what="the supervisor to restart the sync actor")
         assert actor_ref(engine, "sync") is not killed
-
-        status = engine.status()
-        assert status["failures"]["restarts"] == {"sync": 1}
-        assert status["failures"]["restarting"] == []
-        [down] = [f for f in status["failures"]["recent"] if f["actor"] == "sync"]
-        assert down["error_type"] == "ActorDied" and down["restart_in_s"] > 0
-        assert not down["fatal"]
-        assert engine.state == "running"
+        assert_restarted_once(engine, "sync")
 
         run = engine.sync.run("demo")  # what `sync now` asks
         assert run.status == "ok"
@@ -82,12 +75,7 @@ def test_a_killed_sync_actor_is_restarted_and_the_next_sync_now_catches_up(
     assert [r.status for r in history] == ["ok", "stopped"]
     assert count_rows(config.database.path, "registry") == 2000
     assert count_rows(config.database.path, "observations") == 60000
-    told = [(r["message"], r["fields"]) for r in iter_records(config.message_log_path)
-            if r["sender"] == "supervisor"]
-    assert [kind for kind, _ in told] == ["supervisor.actor_failed",
-                                          "supervisor.actor_restarted"]
-    assert told[0][1]["actor"] == "sync" and told[0][1]["restarts"] == 1
-    assert told[1][1] == {"actor": "sync", "restarts": 1}
+    assert_logged_restart(config, "sync")
 
 
 def test_a_writer_that_dies_still_stops_the_engine(tmp_path: Path) -> None:
@@ -129,6 +117,16 @@ class Probe(BaseActor):
                 raise UnexpectedMessage(self.name, message)
 
 
+def start_probe(bus: Bus, supervisor: Supervisor, *, incarnation: int = 0) -> Any:
+    """A Probe started and registered on `bus` as "probe"."""
+    ready: Future[None] = Future()
+    ref = Probe.start(bus=bus, supervisor=supervisor, scheduler=ManualScheduler(),
+                      ready=ready, incarnation=incarnation)
+    ready.get(timeout=10)
+    bus.register("probe", ref)
+    return ref
+
+
 def test_a_handler_raising_something_unexpected_takes_its_actor_down_for_a_restart(
         tmp_path: Path) -> None:
     restarts: list[tuple[str, float]] = []
@@ -142,10 +140,7 @@ def test_a_handler_raising_something_unexpected_takes_its_actor_down_for_a_resta
     supervisor.on_restart = restart
     bus = Bus(NullMessageLog(MessageLogConfig(enabled=False), tmp_path / "log.jsonl"))
     Probe.torn_down = threading.Event()
-    ready: Future[None] = Future()
-    ref = Probe.start(bus=bus, supervisor=supervisor, scheduler=ManualScheduler(), ready=ready)
-    ready.get(timeout=10)
-    bus.register("probe", ref)
+    refs = [start_probe(bus, supervisor)]
     try:
         assert bus.ask("test", "probe", Ping()).get(timeout=10) == "pong"
         # A protocol error is an answer: the actor stays.
@@ -167,17 +162,13 @@ def test_a_handler_raising_something_unexpected_takes_its_actor_down_for_a_resta
             "probe", "test.ping", "KeyError")
         assert supervisor.restarting() == ("probe",)
 
-        ready = Future()
-        successor = Probe.start(bus=bus, supervisor=supervisor, scheduler=ManualScheduler(),
-                                ready=ready, incarnation=1)
-        ready.get(timeout=10)
-        bus.register("probe", successor)
+        refs.append(start_probe(bus, supervisor, incarnation=1))
         assert waiting.get(timeout=10) == "pong"
         assert bus.held("probe") == 0
     finally:
-        for actor in (ref, locals().get("successor")):
-            if actor is not None and actor.is_alive():
-                actor.stop()
+        for ref in refs:
+            if ref.is_alive():
+                ref.stop()
 
 
 def test_what_waits_for_an_actor_that_is_not_restarted_is_answered(tmp_path: Path) -> None:
@@ -185,14 +176,11 @@ def test_what_waits_for_an_actor_that_is_not_restarted_is_answered(tmp_path: Pat
     supervisor.on_restart = lambda name, delay_s: None  # a restart that never comes
     bus = Bus(NullMessageLog(MessageLogConfig(enabled=False), tmp_path / "log.jsonl"))
     Probe.torn_down = threading.Event()
-    ready: Future[None] = Future()
-    ref = Probe.start(bus=bus, supervisor=supervisor, scheduler=ManualScheduler(), ready=ready)
-    ready.get(timeout=10)
-    bus.register("probe", ref)
+    probe = start_probe(bus, supervisor)
     try:
         with pytest.raises(KeyError):
             bus.ask("test", "probe", Ping(how="bug")).get(timeout=10)
-        wait_until(lambda: not ref.is_alive(), what="the probe to go down")
+        wait_until(lambda: not probe.is_alive(), what="the probe to go down")
         waiting = bus.ask("test", "probe", Ping())
         bus.release("probe", EngineStopped("engine"))  # what the engine does as it stops
         with pytest.raises(EngineStopped):
@@ -200,8 +188,8 @@ def test_what_waits_for_an_actor_that_is_not_restarted_is_answered(tmp_path: Pat
         with pytest.raises(EngineStopped):  # and from now on a send is refused at once
             bus.ask("test", "probe", Ping())
     finally:
-        if ref.is_alive():
-            ref.stop()
+        if probe.is_alive():
+            probe.stop()
 
 
 # --- each actor but the Writer, killed mid-work and rebuilt ------------------------------
@@ -225,6 +213,7 @@ def assert_restarted_once(engine: Engine, name: str) -> None:
     assert failures["restarting"] == []
     [down] = [f for f in failures["recent"] if f["actor"] == name]
     assert (down["error_type"], down["fatal"]) == ("ActorDied", False)
+    assert down["restart_in_s"] > 0
     assert engine.state == "running"
 
 
@@ -233,7 +222,8 @@ def assert_logged_restart(config: Config, name: str) -> None:
             if r["sender"] == "supervisor"]
     assert [kind for kind, _ in told] == ["supervisor.actor_failed",
                                           "supervisor.actor_restarted"]
-    assert told[0][1]["actor"] == name and told[1][1] == {"actor": name, "restarts": 1}
+    assert told[0][1]["actor"] == name and told[0][1]["restarts"] == 1
+    assert told[1][1] == {"actor": name, "restarts": 1}
 
 
 def task_rows_wrong(path: Path) -> int:
