@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,10 @@ sources:
 """
 
 
+def device_yaml(db: Path, inbox: Path, log: Path, *, mirror: str = "") -> str:
+    return DEVICE_YAML.format(db=db, busy=BUSY_TIMEOUT_MS, inbox=inbox, mirror=mirror, log=log)
+
+
 def device_config(folder: Path, inbox: Path, *, dsn: str | None = None,
                   scope: str = "dev1") -> Config:
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,9 +75,15 @@ def device_config(folder: Path, inbox: Path, *, dsn: str | None = None,
     if dsn is not None:
         options = "".join(f"  {key}: {value}\n" for key, value in FAST.items())
         mirror = f"mirror:\n  dsn: {dsn}\n  scope: {scope}\n{options}"
-    text = DEVICE_YAML.format(db=folder / "device.db", busy=BUSY_TIMEOUT_MS, inbox=inbox,
-                              mirror=mirror, log=folder / "messages.jsonl")
+    text = device_yaml(folder / "device.db", inbox, folder / "messages.jsonl", mirror=mirror)
     return parse_config(text, file="device.yaml", base_dir=folder)
+
+
+def small_disk_config(disk: Path, outside: Path) -> Config:
+    """The device config with its database on `disk`, the records and the message log
+    outside it."""
+    text = device_yaml(disk / "device.db", outside / "inbox", outside / "messages.jsonl")
+    return parse_config(text, file="device.yaml", base_dir=outside)
 
 
 def write_inbox(inbox: Path, count: int = ITEMS, *, name: str = "a.ndjson",
@@ -151,15 +160,13 @@ def test_a_task_a_sync_run_and_the_mirror_wait_out_a_lock_and_end_like_a_control
     with Engine(config) as engine, Watcher(engine) as watcher:
         boot_reconciled(engine)
         wait_until(lambda: the_task(engine).processed > 0, what="the task's first chunk")
-        with held_write_lock(config.database.path):
-            locked_at = time.monotonic()
+        with held_write_lock(config.database.path) as holder:
             # Asked for while the lock is held: its start row waits for it.
             handle = engine.sync.run_later("files")
             wait_until(lambda: the_task(engine).waiting_for == LOCKED,
                        what="the task to say it waits for the lock")
             # The other program keeps the lock for twice the busy timeout.
-            wait_until(lambda: time.monotonic() - locked_at >= 2 * BUSY_TIMEOUT_MS / 1000,
-                       what="twice the busy timeout")
+            holder.hold_for(2 * BUSY_TIMEOUT_MS / 1000)
             watcher.look()
             assert the_task(engine).status == "running"
         task, run = finish(engine, handle)
@@ -225,13 +232,11 @@ def test_start_waits_while_another_program_holds_the_lock_then_runs(tmp_path: Pa
     config = simple_config(tmp_path / "data")
     engine = Engine(config, start_tasks=False)
     try:
-        with held_write_lock(config.database.path):
-            locked_at = time.monotonic()
+        with held_write_lock(config.database.path) as holder:
             starting = Starting(engine)
             wait_until(lambda: engine.waiting_for == LOCKED, what="start to say it waits")
             assert engine.state == "new" and not starting.done.is_set()
-            wait_until(lambda: time.monotonic() - locked_at >= 2 * BUSY_TIMEOUT_MS / 1000,
-                       what="twice the busy timeout")
+            holder.hold_for(2 * BUSY_TIMEOUT_MS / 1000)
         starting.join()
         assert starting.error is None
         # Said once when the wait began, not on every retry.
@@ -288,9 +293,8 @@ def cli_config(folder: Path) -> Path:
     """A YAML file for `sqlwarden run`, with its database made and filled."""
     config = simple_config(folder)
     path = folder / "device.yaml"
-    path.write_text(DEVICE_YAML.format(db=config.database.path, busy=BUSY_TIMEOUT_MS,
-                                       inbox=folder / "inbox", mirror="",
-                                       log=folder / "messages.jsonl"))
+    path.write_text(device_yaml(config.database.path, folder / "inbox",
+                                folder / "messages.jsonl"))
     return path
 
 
@@ -307,13 +311,11 @@ def first_line(stream: Any, timeout_s: float = 60.0) -> str:
 def test_run_waits_for_a_lock_held_at_start_saying_so_once_then_runs(tmp_path: Path) -> None:
     yaml_path = cli_config(tmp_path / "data")
     database = tmp_path / "data" / "device.db"
-    with held_write_lock(database):
-        locked_at = time.monotonic()
+    with held_write_lock(database) as holder:
         proc = sqlwarden("run", str(yaml_path), "--once", "--no-progress")
         try:
             assert first_line(proc.stderr) == f"sqlwarden: waiting: {LOCKED}\n"
-            wait_until(lambda: time.monotonic() - locked_at >= 2 * BUSY_TIMEOUT_MS / 1000,
-                       what="twice the busy timeout")
+            holder.hold_for(2 * BUSY_TIMEOUT_MS / 1000)
         except BaseException:
             proc.kill()
             proc.communicate()
@@ -330,7 +332,7 @@ def test_sigterm_while_run_waits_to_start_exits_0_and_changes_nothing(
     yaml_path = cli_config(tmp_path / "data")
     folder = tmp_path / "data"
     database = folder / "device.db"
-    before = {p.name: p.read_bytes() for p in (database,)}
+    before = database.read_bytes()
     with held_write_lock(database):
         with sqlwarden_running("run", str(yaml_path), "--once", "--no-progress") as proc:
             assert first_line(proc.stderr) == f"sqlwarden: waiting: {LOCKED}\n"
@@ -338,7 +340,7 @@ def test_sigterm_while_run_waits_to_start_exits_0_and_changes_nothing(
             out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, out + err
         assert "stop requested" in out and "summary" not in out
-        assert {p.name: p.read_bytes() for p in (database,)} == before
+        assert database.read_bytes() == before
         assert not Path(f"{database}.lock").exists()
     conn = read_only(database)
     try:
@@ -354,11 +356,8 @@ def test_sigterm_while_run_waits_to_start_exits_0_and_changes_nothing(
 
 def test_a_sync_run_that_fills_the_disk_waits_and_ends_ok_once_space_is_freed(
         small_disk: Path, tmp_path: Path) -> None:
-    inbox = tmp_path / "inbox"  # the records and the message log live off the small disk
-    write_inbox(inbox, ITEMS, pad=300)
-    config = parse_config(DEVICE_YAML.format(
-        db=small_disk / "device.db", busy=BUSY_TIMEOUT_MS, inbox=inbox, mirror="",
-        log=tmp_path / "messages.jsonl"), file="device.yaml", base_dir=tmp_path)
+    write_inbox(tmp_path / "inbox", ITEMS, pad=300)
+    config = small_disk_config(small_disk, tmp_path)
     filler = small_disk / "filler"
     with Engine(config, start_tasks=False) as engine:
         engine.checkpoint("truncate")
@@ -397,9 +396,7 @@ def test_a_sync_run_that_fills_the_disk_waits_and_ends_ok_once_space_is_freed(
 
 def test_a_start_on_a_full_disk_waits_and_creates_the_database_once_there_is_room(
         small_disk: Path, tmp_path: Path) -> None:
-    config = parse_config(DEVICE_YAML.format(
-        db=small_disk / "device.db", busy=BUSY_TIMEOUT_MS, inbox=tmp_path / "inbox",
-        mirror="", log=tmp_path / "messages.jsonl"), file="device.yaml", base_dir=tmp_path)
+    config = small_disk_config(small_disk, tmp_path)
     filler = small_disk / "filler"
     fill(filler, leave_bytes=0)
     engine = Engine(config)

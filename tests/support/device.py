@@ -57,6 +57,12 @@ class LockHolder:
         """How long the lock has been held."""
         return time.monotonic() - self.since
 
+    def hold_for(self, seconds: float) -> None:
+        """Return once the lock has been held `seconds` in all. How long the other program
+        keeps it is part of the scenario (longer than a busy timeout), not a wait on the
+        engine, so this sleeps."""
+        time.sleep(max(0.0, seconds - self.held_s()))
+
     def release(self) -> None:
         """Let go of the lock and wait for the process to end (again: nothing happens)."""
         if self.proc.poll() is None:
