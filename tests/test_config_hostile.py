@@ -106,6 +106,14 @@ HOSTILE_TEXTS: dict[str, tuple[str, tuple[str, ...]]] = {
         TABLE + "sources:\n  s:\n    kind: ndjson\n    path: inbox\n    table: t\n"
         "    fields:\n      id: id\n      v: {from: v, default: .inf}\n",
         (":14:", "sources.s.fields.v.default", "finite")),
+    "a database path holding a NUL": ('database:\n  path: "data\\0.db"\n',
+                                      (":2:", "database.path", "NUL character")),
+    "a message log path holding a NUL": (
+        'database: {path: data.db}\nmessage_log:\n  path: "log\\0.jsonl"\n',
+        (":3:", "message_log.path", "NUL character")),
+    "an inbox path holding a NUL": (
+        TABLE + 'sources:\n  s:\n    kind: ndjson\n    path: "in\\0box"\n    table: t\n',
+        (":10:", "sources.s.path", "NUL character")),
     "a deep list from the environment": (
         "database:\n  path: data.db\n  busy_timeout_ms: ${DEEP}\n",
         (":3:", "database.busy_timeout_ms", "expected an integer")),

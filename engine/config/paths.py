@@ -15,8 +15,12 @@ from pathlib import Path
 from sqlwarden.config.at import At
 
 
-def resolve(base: Path, raw: str) -> Path:
-    """`raw` (`~` expanded) taken from `base` when relative, and normalised."""
+def resolve(base: Path, at: At) -> Path:
+    """The path `at` holds (`~` expanded), taken from `base` when relative, and normalised."""
+    raw = at.string()
+    if "\0" in raw:
+        # No file name holds one; every OS call on the path would fail on it later.
+        raise at.error("a path may not hold a NUL character")
     path = Path(os.path.expanduser(raw))
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 

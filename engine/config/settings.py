@@ -32,7 +32,7 @@ def parse_database(at: At, base: Path, check_paths: bool) -> DatabaseConfig:
     raw_path = keys["path"].string()
     if raw_path in ("", ":memory:") or raw_path.startswith("file:"):
         raise keys["path"].error("expected the path of a database file")
-    path = resolve(base, raw_path)
+    path = resolve(base, keys["path"])
     if check_paths:
         check_writable(keys["path"], path)
         # The engine lock (see `sqlwarden.db.lock`) is written and removed by the engine:
@@ -54,7 +54,7 @@ def parse_database(at: At, base: Path, check_paths: bool) -> DatabaseConfig:
 def parse_message_log(at: At, base: Path, check_paths: bool) -> MessageLogConfig:
     """The `message_log` section (its default path is checked by `parse_config`)."""
     keys = at.mapping(("enabled", "path", "payload", "max_mb", "backups", "compress"))
-    path = resolve(base, keys["path"].string()) if "path" in keys else None
+    path = resolve(base, keys["path"]) if "path" in keys else None
     enabled = optional(keys, "enabled", At.boolean, MessageLogConfig().enabled)
     if path is not None and enabled and check_paths:
         check_writable(keys["path"], path, link_ok=False)

@@ -174,7 +174,7 @@ def _ndjson_source(spec: At, keys: dict[str, At], base: Path, check_paths: bool,
     path_at = keys.get("path")
     if path_at is None:
         raise spec.error("missing required key 'path' (the directory of .ndjson files)")
-    path = resolve(base, path_at.string())
+    path = resolve(base, path_at)
     if check_paths and path.exists() and not path.is_dir():
         raise path_at.error(f"{path} is not a directory")
     return NdjsonSourceConfig(**common, path=path, **converted(keys, {
