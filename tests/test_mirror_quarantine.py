@@ -231,6 +231,20 @@ def test_a_poison_row_met_by_the_first_copy_is_quarantined_and_not_copied_again(
         assert sum(t.sqlite_read for t in last.tables) == 0
 
 
+def test_mirror_reconcile_run_alone_says_which_rows_it_quarantined(
+        tmp_path: Path, mirror_db: MirrorDb) -> None:
+    with Engine(make_config(tmp_path, None)) as engine:
+        engine.write_many("items", [(i, f"item {i}", 2.0, None) for i in range(1, 20)])
+        engine.write("UPDATE items SET score = 1e999 WHERE id = 11")
+    config_file = tmp_path / "test.yaml"
+    config_file.write_text(config_text(tmp_path, mirror_db.dsn))
+    done = run_sqlwarden("mirror", "reconcile", str(config_file), "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+    # The command's table says what was copied; the row set aside only the warning names.
+    assert "quarantined items key 11" in done.stderr
+    assert "non-finite float in column score" in done.stderr
+
+
 def test_declared_indexes_exist_on_the_mirror_with_the_scope_first_and_come_back_at_start(
         tmp_path: Path, mirror_db: MirrorDb) -> None:
     config = make_config(tmp_path, mirror_db.dsn)

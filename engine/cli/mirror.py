@@ -145,11 +145,13 @@ def _reconcile_here(config: Config, timeout_s: float) -> Any:
     from sqlwarden.futures import Timeout
     from sqlwarden.protocol import Reconcile
 
-    # The command says how the reconcile ended in one line; the mirror's own warnings
-    # (the same failure) are for -v.
-    mirror_log = logging.getLogger("sqlwarden.mirror")
-    if logging.getLogger().level >= logging.WARNING and mirror_log.level == logging.NOTSET:
-        mirror_log.setLevel(logging.ERROR)
+    # The command says how the reconcile ended in one line; the mirror's own report of
+    # the same failure (its state going down or failed) is for -v. Only that logger:
+    # what the reconcile meets on the way (rows quarantined, ranges that do not add
+    # up) the command does not say, so those warnings stay.
+    state_log = logging.getLogger("sqlwarden.mirror.state")
+    if logging.getLogger().level >= logging.WARNING and state_log.level == logging.NOTSET:
+        state_log.setLevel(logging.ERROR)
     with engine_for_command(config) as started:
         if started is None:
             return None
