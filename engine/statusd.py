@@ -286,13 +286,11 @@ class StatusServer:
                 try:
                     super().handle_one_request()
                 except _TooLarge:
-                    self.close_connection = True
                     self._send(_json(431, {"error": "the request line and headers are too "
                                                     f"large (at most {MAX_HEAD_BYTES} bytes)"}))
                 except TimeoutError:
-                    # Half-sent headers: nobody to answer; the connection and thread go.
-                    self.close_connection = True
-                self.close_connection = True  # one request per connection
+                    pass  # half-sent headers: nobody to answer; the connection and thread go
+                self.close_connection = True  # one request per connection, however it went
 
             def finish(self) -> None:
                 super().finish()
@@ -317,7 +315,6 @@ class StatusServer:
                 self._reply(server._get)
 
             def do_POST(self) -> None:
-                self.close_connection = True
                 refused = self._refuse_body()
                 if refused is not None:
                     self._send(refused)
@@ -351,7 +348,6 @@ class StatusServer:
                 return None
 
             def _refuse_method(self) -> None:
-                self.close_connection = True
                 self._send(_json(405, {"error": f"method {self.command} is not allowed; "
                                                 "GET reads, POST controls"}),
                            allow="GET, POST")
