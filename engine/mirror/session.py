@@ -228,9 +228,10 @@ class MirrorSession:
         hosts = self.mirror.hosts
         problems: list[str] = []
         last: MirrorError | None = None
-        #: Refusals from hosts that answered (a login, a database it lacks): one node's
-        #: (say one restored without the users) must not keep the others from being tried.
-        refused: list[Exception] = []
+        #: The first refusal from a host that answered (a login, a database it lacks): one
+        #: node's (say one restored without the users) must not keep the others from being
+        #: tried.
+        refused: Exception | None = None
         unready = False
         for i in range(len(hosts)):
             where = hosts[(self._start + i) % len(hosts)]
@@ -245,7 +246,7 @@ class MirrorSession:
                 _close(conn)
                 error = mysql_error(exc, redactor=self.redactor)
                 if not error.retryable or error.errno in LOGIN_ERRNOS:
-                    refused.append(exc)
+                    refused = refused or exc
                 else:
                     last = error
                     # A server error (1040, 1047, 1203 ...) is a host that answered and
@@ -263,10 +264,10 @@ class MirrorSession:
             log.info("mirror: using %s", where)
             return identity
         self._start = 0  # every host failed: the next round tries them in order again
-        if refused and not unready:
+        if refused is not None and not unready:
             # Every host that answered refused the login or the database, the others did
             # not answer: the config is at fault (state `failed`), as with one server.
-            raise mysql_error(refused[0], where=f"mirror {self.mirror.where}: connect",
+            raise mysql_error(refused, where=f"mirror {self.mirror.where}: connect",
                               redactor=self.redactor) from None
         raise MirrorError(f"mirror {self.mirror.where}: no host can be used: "
                           + "; ".join(problems), errno=last.errno if last else None,
@@ -304,12 +305,7 @@ class MirrorSession:
         return self.conn.cursor()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = self.cursor()
-        try:
-            cursor.execute(sql, tuple(params))
-            return list(cursor.fetchall()) if cursor.with_rows else []
-        finally:
-            cursor.close()
+        return _query(self.conn, sql, params)
 
     def rollback(self) -> None:
         with contextlib.suppress(Exception):  # gone: the server rolled back for us
@@ -543,6 +539,7 @@ def host_port(host: str, port: int) -> str:
 
 
 def _query(conn: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """One statement on `conn`; its rows (none for a statement that returns none)."""
     cursor = conn.cursor()
     try:
         cursor.execute(sql, tuple(params))
