@@ -43,7 +43,6 @@ from sqlwarden.errors import MirrorError
 from sqlwarden.mirror.dialect import (
     DIGEST_COLUMN,
     delete_statements,
-    is_conflict,
     key_after,
     key_params,
     key_upto,
@@ -215,9 +214,8 @@ class Reconciler:
         group_refused: list[Refused] = []
 
         def again_after(conflict: Exception, *, commit: bool) -> None:
-            """The group since the last commit sent again whole (and committed)."""
-            if not is_conflict(conflict):
-                raise conflict
+            """The group since the last commit sent again whole (and committed); anything
+            but a conflict is raised as it is (`retrying`)."""
 
             def attempt() -> None:
                 group_refused.clear()
