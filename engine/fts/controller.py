@@ -371,36 +371,34 @@ class FtsController:
     def _restored(self, result: FtsRestoreResult | None, error: BaseException | None,
                   now: float) -> Effects:
         effects: Effects = []
-        if error is not None and (reason := faults.wait_reason(error)) is not None:
-            # Another program holds the lock, or the disk is full: nothing was done (one
-            # transaction), and it goes again after a backoff. Not a failure: nothing is
-            # reported, and the record is not saved (that would meet the same wait).
+        if error is not None:
             assert self._record is not None
+            tables = ", ".join(self._record.tables)
+            # A wait (`reason`: another program holds the lock, or the disk is full):
+            # nothing was done (one transaction), and it goes again after the backoff every
+            # wait takes. Not a failure: nothing is reported, and the record is not saved
+            # (that would meet the same wait).
+            reason = faults.wait_reason(error)
             self.state = "restore_failed"
             self._attempts += 1
-            delay = faults.backoff_s(self._attempts)
+            delay = (faults.backoff_s(self._attempts) if reason is not None
+                     else min(self.settings.retry_initial_s * 2 ** (self._attempts - 1),
+                              self.settings.retry_max_s))
             self._retry_at = now + delay
-            if self._waiting_for != reason:
-                log.warning("restoring FTS triggers of %s waits: %s; retrying with backoff",
-                            ", ".join(self._record.tables), reason)
+            retrying = f"(attempt {self._attempts}; retrying in {delay:g}s)"
+            if reason is None:
+                effects += self._failed(f"restoring FTS triggers of {tables} failed {retrying}",
+                                        error, RestoreFts.kind)
+            else:
+                if self._waiting_for != reason:
+                    log.warning("restoring FTS triggers of %s waits: %s; retrying with "
+                                "backoff", tables, reason)
+                self._error = f"restoring FTS triggers of {tables} waits: {reason} {retrying}"
             self._waiting_for = reason
-            self._error = (f"restoring FTS triggers of {', '.join(self._record.tables)} waits: "
-                           f"{reason} (attempt {self._attempts}; retrying in {delay:g}s)")
             effects.append(After(delay, FtsTick(), TICK))
-        elif error is not None:
-            assert self._record is not None
-            self.state = "restore_failed"
-            self._attempts += 1
-            self._waiting_for = None
-            delay = min(self.settings.retry_initial_s * 2 ** (self._attempts - 1),
-                        self.settings.retry_max_s)
-            self._retry_at = now + delay
-            effects += self._failed(f"restoring FTS triggers of {', '.join(self._record.tables)} "
-                                    f"failed (attempt {self._attempts}; retrying in "
-                                    f"{delay:g}s)", error, RestoreFts.kind)
-            effects.append(After(delay, FtsTick(), TICK))
-            # Kept in the record too, so `sqlwarden fts status` shows it offline.
-            effects += self._save_record(None, None)
+            if reason is None:
+                # Kept in the record too, so `sqlwarden fts status` shows it offline.
+                effects += self._save_record(None, None)
         elif result is not None and result.remaining is not None:
             # Some tables only: the others stay deferred for the sources still running.
             self._record, self.state, self._last_restore = result.remaining, "deferred", result
