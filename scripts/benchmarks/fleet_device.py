@@ -120,10 +120,8 @@ def case_main(args: argparse.Namespace) -> Result:
         "verify": {"in_sync": verify.in_sync, "error": verify.error,
                    "sqlite_rows": table.sqlite_rows, "mirror_rows": table.mirror_rows,
                    "differing": table.differing, "seconds": round(verify_s, 3)},
-        "rows": int(rows), "node": getattr(view, "node", None),
-        "failovers": getattr(view, "failovers", None),
-        "transaction_retries": getattr(view, "transaction_retries", None),
-        "reconciles": view.reconciles,
+        "rows": int(rows), "node": view.node, "failovers": view.failovers,
+        "transaction_retries": view.transaction_retries, "reconciles": view.reconciles,
         "reconciles_failed": view.reconciles_failed, "driver": view.driver,
         "peak_rss_mb": round(vm_hwm_mb(), 1),
     }
@@ -152,8 +150,7 @@ class Sampler(BackgroundThreads):
     def sample(self) -> None:
         view = self._engine.mirror.view()
         self._out.write(json.dumps({
-            "t": time.time(), "node": getattr(view, "node", None),
-            "failovers": getattr(view, "failovers", None), "state": view.state,
+            "t": time.time(), "node": view.node, "failovers": view.failovers, "state": view.state,
             "last_drain_at": view.last_drain_at, "drained": view.drained_changes,
             "lag_p99_ms": view.lag_p99_ms, "lag_max_ms": view.lag_max_ms,
             "reconciles": view.reconciles}) + "\n")
