@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from .support.hostile import run_bounded
 
 #: Larger than the reader's cap (32 MiB): the case that once peaked at 750 MiB.
 HUGE_LINE_BYTES = 256 * 1024 * 1024
@@ -20,20 +18,6 @@ def record(seq: int) -> bytes:
               "sender": "facade", "receiver": "writer", "message": "writer.execute",
               "fields": {}, "corr": seq, "run": "r1"}
     return json.dumps(fields).encode() + b"\n"
-
-
-def peak_rss_mb_of(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run `sqlwarden ARGS` from a fresh parent whose only child it is; its peak RSS."""
-    probe = (
-        "import resource, subprocess, sys\n"
-        "done = subprocess.run([sys.executable, '-m', 'sqlwarden', *sys.argv[1:]],\n"
-        "                      capture_output=True, text=True)\n"
-        "sys.stdout.write(repr((done.returncode, done.stdout, done.stderr,\n"
-        "    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)))\n")
-    ran = subprocess.run([sys.executable, "-c", probe, *args], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, check=True)
-    code, out, err, peak = eval(ran.stdout)  # our own repr of plain values
-    return subprocess.CompletedProcess(args, code, out, err), peak
 
 
 def test_a_gzip_log_inflating_to_one_endless_line_is_read_in_bounded_memory(
@@ -48,7 +32,7 @@ def test_a_gzip_log_inflating_to_one_endless_line_is_read_in_bounded_memory(
         out.write(record(2))
     assert log.stat().st_size < 2 * 1024 * 1024  # small on disk, as an attacker's would be
 
-    done, peak_mb = peak_rss_mb_of("replay", str(log), "--json")
+    done = run_bounded("replay", log, "--json", timeout_s=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["records"] == 2
@@ -56,4 +40,4 @@ def test_a_gzip_log_inflating_to_one_endless_line_is_read_in_bounded_memory(
     shown = json.dumps(summary)
     assert "longer than 33,554,432 bytes" in shown and ":2 " in shown
     # Far below the line's own size: it was never held whole.
-    assert peak_mb < 200, f"replay peaked at {peak_mb:.0f} MB"
+    assert done.peak_mb < 200, f"replay peaked at {done.peak_mb:.0f} MB"
