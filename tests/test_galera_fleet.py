@@ -23,10 +23,10 @@ from .test_mirror import (
     boot_reconciled,
     closed_port,
     mirror_status,
-    shown,
     sqlite_rows,
     wait_caught_up,
     wait_for,
+    wait_mid_drain,
     wait_state,
 )
 from .test_readme import fenced_blocks
@@ -137,13 +137,7 @@ def test_the_node_in_use_killed_mid_drain_leaves_every_node_equal_after_it_rejoi
     victim = galera_db.cluster.nodes[0]
     with device(config) as engine:
         write_readings(engine, range(1, 5001))
-        seen: dict[str, Any] = {}
-
-        def mid_drain() -> bool:
-            seen.update(mirror_status(engine))
-            return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
-
-        wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+        seen = wait_mid_drain(engine)
         assert seen["node"] == victim.host_port
         victim.kill()
 
@@ -184,13 +178,7 @@ def test_the_node_in_use_partitioned_off_is_left_for_another_and_nothing_is_lost
     try:
         with device(config) as engine:
             write_readings(engine, range(1, 3001))
-            seen: dict[str, Any] = {}
-
-            def mid_drain() -> bool:
-                seen.update(mirror_status(engine))
-                return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
-
-            wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+            seen = wait_mid_drain(engine)
             assert seen["node"] == victim.host_port
             victim.query("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
             write_readings(engine, range(3001, 3501))

@@ -118,6 +118,18 @@ def wait_caught_up(engine: Engine, timeout: float = 30.0) -> dict[str, Any]:
     return seen
 
 
+def wait_mid_drain(engine: Engine, timeout: float = 30.0) -> dict[str, Any]:
+    """Until the mirror has drained some changes and still holds more: the status then."""
+    seen: dict[str, Any] = {}
+
+    def mid_drain() -> bool:
+        seen.update(mirror_status(engine))
+        return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
+
+    wait_for(mid_drain, timeout, lambda: f"the drain to be under way ({shown(seen)})")
+    return seen
+
+
 def wait_state(engine: Engine, *states: str, timeout: float = 30.0) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
@@ -499,13 +511,7 @@ def test_a_server_killed_mid_drain_catches_up_after_one_reconcile(
         with Engine(config) as engine:
             boot_reconciled(engine)
             write_items(engine, range(1, 10_001))
-            seen: dict[str, Any] = {}
-
-            def mid_drain() -> bool:
-                seen.update(mirror_status(engine))
-                return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
-
-            wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+            seen = wait_mid_drain(engine)
             assert seen["reconciles"] == 1
             server.kill()
             down = wait_state(engine, "down")

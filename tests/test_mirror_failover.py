@@ -39,6 +39,7 @@ from .test_mirror import (
     tells,
     wait_caught_up,
     wait_for,
+    wait_mid_drain,
     wait_state,
     write_items,
 )
@@ -290,13 +291,7 @@ def test_no_ready_host_is_an_outage_naming_every_host_and_writes_go_on(
     first, second = f"127.0.0.1:{closed_port()}", "127.0.0.1:1"
     config = hosts_config(tmp_path, mirror_db.dsn, [first, second])
     with Engine(config) as engine:
-        seen: dict[str, Any] = {}
-
-        def down() -> bool:
-            seen.update(mirror_status(engine))
-            return seen["state"] == "down"
-
-        wait_for(down, 30, lambda: f"the mirror to be down ({shown(seen)})")
+        seen = wait_state(engine, "down")
         assert first in seen["error"] and second in seen["error"]
         assert "\n" not in seen["error"] and seen["node"] is None
         write_items(engine, range(1, 2))
@@ -312,13 +307,7 @@ def test_a_node_lost_mid_drain_fails_over_at_once_without_a_second_reconcile(
     with Engine(config) as engine:
         boot_reconciled(engine)
         write_items(engine, range(1, 5001))
-        seen: dict[str, Any] = {}
-
-        def mid_drain() -> bool:
-            seen.update(mirror_status(engine))
-            return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
-
-        wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+        seen = wait_mid_drain(engine)
         assert seen["node"] == forwarder.host_port
         forwarder.kill()
         # A 30 s backoff would time this out: the other host is taken at once.
@@ -432,13 +421,7 @@ def test_a_cluster_node_killed_mid_drain_is_left_for_another_without_a_reconcile
         boot_reconciled(engine)
         assert mirror_status(engine)["node"] == galera_db.hosts[0]
         write_items(engine, range(1, 5001))
-        seen: dict[str, Any] = {}
-
-        def mid_drain() -> bool:
-            seen.update(mirror_status(engine))
-            return seen["drained_changes"] > 0 and seen["outbox"]["depth"] > 0
-
-        wait_for(mid_drain, 30, lambda: f"the drain to be under way ({shown(seen)})")
+        wait_mid_drain(engine)
         cluster.nodes[0].kill()
         # A 30 s backoff would time this out: the next node is taken at once.
         status = wait_caught_up(engine, timeout=25)
