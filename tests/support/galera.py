@@ -253,23 +253,6 @@ class GaleraNode(MariaDB):
         return {str(name): str(value)
                 for name, value in self.query("SHOW GLOBAL STATUS LIKE 'wsrep%'")}
 
-    def kill(self) -> None:
-        """SIGKILL the node (and its SST helpers), as a crash would; returns as soon as the
-        process is gone, before the others notice."""
-        super().kill()
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the node's process, 0 when it is not running."""
-        pid = self.pid
-        if pid is None:
-            return 0
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            return 0
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) * 1024 if match else 0
-
     # -- what MariaDB.start() calls --------------------------------------------------------
 
     def _install(self, timeout: float) -> None:
@@ -532,7 +515,3 @@ class GaleraCluster:
             path = self.bin_dir / name
             path.write_text(text)
             path.chmod(0o755)
-
-    def rss_bytes(self) -> int:
-        """Resident memory of all running nodes together."""
-        return sum(node.rss_bytes() for node in self.nodes)
