@@ -18,7 +18,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .support.hostile import (
     run_bounded,
     snapshot,
 )
+from .support.loopback import LoopbackServer, send_json
 
 MiB = 1024 * 1024
 #: The size of the hostile big pages (the issue's case: 805 MiB peak before the guard).
@@ -51,13 +52,6 @@ class Seen:
     headers: str
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the engine hanging up on a hostile page is the point, not stderr's
-
-
 class Upstream:
     """A loopback HTTP server whose every GET is answered by `serve(upstream, handler)`."""
 
@@ -67,29 +61,20 @@ class Upstream:
         self.body_bytes = 0  # body bytes the upstream managed to write
         self.closing = threading.Event()
         self._lock = threading.Lock()
-        upstream = self
+        self._serve = serve
+        self.server = LoopbackServer(self._get, http11=http11)
 
-        class Handle(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1" if http11 else "HTTP/1.0"
-
-            def do_GET(self) -> None:
-                with upstream._lock:
-                    upstream.seen.append(Seen(self.path, "".join(
-                        f"{k}: {v}\n" for k, v in self.headers.items())))
-                # The engine hanging up mid-page is what several cases are about.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    serve(upstream, self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = _Server(("127.0.0.1", 0), Handle)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def _get(self, handler: Handler) -> None:
+        with self._lock:
+            self.seen.append(Seen(handler.path, "".join(
+                f"{k}: {v}\n" for k, v in handler.headers.items())))
+        # The engine hanging up mid-page is what several cases are about.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._serve(self, handler)
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.server.origin
 
     @property
     def url(self) -> str:
@@ -103,8 +88,7 @@ class Upstream:
 
     def close(self) -> None:
         self.closing.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -124,20 +108,9 @@ def record(i: int) -> dict[str, Any]:
     return {"id": i, "name": f"item {i}", "updated": f"2026-03-01T00:{i % 60:02d}:00Z"}
 
 
-def send(handler: Handler, status: int, body: bytes = b"",
-         headers: dict[str, str] | None = None) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
 def one_page(upstream: Upstream, handler: Handler) -> None:
     """A good API with one short page: the run ends `ok` when it gets there."""
-    send(handler, 200, json.dumps({"data": [record(1)]}).encode())
+    send_json(handler, 200, json.dumps({"data": [record(1)]}).encode())
 
 
 CONFIG = """\
@@ -222,7 +195,7 @@ def credentials_in(seen: Seen) -> bool:
 def test_a_redirect_to_another_origin_never_receives_the_token_or_the_api_key(
         tmp_path: Path, upstreams: Callable[..., Upstream], code: int) -> None:
     other = upstreams(one_page)
-    first = upstreams(lambda up, h: send(h, code, headers={"Location": other.url}))
+    first = upstreams(lambda up, h: send_json(h, code, headers={"Location": other.url}))
     outcome = sync_now(tmp_path, first.url, extra=TOKEN_HEADERS)
     assert_ok(outcome, 1)
     assert len(first.seen) == 1 and credentials_in(first.seen[0])
@@ -233,7 +206,7 @@ def test_a_same_origin_redirect_keeps_the_token(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     def serve(up: Upstream, h: Handler) -> None:
         if h.path.startswith("/old"):
-            send(h, 301, headers={"Location": "/items"})
+            send_json(h, 301, headers={"Location": "/items"})
         else:
             one_page(up, h)
 
@@ -247,7 +220,7 @@ def test_a_same_origin_redirect_keeps_the_token(
 def test_a_password_in_the_url_is_basic_auth_for_its_origin_and_never_follows_a_redirect(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     other = upstreams(one_page)
-    first = upstreams(lambda up, h: send(h, 302, headers={"Location": other.url}))
+    first = upstreams(lambda up, h: send_json(h, 302, headers={"Location": other.url}))
     url = first.url.replace("http://", "http://reader:${PW}@")
     outcome = sync_now(tmp_path, url)
     assert_ok(outcome, 1)
@@ -258,7 +231,7 @@ def test_a_password_in_the_url_is_basic_auth_for_its_origin_and_never_follows_a_
 
 def test_a_password_in_the_url_stays_out_of_a_failed_run(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 500))
+    upstream = upstreams(lambda up, h: send_json(h, 500))
     outcome = sync_now(tmp_path, upstream.url.replace("http://", "http://reader:${PW}@"))
     assert_failed(outcome, "HTTP 500", upstream.url)
     assert len(upstream.seen) == 1 and credentials_in(upstream.seen[0])
@@ -266,8 +239,8 @@ def test_a_password_in_the_url_stays_out_of_a_failed_run(
 
 def test_a_next_link_to_another_origin_never_receives_the_token(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    other = upstreams(lambda up, h: send(h, 200, b'{"data": [], "next": null}'))
-    first = upstreams(lambda up, h: send(h, 200, json.dumps(
+    other = upstreams(lambda up, h: send_json(h, 200, b'{"data": [], "next": null}'))
+    first = upstreams(lambda up, h: send_json(h, 200, json.dumps(
         {"data": [record(1), record(2)], "next": other.url + "?page=2"}).encode()))
     outcome = sync_now(tmp_path, first.url, extra=TOKEN_HEADERS + "\n    next_at: next")
     assert_ok(outcome, 2)
@@ -276,7 +249,7 @@ def test_a_next_link_to_another_origin_never_receives_the_token(
 
 def test_a_redirect_loop_fails_the_run_after_a_few_hops(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 302, headers={"Location": h.path}))
+    upstream = upstreams(lambda up, h: send_json(h, 302, headers={"Location": h.path}))
     outcome = sync_now(tmp_path, upstream.url, extra=TOKEN_HEADERS)
     assert_failed(outcome, "more than 5 redirects")
     assert len(upstream.seen) == 6
@@ -284,7 +257,7 @@ def test_a_redirect_loop_fails_the_run_after_a_few_hops(
 
 def test_a_redirect_to_a_file_url_is_not_followed(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 302, headers={"Location": "file:///etc/passwd"}))
+    upstream = upstreams(lambda up, h: send_json(h, 302, headers={"Location": "file:///etc/passwd"}))
     outcome = sync_now(tmp_path, upstream.url, extra=TOKEN_HEADERS)
     assert_failed(outcome, "a redirect to a file: URL is not followed")
     assert count_rows(tmp_path / "data" / "test.db", "items") == 0
@@ -297,7 +270,7 @@ def test_an_api_with_a_full_page_forever_stops_at_max_pages(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     def serve(up: Upstream, h: Handler) -> None:
         page = len(up.seen)  # every page new and full: only the limit ends it
-        send(h, 200, json.dumps({"data": [record(2 * page), record(2 * page + 1)]}).encode())
+        send_json(h, 200, json.dumps({"data": [record(2 * page), record(2 * page + 1)]}).encode())
 
     upstream = upstreams(serve)
     outcome = sync_now(tmp_path, upstream.url, extra="    max_pages: 5")
@@ -308,7 +281,7 @@ def test_an_api_with_a_full_page_forever_stops_at_max_pages(
 
 def test_an_api_that_repeats_its_page_fails_the_run_on_the_second_request(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 200, json.dumps(
+    upstream = upstreams(lambda up, h: send_json(h, 200, json.dumps(
         {"data": [record(1), record(2)]}).encode()))
     outcome = sync_now(tmp_path, upstream.url)
     assert_failed(outcome, "repeats page 1")
@@ -318,7 +291,7 @@ def test_an_api_that_repeats_its_page_fails_the_run_on_the_second_request(
 def test_a_next_link_to_itself_fails_the_run_at_once(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     def serve(up: Upstream, h: Handler) -> None:
-        send(h, 200, json.dumps({"data": [record(len(up.seen))], "next": h.path}).encode())
+        send_json(h, 200, json.dumps({"data": [record(len(up.seen))], "next": h.path}).encode())
 
     upstream = upstreams(serve)
     outcome = sync_now(tmp_path, upstream.url, extra="    next_at: next")
@@ -330,7 +303,7 @@ def test_next_links_that_go_round_in_a_circle_fail_the_run(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     def serve(up: Upstream, h: Handler) -> None:
         back = "/items?limit=2" if h.path.startswith("/second") else "/second"
-        send(h, 200, json.dumps({"data": [record(len(up.seen))], "next": back}).encode())
+        send_json(h, 200, json.dumps({"data": [record(len(up.seen))], "next": back}).encode())
 
     upstream = upstreams(serve)
     outcome = sync_now(tmp_path, upstream.url, extra="    next_at: next")
@@ -469,7 +442,7 @@ def test_a_page_of_small_objects_under_16_mb_is_refused_with_a_low_memory_limit(
     # 15 MB of `{}`s parses to far more than 64 MB: the default page cap follows the
     # memory limit down (an eighth of it), so the page is never parsed.
     body = b'{"data": [' + b"{}," * (5 * 1024 * 1024) + b"{}]}"
-    upstream = upstreams(lambda up, h: send(h, 200, body))
+    upstream = upstreams(lambda up, h: send_json(h, 200, body))
     outcome = sync_now(tmp_path, upstream.url, extra="    memory_limit_mb: 64")
     assert_failed(outcome, "page larger than 8 MB")
     assert outcome.now.peak_mb < PEAK_MB, outcome.now.peak_mb
@@ -477,7 +450,7 @@ def test_a_page_of_small_objects_under_16_mb_is_refused_with_a_low_memory_limit(
 
 def test_a_gzip_bomb_page_fails_at_max_page_mb_counting_inflated_bytes(
         tmp_path: Path, upstreams: Callable[..., Upstream], bomb: bytes) -> None:
-    upstream = upstreams(lambda up, h: send(h, 200, bomb, {"Content-Encoding": "gzip"}))
+    upstream = upstreams(lambda up, h: send_json(h, 200, bomb, {"Content-Encoding": "gzip"}))
     outcome = sync_now(tmp_path, upstream.url, extra="    max_page_mb: 4")
     assert_failed(outcome, "page larger than 4 MB")
     assert outcome.now.peak_mb < PEAK_MB, outcome.now.peak_mb
@@ -487,13 +460,13 @@ def test_a_gzip_bomb_page_fails_at_max_page_mb_counting_inflated_bytes(
 def test_a_gzipped_page_within_the_limit_is_read(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
     body = zlib.compress(json.dumps({"data": [record(1)]}).encode())  # deflate (zlib)
-    upstream = upstreams(lambda up, h: send(h, 200, body, {"Content-Encoding": "deflate"}))
+    upstream = upstreams(lambda up, h: send_json(h, 200, body, {"Content-Encoding": "deflate"}))
     assert_ok(sync_now(tmp_path, upstream.url), 1)
 
 
 def test_a_damaged_gzip_page_fails_the_run_with_one_reason(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 200, b"\x1f\x8b\x08\x00garbage",
+    upstream = upstreams(lambda up, h: send_json(h, 200, b"\x1f\x8b\x08\x00garbage",
                                             {"Content-Encoding": "gzip"}))
     assert_failed(sync_now(tmp_path, upstream.url), "compressed body is damaged")
 
@@ -565,7 +538,7 @@ def test_a_password_that_would_split_the_host_part_is_refused_not_sent_elsewhere
 
 def test_a_next_link_to_a_file_url_is_not_fetched(
         tmp_path: Path, upstreams: Callable[..., Upstream]) -> None:
-    upstream = upstreams(lambda up, h: send(h, 200, json.dumps(
+    upstream = upstreams(lambda up, h: send_json(h, 200, json.dumps(
         {"data": [record(1)], "next": "file:///etc/passwd"}).encode()))
     outcome = sync_now(tmp_path, upstream.url, extra=TOKEN_HEADERS + "\n    next_at: next")
     assert_failed(outcome, "not an http(s) URL")
@@ -578,7 +551,7 @@ def test_a_next_link_to_a_file_url_is_not_fetched(
 ])
 def test_a_retry_after_of_centuries_parks_the_source_for_a_week_at_most(
         tmp_path: Path, upstreams: Callable[..., Upstream], value: str) -> None:
-    upstream = upstreams(lambda up, h: send(h, 429, headers={"Retry-After": value}))
+    upstream = upstreams(lambda up, h: send_json(h, 429, headers={"Retry-After": value}))
     outcome = sync_now(tmp_path, upstream.url)
     assert_failed(outcome, "HTTP 429 (rate limited; Retry-After 604800s)")
     assert len(upstream.seen) == 1

@@ -16,6 +16,7 @@ from sqlwarden.facade import Engine
 from sqlwarden.sync.sources.mapping import RAW_KEEP
 
 from .conftest import run_sqlwarden
+from .support.loopback import send_json
 from .test_sync_http import Upstream, http_config, stamp, table_rows
 from .test_sync_ndjson import config_text, inbox, items, make_config, rejects, write_lines
 
@@ -230,7 +231,7 @@ class RawPages(Upstream):
         self.pages = deque(pages)
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
-        self._send(handler, 200, self.pages.popleft() if self.pages else b'{"data": []}', {})
+        send_json(handler, 200, self.pages.popleft() if self.pages else b'{"data": []}')
 
 
 def api_record(i: int, extra: str = "") -> str:

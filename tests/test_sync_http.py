@@ -8,7 +8,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,11 @@ from sqlwarden.errors import SyncBusy
 from sqlwarden.facade import Engine
 
 from .conftest import read_only, table_digest
+from .support.loopback import LoopbackServer, send_json
 
 WORDS = ("pump", "valve", "meter", "storm", "flood", "cable", "turbine", "gasket", "filter",
          "sensor", "alarm", "battery", "drift", "signal", "culvert", "reservoir")
 
-
-
-class _Upstream(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # The engine hanging up on a slow page is what one test is about; not stderr's.
-        pass
 
 class Upstream:
     """A paginated JSON API: `GET /items?since=&page=&limit=`, newest-changed last.
@@ -47,22 +40,11 @@ class Upstream:
         self.requests: list[dict[str, str]] = []
         self.held = threading.Event()
         self._lock = threading.Lock()
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                upstream._serve(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = _Upstream(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LoopbackServer(self._serve)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/items"
+        return self.server.origin + "/items"
 
     def put(self, i: int, updated: str, text: str | None = None) -> None:
         body = text if text is not None else " ".join(WORDS[(i * k) % len(WORDS)]
@@ -88,30 +70,17 @@ class Upstream:
             action = None
         if isinstance(action, tuple) and isinstance(action[0], int):
             code, headers = action
-            self._send(handler, code, b'{"error": "scripted"}', headers)
+            send_json(handler, code, b'{"error": "scripted"}', headers)
             return
         if action == "malformed":
-            self._send(handler, 200, b'{"data": [{"id": 1, "name": ', {})
+            send_json(handler, 200, b'{"data": [{"id": 1, "name": ')
             return
         page, limit = int(query.get("page", 1)), int(query.get("limit", 50))
         data = matching[(page - 1) * limit:page * limit]
-        self._send(handler, 200, json.dumps({"data": data, "total": len(matching)}).encode(),
-                   {})
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes,
-              headers: dict[str, str]) -> None:
-        handler.send_response(code)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(body)
+        send_json(handler, 200, json.dumps({"data": data, "total": len(matching)}).encode())
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
