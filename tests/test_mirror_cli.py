@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlwarden.db.status import running_engine
 from sqlwarden.facade import Engine
 
 from .conftest import files_under, run_sqlwarden, sqlwarden, sqlwarden_running, wait_until
+from .support.hostile import assert_no_secret, assert_refused
 from .support.mariadb import MirrorDb
 
 CONFIG = """\
@@ -114,9 +116,7 @@ def test_bad_mirror_input_is_one_line_and_changes_nothing(tmp_path: Path,
     wrong = setup(tmp_path, mirror_db, dsn=mirror_db.dsn.replace("${SW_MYSQL_PASSWORD}",
                                                                  "not-the-password"))
     denied = run_sqlwarden("mirror", "verify", str(wrong))
-    assert denied.returncode == 2
-    assert len(denied.stderr.strip().splitlines()) == 1 and "1045" in denied.stderr
-    assert "not-the-password" not in denied.stderr + denied.stdout
+    assert_login_refused(denied)
 
     plain = tmp_path / "plain.yaml"
     plain.write_text(f"database: {{path: {tmp_path}/data/dev.db}}\n")
@@ -127,9 +127,7 @@ def test_bad_mirror_input_is_one_line_and_changes_nothing(tmp_path: Path,
     # A login problem is 2 for every mirror command, also for a reconcile that starts
     # the engine (whose local database it may then touch; the mirror it cannot).
     refused = run_sqlwarden("mirror", "reconcile", str(wrong), "--timeout", "120")
-    assert refused.returncode == 2, refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and "1045" in refused.stderr
-    assert "not-the-password" not in refused.stderr + refused.stdout
+    assert_login_refused(refused)
 
 
 def test_a_refused_login_is_exit_2_for_mirror_retry_and_for_asking_a_running_engine(
@@ -142,9 +140,7 @@ def test_a_refused_login_is_exit_2_for_mirror_retry_and_for_asking_a_running_eng
 
     # No engine running: `mirror retry` tries the login first and queues nothing.
     retry = run_sqlwarden("mirror", "retry", str(wrong))
-    assert retry.returncode == 2, retry.stderr
-    assert len(retry.stderr.strip().splitlines()) == 1 and "1045" in retry.stderr
-    assert "not-the-password" not in retry.stderr + retry.stdout
+    assert_login_refused(retry)
     assert data_files(tmp_path) == before
 
     # A running engine whose mirror is failed on the login: both commands say 2, not 3.
@@ -161,11 +157,15 @@ def test_a_refused_login_is_exit_2_for_mirror_retry_and_for_asking_a_running_eng
         for args in (("mirror", "retry", str(serving)),
                      ("mirror", "reconcile", str(serving), "--timeout", "60")):
             asked = run_sqlwarden(*args)
-            assert asked.returncode == 2, (args, asked.stderr)
-            assert len(asked.stderr.strip().splitlines()) == 1 and "1045" in asked.stderr
-            assert "not-the-password" not in asked.stderr + asked.stdout
+            assert_login_refused(asked)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def assert_login_refused(done: subprocess.CompletedProcess[str]) -> None:
+    """Exit 2 with one line naming errno 1045, and the wrong password in no output."""
+    assert_refused(done, 2, "1045")
+    assert_no_secret("not-the-password", texts=(done.stdout, done.stderr))
 
 
 def data_files(root: Path) -> dict[str, bytes]:
